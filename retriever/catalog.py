@@ -1,0 +1,355 @@
+"""The catalog: one SQLite file per index, through SQLAlchemy 2.0 Core.
+
+It holds every file seen (path, size, mtime, content fingerprint, image metadata, status, error),
+the index's settings (model, dim, dates) and, durably, every image's vector: the FAISS file in the
+same folder is derived from these rows and can always be rebuilt from them without re-encoding.
+
+The schema is created and upgraded by named, ordered migrations recorded in `migrations`; each is
+applied once, in its own transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+
+from .errors import CatalogError
+
+STATUS_INDEXED = "indexed"
+STATUS_FAILED = "failed"
+
+metadata = MetaData()
+
+migrations_table = Table(
+    "migrations",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("applied_at", String, nullable=False),
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("value", Text, nullable=False),  # JSON
+)
+
+images = Table(
+    "images",
+    metadata,
+    Column("id", Integer, primary_key=True),  # AUTOINCREMENT: an id is never reused, so FAISS ids stay unique
+    Column("path", Text, nullable=False, unique=True),  # absolute
+    Column("size", Integer, nullable=False),
+    Column("mtime_ns", Integer, nullable=False),
+    Column("fingerprint", String),  # BLAKE2b-128 of the whole file, hex
+    Column("status", String, nullable=False),  # indexed | failed
+    Column("error", Text),  # why it failed, one line
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("format", String),  # Pillow's name: JPEG, PNG, ...
+    Column("taken_at", String),  # EXIF DateTimeOriginal as ISO 8601, local time as the camera wrote it
+    Column("camera_make", String),
+    Column("camera_model", String),
+    Column("gps_lat", Float),
+    Column("gps_lon", Float),
+    Column("indexed_at", String, nullable=False),  # when this row was last written, UTC ISO
+    sqlite_autoincrement=True,
+)
+
+vectors = Table(
+    "vectors",
+    metadata,
+    Column("image_id", Integer, primary_key=True),  # = images.id = the FAISS id
+    Column("vector", LargeBinary, nullable=False),  # float32, little-endian, `dim` values, L2-normalised
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("started_at", String, nullable=False),
+    Column("finished_at", String),
+    Column("roots", Text, nullable=False),  # JSON list
+    Column("summary", Text),  # JSON counts; NULL while running or if interrupted before the end
+    Column("status", String, nullable=False),  # running | completed | interrupted | failed
+)
+
+# Columns a caller may set on an image row (everything but id).
+IMAGE_FIELDS = tuple(c.name for c in images.columns if c.name != "id")
+METADATA_FIELDS = ("width", "height", "format", "taken_at", "camera_make", "camera_model", "gps_lat", "gps_lon")
+
+
+def _m001_initial(conn: Connection) -> None:
+    for table in (settings, images, vectors, runs):
+        table.create(conn)
+    conn.execute(text("CREATE INDEX ix_images_fingerprint ON images (fingerprint)"))
+    conn.execute(text("CREATE INDEX ix_images_status ON images (status)"))
+
+
+# Named, ordered, applied once each. Append only; never edit or reorder a released migration.
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("001_initial", _m001_initial),
+]
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    fingerprint: str | None
+    status: str
+
+
+class Catalog:
+    """Typed access to one index's SQLite file. Raises CatalogError on a foreign or newer file."""
+
+    def __init__(self, path: Path, *, create: bool = False):
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise CatalogError(f"no catalog at {self.path}")
+        self.engine = create_engine(f"sqlite:///{self.path}", future=True)
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.migrate()
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations in order; returns their names."""
+        applied_now: list[str] = []
+        known = {name for name, _ in MIGRATIONS}
+        with self.engine.begin() as conn:
+            migrations_table.create(conn, checkfirst=True)
+            done = set(conn.execute(select(migrations_table.c.name)).scalars())
+        unknown = done - known
+        if unknown:
+            raise CatalogError(
+                f"{self.path} was written by a newer retriever (migrations {sorted(unknown)}); upgrade retriever"
+            )
+        for name, apply in MIGRATIONS:
+            if name in done:
+                continue
+            with self.engine.begin() as conn:
+                apply(conn)
+                conn.execute(insert(migrations_table).values(name=name, applied_at=utcnow()))
+            applied_now.append(name)
+        return applied_now
+
+    def applied_migrations(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(migrations_table.c.name).order_by(migrations_table.c.name)).scalars())
+
+    # -- settings -------------------------------------------------------------------------------
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(settings.c.value).where(settings.c.key == key)).scalar_one_or_none()
+        return default if value is None else json.loads(value)
+
+    def settings(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            return {k: json.loads(v) for k, v in conn.execute(select(settings.c.key, settings.c.value))}
+
+    def set_settings(self, values: dict[str, Any], conn: Connection | None = None) -> None:
+        def write(c: Connection) -> None:
+            for key, value in values.items():
+                payload = json.dumps(value)
+                updated = c.execute(update(settings).where(settings.c.key == key).values(value=payload))
+                if updated.rowcount == 0:
+                    c.execute(insert(settings).values(key=key, value=payload))
+
+        if conn is not None:
+            write(conn)
+        else:
+            with self.engine.begin() as c:
+                write(c)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def known_files(self) -> dict[str, KnownFile]:
+        cols = (images.c.id, images.c.path, images.c.size, images.c.mtime_ns, images.c.fingerprint, images.c.status)
+        with self.engine.connect() as conn:
+            return {row.path: KnownFile(*row) for row in conn.execute(select(*cols))}
+
+    def write_batch(
+        self,
+        rows: Sequence[dict[str, Any]],
+        batch_vectors: np.ndarray | None,
+        *,
+        remove_ids: Iterable[int] = (),
+    ) -> list[int]:
+        """One checkpoint, in one transaction: upsert image rows (by path), store the vectors of the
+        rows whose status is 'indexed' (in order), drop `remove_ids`. Returns the ids of `rows`."""
+        remove_ids = list(remove_ids)
+        ids: list[int] = []
+        with self.engine.begin() as conn:
+            if remove_ids:
+                for chunk in _chunks(remove_ids, 500):
+                    conn.execute(delete(vectors).where(vectors.c.image_id.in_(chunk)))
+                    conn.execute(delete(images).where(images.c.id.in_(chunk)))
+            vec_iter = iter(batch_vectors if batch_vectors is not None else ())
+            for row in rows:
+                values = {k: row.get(k) for k in IMAGE_FIELDS}
+                values["indexed_at"] = utcnow()
+                existing = conn.execute(select(images.c.id).where(images.c.path == row["path"])).scalar_one_or_none()
+                if existing is None:
+                    image_id = conn.execute(insert(images).values(**values)).inserted_primary_key[0]
+                else:
+                    image_id = existing
+                    conn.execute(update(images).where(images.c.id == image_id).values(**values))
+                conn.execute(delete(vectors).where(vectors.c.image_id == image_id))
+                if row["status"] == STATUS_INDEXED:
+                    vec = np.asarray(next(vec_iter), dtype="<f4")
+                    conn.execute(insert(vectors).values(image_id=image_id, vector=vec.tobytes()))
+                ids.append(int(image_id))
+            self._bump_generation(conn)
+        return ids
+
+    def remove(self, ids: Iterable[int]) -> None:
+        self.write_batch([], None, remove_ids=ids)
+
+    def _bump_generation(self, conn: Connection) -> None:
+        current = conn.execute(select(settings.c.value).where(settings.c.key == "generation")).scalar_one_or_none()
+        self.set_settings({"generation": (json.loads(current) if current else 0) + 1}, conn)
+
+    def generation(self) -> int:
+        """Counts committed changes to the vectors; the FAISS file records the one it reflects."""
+        return int(self.get_setting("generation", 0))
+
+    # -- vectors --------------------------------------------------------------------------------
+
+    def iter_vectors(self, dim: int, chunk: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """All stored vectors as (ids int64 (n,), vectors float32 (n, dim)) chunks, by id."""
+        last = -1
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(vectors.c.image_id, vectors.c.vector)
+                    .where(vectors.c.image_id > last)
+                    .order_by(vectors.c.image_id)
+                    .limit(chunk)
+                ).all()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+            yield ids, vecs.astype(np.float32, copy=False)
+            last = int(ids[-1])
+
+    def vectors_for(self, ids: Sequence[int], dim: int) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(ids), 500):
+                for image_id, blob in conn.execute(
+                    select(vectors.c.image_id, vectors.c.vector).where(vectors.c.image_id.in_(chunk))
+                ):
+                    out[int(image_id)] = np.frombuffer(blob, dtype="<f4").reshape(dim).astype(np.float32)
+        return out
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def image_rows(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(ids), 500):
+                for row in conn.execute(select(images).where(images.c.id.in_(chunk))).mappings():
+                    out[int(row["id"])] = dict(row)
+        return out
+
+    def find_by_path(self, path: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(images).where(images.c.path == path)).mappings().first()
+        return dict(row) if row else None
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            by_status = dict(conn.execute(select(images.c.status, func.count()).group_by(images.c.status)).all())
+            n_vectors = conn.execute(select(func.count()).select_from(vectors)).scalar_one()
+        return {
+            "images": int(by_status.get(STATUS_INDEXED, 0)),
+            "failed": int(by_status.get(STATUS_FAILED, 0)),
+            "stored_vectors": int(n_vectors),
+        }
+
+    def failures(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(images.c.id, images.c.path, images.c.error, images.c.indexed_at)
+                .where(images.c.status == STATUS_FAILED)
+                .order_by(images.c.path)
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def start_run(self, roots: Sequence[str]) -> int:
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    insert(runs).values(started_at=utcnow(), roots=json.dumps(list(roots)), status="running")
+                ).inserted_primary_key[0]
+            )
+
+    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(finished_at=utcnow(), status=status, summary=json.dumps(summary))
+            )
+
+    def last_run(self) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(1)).mappings().first()
+        if row is None:
+            return None
+        out = dict(row)
+        out["roots"] = json.loads(out["roots"])
+        out["summary"] = json.loads(out["summary"]) if out["summary"] else None
+        return out
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers (searches) see the last committed checkpoint while an indexer writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

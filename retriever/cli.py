@@ -1,0 +1,377 @@
+"""The command line: thin click commands over the library. The only module that prints or exits.
+
+Heavy packages (torch, open_clip, faiss) are imported inside commands, never at start-up, so
+`retriever --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .errors import RetrieverError
+
+EXIT_INTERRUPTED = 130
+
+
+# -- option bundles ---------------------------------------------------------------------------------
+
+
+def index_options(fn: Callable) -> Callable:
+    fn = click.option(
+        "--home",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="RETRIEVER_HOME",
+        show_envvar=True,
+        help="Folder holding the indexes.  [default: ./indexes]",
+    )(fn)
+    fn = click.option(
+        "--index", "index_name", default="default", show_default=True, metavar="NAME", help="Which index to use."
+    )(fn)
+    return fn
+
+
+def device_option(fn: Callable) -> Callable:
+    return click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help="Where the model runs; auto = CUDA when available (fp16 autocast there).",
+    )(fn)
+
+
+def output_options(fn: Callable) -> Callable:
+    fn = click.option("-k", "--top", "top", type=click.IntRange(min=1), default=10, show_default=True,
+                      help="How many results.")(fn)
+    fn = click.option("--json", "as_json", is_flag=True,
+                      help="One JSON object per line: rank, score, id, path and the catalog's metadata.")(fn)
+    fn = click.option("--paths", "paths_only", is_flag=True, help="Only the paths, one per line.")(fn)
+    fn = click.option("-0", "--null", "null_sep", is_flag=True,
+                      help="Paths separated by NUL instead of newlines (for xargs -0); implies --paths.")(fn)
+    return fn
+
+
+def reports_errors(fn: Callable) -> Callable:
+    """Library errors become one-line messages and exit 1; Ctrl-C exits 130 without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RetrieverError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper
+
+
+# -- the group --------------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="retriever")
+def main() -> None:
+    """Search your photos by text or by example, locally.
+
+    \b
+      retriever index ~/Pictures              embed every photo, remember it
+      retriever search "a dog on the beach"   text -> image
+      retriever similar ~/Downloads/x.jpg     image -> image
+      retriever status                        where the index lives, its model, counts
+
+    Indexes live in ./indexes (or --home / $RETRIEVER_HOME), one folder per --index NAME.
+    """
+    import warnings
+
+    # Huge images are refused by retriever's own pixel limit, with a recorded reason.
+    warnings.filterwarnings("ignore", message=".*decompression bomb.*")
+
+
+def _home(home: Path | None) -> Path:
+    from .index import resolve_home
+
+    return resolve_home(home)
+
+
+# -- index ------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@index_options
+@click.option("--model", metavar="NAME",
+              help="Encoder for a new index: 'offline', an open_clip architecture (ViT-B-32, ...), "
+                   "hf-hub:ORG/REPO, local-dir:PATH, or an open_clip config .json.  "
+                   "[default: ViT-B-32 if its weights are cached or the hub answers, else offline]")
+@click.option("--pretrained", metavar="TAG_OR_FILE",
+              help="open_clip weights: a tag (laion2b_s34b_b79k) or a local .safetensors/.bin/.pt file.")
+@device_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per forward pass.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Decoding threads; 0 = one per core (at most 8).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching GLOB (repeatable).")
+@click.option("--include-hidden", is_flag=True, help="Also index hidden files/folders and system litter.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@reports_errors
+def index(paths, home, index_name, model, pretrained, device, batch_size, workers, exclude, include_hidden,
+          as_json, quiet):
+    """Add the photos under PATHS (folders, walked recursively, or files) to an index.
+
+    Runs are incremental: unchanged files are not read again, changed files are re-embedded and
+    files that are gone are dropped. Files that cannot be decoded are skipped and recorded (see
+    `retriever errors`). The model is chosen when the index is created and kept for good.
+    Formats: JPEG, PNG, WebP, GIF, BMP, TIFF.
+    """
+    from .index import open_for_writing
+    from .indexer import IndexOptions, run_index
+
+    home_dir = _home(home)
+    for p in paths:
+        if not Path(p).expanduser().exists():
+            raise RetrieverError(f"no such file or folder: {p}")
+    if not quiet:
+        click.echo("loading model ...", err=True)
+    idx, encoder, note = open_for_writing(
+        home_dir, index_name, model=model, pretrained=pretrained, device=device, batch_size=batch_size
+    )
+    if note:
+        click.echo(note, err=True)
+    with idx:
+        reporter = _ProgressReporter(enabled=not quiet)
+        options = IndexOptions(include_hidden=include_hidden, exclude=exclude, workers=workers)
+        try:
+            summary = reporter.run(lambda cb: run_index(idx, encoder, list(paths), options, on_progress=cb))
+        finally:
+            reporter.close()
+        status = idx.status()
+    result = {**summary.as_dict(), "index": status["index"], "model_id": status["model_id"],
+              "images": status["images"], "vectors": status["vectors"]}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        _print_index_summary(summary, status)
+    if summary.interrupted:
+        click.echo(
+            f"interrupted: {summary.indexed} images from this run are saved; run the same command again to resume",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
+
+
+class _ProgressReporter:
+    """A progress bar with images/s and ETA on a terminal; a plain log line every few seconds otherwise."""
+
+    LOG_EVERY_S = 5.0
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.bar = None
+        self.last_log = 0.0
+        self.last_done = 0
+
+    def run(self, job):
+        return job(self.update if self.enabled else None)
+
+    def update(self, p) -> None:
+        if self.tty:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=p.total, unit="img", desc="indexing", file=sys.stderr, dynamic_ncols=True)
+            self.bar.update(p.done - self.last_done)
+            if p.failed:
+                self.bar.set_postfix(failed=p.failed)
+            self.last_done = p.done
+            return
+        now = time.monotonic()
+        if now - self.last_log >= self.LOG_EVERY_S or p.done == p.total:
+            self.last_log = now
+            eta = (p.total - p.done) / p.rate if p.rate > 0 else float("nan")
+            click.echo(
+                f"indexed {p.done}/{p.total} ({100 * p.done / max(p.total, 1):.0f}%), {p.failed} failed, "
+                f"{p.rate:.1f} img/s, ETA {_duration(eta)}",
+                err=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _print_index_summary(summary, status: dict[str, Any]) -> None:
+    rate = f", {summary.indexed / summary.seconds:.1f} img/s" if summary.seconds > 0 and summary.indexed else ""
+    click.echo(
+        f"indexed {summary.indexed} (added {summary.added}, updated {summary.updated}), "
+        f"unchanged {summary.unchanged}, removed {summary.removed}, failed {summary.failed} "
+        f"in {_duration(summary.seconds)}{rate}",
+        err=True,
+    )
+    for path, reason in summary.failures[:10]:
+        click.echo(f"  failed: {path}: {reason}", err=True)
+    if len(summary.failures) > 10:
+        click.echo(f"  ... and {len(summary.failures) - 10} more (retriever errors)", err=True)
+    click.echo(f"index {status['index']!r}: {status['images']} images, model {status['model_id']}", err=True)
+
+
+# -- search / similar -------------------------------------------------------------------------------
+
+
+def _open_searcher(home, index_name, device):
+    from .index import Index
+    from .search import Searcher
+
+    idx = Index.open(_home(home), index_name)
+    return idx, Searcher(idx, device=device)
+
+
+def _print_hits(hits, as_json: bool, paths_only: bool, null_sep: bool) -> None:
+    if null_sep:
+        sys.stdout.write("".join(h.path + "\0" for h in hits))
+        sys.stdout.flush()
+        return
+    for hit in hits:
+        if as_json:
+            click.echo(json.dumps(hit.as_dict(), ensure_ascii=False))
+        elif paths_only:
+            click.echo(hit.path)
+        else:
+            click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.path}")
+    if not hits and not as_json and not paths_only:
+        click.echo("no results: the index is empty", err=True)
+
+
+@main.command()
+@click.argument("query")
+@index_options
+@output_options
+@device_option
+@reports_errors
+def search(query, home, index_name, top, as_json, paths_only, null_sep, device):
+    """Photos that match a text QUERY, best first.
+
+    \b
+      retriever search "a dog on the beach"
+      retriever search "receipt" -k 50 --paths
+      retriever search sunset --json | jq .path
+    """
+    idx, searcher = _open_searcher(home, index_name, device)
+    with idx:
+        hits = searcher.text(query, top)
+    _print_hits(hits, as_json, paths_only, null_sep)
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=str))
+@index_options
+@output_options
+@device_option
+@reports_errors
+def similar(image, home, index_name, top, as_json, paths_only, null_sep, device):
+    """Photos that look like IMAGE (a file inside or outside the collection).
+
+    An image of the collection is left out of its own results.
+    """
+    idx, searcher = _open_searcher(home, index_name, device)
+    with idx:
+        hits = searcher.image(image, top)
+    _print_hits(hits, as_json, paths_only, null_sep)
+
+
+# -- status / errors / models -----------------------------------------------------------------------
+
+
+@main.command()
+@index_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@reports_errors
+def status(home, index_name, as_json):
+    """Where the index lives, its model, and its counts (images, vectors, failed, last run)."""
+    from .index import Index
+
+    with Index.open(_home(home), index_name) as idx:
+        info = idx.status()
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    last = info["last_run"]
+    last_text = "never"
+    if last:
+        summary = last.get("summary") or {}
+        last_text = (
+            f"{last.get('finished_at') or last['started_at']} ({last['status']}: "
+            f"{summary.get('indexed', 0)} indexed, {summary.get('failed', 0)} failed)"
+        )
+    rows = [
+        ("home", info["home"]),
+        ("index", info["index"]),
+        ("model", " ".join(x for x in (info["model"], info["pretrained"] or "") if x)),
+        ("model id", info["model_id"]),
+        ("dim", info["dim"]),
+        ("images", info["images"]),
+        ("vectors", info["vectors"]),
+        ("failed", f"{info['failed']}" + (" (retriever errors)" if info["failed"] else "")),
+        ("created", info["created_at"]),
+        ("last run", last_text),
+    ]
+    for key, value in rows:
+        click.echo(f"{key:<10} {value}")
+
+
+@main.command()
+@index_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per failed file.")
+@reports_errors
+def errors(home, index_name, as_json):
+    """Files that could not be indexed, with the reason. They are retried when they change."""
+    from .index import Index
+
+    with Index.open(_home(home), index_name) as idx:
+        failures = idx.catalog.failures()
+    for f in failures:
+        if as_json:
+            click.echo(json.dumps({"path": f["path"], "error": f["error"], "at": f["indexed_at"]}))
+        else:
+            click.echo(f"{f['path']}: {f['error']}")
+    if not failures and not as_json:
+        click.echo("no failed files", err=True)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model.")
+@reports_errors
+def models(as_json):
+    """Encoders available: the offline one, and every open_clip architecture with its pretrained tags."""
+    from .encoders import list_available_models
+
+    for row in list_available_models():
+        if as_json:
+            click.echo(json.dumps(row))
+        else:
+            tags = ", ".join(row["pretrained"]) if row["pretrained"] else ""
+            click.echo(f"{row['name']:<40} {tags or row['note']}")

@@ -1,0 +1,126 @@
+"""Encoder registry: a model name -> an Encoder.
+
+"offline" is the encoder built from pip-shipped weights (see offline.py); any other name is an
+open_clip architecture (`open_clip.list_models()`), an `hf-hub:` / `local-dir:` id, or the path of
+an open_clip model-config JSON. Backends are imported only when used: importing this package
+costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import UnknownModelError
+from .base import Encoder, ModelSpec, l2_normalize
+
+__all__ = [
+    "Encoder",
+    "ModelSpec",
+    "l2_normalize",
+    "create_encoder",
+    "default_model_spec",
+    "list_available_models",
+    "OFFLINE",
+    "DEFAULT_OPEN_CLIP",
+]
+
+OFFLINE = "offline"
+
+# The default model when its weights are cached or the hub answers. Its hub repo is written here
+# so the decision does not import open_clip (6-7 s); tests check it matches open_clip's table.
+DEFAULT_OPEN_CLIP = ModelSpec(name="ViT-B-32", pretrained="laion2b_s34b_b79k")
+DEFAULT_OPEN_CLIP_HUB_REPO = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+DEFAULT_OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HUB_PROBE_SECONDS = 3.0
+
+
+def create_encoder(spec: ModelSpec) -> Encoder:
+    """Build the encoder a spec names. Raises UnknownModelError / WeightsNotFoundError."""
+    if spec.name == OFFLINE:
+        if spec.pretrained:
+            raise UnknownModelError("the offline encoder takes no --pretrained (its weights ship with pip packages)")
+        from .offline import OfflineEncoder
+
+        return OfflineEncoder(device=spec.device, batch_size=spec.batch_size)
+    from .openclip import OpenClipEncoder
+
+    return OpenClipEncoder(spec)
+
+
+def _default_weights_cached() -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - open_clip depends on it
+        return False
+    for filename in DEFAULT_OPEN_CLIP_FILES:
+        found = try_to_load_from_cache(DEFAULT_OPEN_CLIP_HUB_REPO, filename)
+        if isinstance(found, str) and os.path.isfile(found):
+            return True
+    return False
+
+
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """One TCP connection to the hub, bounded in time (DNS included): no retry storm."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urlparse(endpoint)
+    host, port = parsed.hostname or "huggingface.co", parsed.port or (443 if parsed.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        import socket
+
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    # getaddrinfo ignores socket timeouts, so the probe runs in a thread we stop waiting for.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def default_model_spec(device: str = "auto", batch_size: int = 32) -> tuple[ModelSpec, str | None]:
+    """The model for a new index when the user names none, and a note saying why (or None).
+
+    ViT-B-32 / laion2b_s34b_b79k when its weights are cached or the hub answers within a few
+    seconds; otherwise the offline encoder.
+    """
+    default = replace(DEFAULT_OPEN_CLIP, device=device, batch_size=batch_size)
+    if _default_weights_cached():
+        return default, None
+    if hub_reachable():
+        return default, None
+    note = (
+        f"{DEFAULT_OPEN_CLIP.name} weights are not cached and the model hub is unreachable: "
+        "using the offline encoder (choose another with --model ARCH --pretrained TAG_OR_FILE)"
+    )
+    return replace(default, name=OFFLINE, pretrained=None), note
+
+
+def list_available_models() -> list[dict[str, object]]:
+    """Every model name with its pretrained tags (imports open_clip: slow, for `retriever models`)."""
+    rows: list[dict[str, object]] = [
+        {"name": OFFLINE, "pretrained": [], "note": "EfficientNet-Lite0 + MiniLM (ConSE); needs no network"}
+    ]
+    import open_clip
+
+    tags: dict[str, list[str]] = {}
+    for arch, tag in open_clip.list_pretrained():
+        tags.setdefault(arch, []).append(tag)
+    for arch in open_clip.list_models():
+        rows.append({"name": arch, "pretrained": tags.get(arch, []), "note": ""})
+    return rows
+
+
+def is_config_path(name: str) -> bool:
+    return name.endswith(".json") and Path(name).expanduser().is_file()

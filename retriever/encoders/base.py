@@ -1,0 +1,100 @@
+"""The one interface every encoder implements.
+
+An encoder maps images and texts into one space: float32 arrays of shape (n, dim), each row
+L2-normalised, so that inner product is cosine similarity. Batching is written once, here.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL import Image
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a user asked for; stored in the catalog so later commands rebuild the same encoder."""
+
+    name: str  # "offline", an open_clip architecture ("ViT-B-32"), "hf-hub:org/repo", "local-dir:/p", or a config .json
+    pretrained: str | None = None  # open_clip tag ("laion2b_s34b_b79k") or a local weights file; None for offline
+    device: str = "auto"  # "auto" | "cpu" | "cuda" (auto = CUDA when available); not part of the index's identity
+    batch_size: int = 32  # images per forward pass; results do not depend on it
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (rows of zeros stay zero), as contiguous float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def batched(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Encoder(ABC):
+    """Contrastive image/text encoder.
+
+    Subclasses set `model_id` (identifies architecture + weights: two encoders with the same id
+    give the same vectors), `dim`, and implement `preprocess` (PIL RGB image -> model input; CPU
+    only, safe to call from worker threads) and the two `_embed_*` methods on one batch.
+    """
+
+    model_id: str
+    dim: int
+    batch_size: int = 32
+    device: str = "cpu"
+
+    @abstractmethod
+    def preprocess(self, image: "Image.Image") -> Any:
+        """One decoded RGB image -> what `embed_preprocessed` takes (a tensor, an array)."""
+
+    @abstractmethod
+    def _embed_preprocessed_batch(self, batch: Sequence[Any]) -> np.ndarray:
+        """One batch of preprocessed images -> (len(batch), dim) float32, not yet normalised."""
+
+    @abstractmethod
+    def _embed_text_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """One batch of texts -> (len(texts), dim) float32, not yet normalised."""
+
+    def embed_preprocessed(self, items: Sequence[Any]) -> np.ndarray:
+        """Preprocessed images -> (n, dim) float32, L2-normalised."""
+        return self._run_batched(items, self._embed_preprocessed_batch)
+
+    def embed_images(self, images: Sequence["Image.Image"]) -> np.ndarray:
+        """Decoded RGB images -> (n, dim) float32, L2-normalised."""
+        return self.embed_preprocessed([self.preprocess(im) for im in images])
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> (n, dim) float32, L2-normalised, in the same space as the images."""
+        return self._run_batched(list(texts), self._embed_text_batch)
+
+    def _run_batched(self, items: Sequence[Any], fn) -> np.ndarray:
+        if len(items) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = [np.asarray(fn(chunk), dtype=np.float32) for chunk in batched(items, self.batch_size)]
+        return l2_normalize(np.concatenate(parts, axis=0))
+
+    def describe(self) -> dict[str, Any]:
+        return {"model_id": self.model_id, "dim": self.dim, "device": self.device}
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'. 'cuda' without a GPU is an error."""
+    import torch
+
+    from ..errors import RetrieverError
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RetrieverError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise RetrieverError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return device

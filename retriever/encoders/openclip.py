@@ -1,0 +1,160 @@
+"""open_clip backend: any architecture of `open_clip.list_models()` with a pretrained tag, a local
+weights file, an `hf-hub:` id, a `local-dir:` folder, or a model-config JSON plus a weights file.
+
+Model creation goes through `open_clip.create_model_and_transforms(name, pretrained=...)` and the
+image preprocessing is exactly open_clip's validation transform for that model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import UnknownModelError, WeightsNotFoundError
+from .base import Encoder, ModelSpec, resolve_device
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.startswith(".") or value.lower().endswith(WEIGHT_SUFFIXES)
+
+
+class OpenClipEncoder(Encoder):
+    def __init__(self, spec: ModelSpec):
+        import torch  # noqa: F401  (fail early and clearly if torch is missing)
+        import open_clip
+
+        self.spec = spec
+        self.batch_size = spec.batch_size
+        arch, pretrained, self.model_id = self._resolve(open_clip, spec)
+        self.device = resolve_device(spec.device)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=pretrained, device=self.device
+            )
+        except (RuntimeError, FileNotFoundError, OSError, ValueError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WeightsNotFoundError(
+                f"could not load {spec.name} weights {pretrained or ''}: {first_line[:300]}"
+            ) from exc
+        model.eval()
+        self.model = model
+        self._preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.dim = int(self._embed_text_batch(["a photo"]).shape[1])
+
+    @staticmethod
+    def _resolve(open_clip, spec: ModelSpec) -> tuple[str, str | None, str]:
+        """-> (name for open_clip, pretrained for open_clip, model id)."""
+        name, pretrained = spec.name, spec.pretrained
+        if name.startswith("hf-hub:"):
+            return name, None, f"open_clip/{name}"
+        if name.startswith("local-dir:"):
+            folder = Path(name[len("local-dir:") :]).expanduser().resolve()
+            if not (folder / "open_clip_config.json").is_file():
+                raise WeightsNotFoundError(f"no open_clip_config.json in {folder}")
+            weights = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+            tag = file_digest(weights[0]) if weights else "no-weights"
+            return f"local-dir:{folder}", None, f"open_clip/local-dir/{folder.name}/{tag}"
+        if name.endswith(".json"):
+            config = Path(name).expanduser()
+            if not config.is_file():
+                raise UnknownModelError(f"model config file not found: {config}")
+            open_clip.add_model_config(str(config))
+            name = config.stem
+        if name not in open_clip.list_models():
+            close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UnknownModelError(
+                f"unknown model {name!r}{hint}; `retriever models` lists them, or use --model offline"
+            )
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if not pretrained:
+            offer = f" tags for {name}: {', '.join(tags)}" if tags else ""
+            raise WeightsNotFoundError(
+                f"{name} needs --pretrained TAG or a weights file;{offer or ' it has no published tags'}"
+            )
+        if pretrained in tags:
+            _check_tag_reachable(open_clip, name, pretrained)
+            return name, pretrained, f"open_clip/{name}/{pretrained}"
+        path = Path(pretrained).expanduser()
+        if path.is_file():
+            return name, str(path.resolve()), f"open_clip/{name}/file-{file_digest(path)}"
+        if _looks_like_path(pretrained):
+            raise WeightsNotFoundError(f"weights file not found: {pretrained}")
+        offer = f"; tags for {name}: {', '.join(tags)}" if tags else ""
+        raise WeightsNotFoundError(f"{pretrained!r} is neither a pretrained tag of {name} nor a file{offer}")
+
+    def preprocess(self, image) -> Any:
+        return self._preprocess(image)
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _embed_preprocessed_batch(self, batch: Sequence[Any]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            pixels = torch.stack(list(batch)).to(self.device)
+            features = self.model.encode_image(pixels)
+        return features.float().cpu().numpy()
+
+    def _embed_text_batch(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            tokens = self.tokenizer(list(texts)).to(self.device)
+            features = self.model.encode_text(tokens)
+        return features.float().cpu().numpy()
+
+
+def _check_tag_reachable(open_clip, arch: str, tag: str) -> None:
+    """Fail within seconds when a tag's weights are neither cached nor downloadable."""
+    from . import hub_reachable
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = (hub.rstrip("/"), "") if hub.endswith("/") else os.path.split(hub)
+        names = ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        if filename:
+            names = [filename, os.path.splitext(filename)[0] + ".safetensors"]
+        for candidate in names:
+            found = try_to_load_from_cache(repo, candidate)
+            if isinstance(found, str) and os.path.isfile(found):
+                # Cached: load it without asking the hub for a newer revision (no waiting on a
+                # network that may be down). huggingface_hub reads this flag at call time.
+                import huggingface_hub.constants
+
+                huggingface_hub.constants.HF_HUB_OFFLINE = True
+                return
+    if hub_reachable():
+        return
+    where = f"hf-hub:{hub.rstrip('/')}" if hub else cfg.get("url", "its URL")
+    raise WeightsNotFoundError(
+        f"{arch}/{tag} weights are not cached and the model hub is unreachable: on a machine with network "
+        f"run `python -c \"import open_clip; open_clip.create_model('{arch}', pretrained='{tag}')\"` "
+        f"({where}), then copy the weights file here and pass --pretrained FILE"
+    )
