@@ -145,11 +145,16 @@ class Catalog:
 
     def migrate(self) -> list[str]:
         """Apply pending migrations in order; returns their names."""
+        from sqlalchemy.exc import DatabaseError
+
         applied_now: list[str] = []
         known = {name for name, _ in MIGRATIONS}
-        with self.engine.begin() as conn:
-            migrations_table.create(conn, checkfirst=True)
-            done = set(conn.execute(select(migrations_table.c.name)).scalars())
+        try:
+            with self.engine.begin() as conn:
+                migrations_table.create(conn, checkfirst=True)
+                done = set(conn.execute(select(migrations_table.c.name)).scalars())
+        except DatabaseError as exc:
+            raise CatalogError(f"{self.path} is not a retriever catalog: {exc.orig}") from None
         unknown = done - known
         if unknown:
             raise CatalogError(

@@ -117,6 +117,9 @@ class VectorIndex:
 
 
 def read_info(path: Path) -> IndexInfo | None:
+    """The sidecar of a FAISS file that exists; None when either is missing or unreadable."""
+    if not Path(path).is_file():
+        return None
     try:
         raw = json.loads(_sidecar(Path(path)).read_text())
         return IndexInfo(**raw)

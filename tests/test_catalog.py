@@ -1,0 +1,94 @@
+"""Catalog schema, migrations and storage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import insert
+
+from retriever import catalog as catalog_mod
+from retriever.catalog import Catalog, migrations_table, utcnow
+from retriever.errors import CatalogError
+
+
+def row(path: str, status: str = "indexed", **extra):
+    return {"path": path, "size": 10, "mtime_ns": 1, "fingerprint": "f" + path[-1], "status": status, **extra}
+
+
+def test_migrations_are_named_ordered_and_applied_once(tmp_path):
+    cat = Catalog(tmp_path / "c.db", create=True)
+    names = [name for name, _ in catalog_mod.MIGRATIONS]
+    assert cat.applied_migrations() == names
+    cat.close()
+    again = Catalog(tmp_path / "c.db")
+    assert again.migrate() == []  # nothing pending on reopen
+    assert again.applied_migrations() == names
+
+
+def test_a_newer_catalog_is_refused(tmp_path):
+    cat = Catalog(tmp_path / "c.db", create=True)
+    with cat.engine.begin() as conn:
+        conn.execute(insert(migrations_table).values(name="999_from_the_future", applied_at=utcnow()))
+    cat.close()
+    with pytest.raises(CatalogError, match="newer retriever"):
+        Catalog(tmp_path / "c.db")
+
+
+def test_a_pending_migration_is_applied_on_open(tmp_path, monkeypatch):
+    Catalog(tmp_path / "c.db", create=True).close()
+    calls = []
+    monkeypatch.setattr(
+        catalog_mod, "MIGRATIONS", catalog_mod.MIGRATIONS + [("002_test", lambda conn: calls.append(conn))]
+    )
+    cat = Catalog(tmp_path / "c.db")
+    assert len(calls) == 1 and cat.applied_migrations()[-1] == "002_test"
+
+
+def test_write_batch_upserts_rows_and_vectors_in_one_checkpoint(tmp_path):
+    cat = Catalog(tmp_path / "c.db", create=True)
+    g0 = cat.generation()
+    vecs = np.eye(3, 4, dtype=np.float32)
+    ids = cat.write_batch(
+        [row("/a"), row("/b", status="failed", error="broken"), row("/c"), row("/d")], vecs[[0, 1, 2]]
+    )
+    assert cat.generation() == g0 + 1
+    assert cat.counts() == {"images": 3, "failed": 1, "stored_vectors": 3}
+    stored = cat.vectors_for(ids, 4)
+    assert set(stored) == {ids[0], ids[2], ids[3]}
+    np.testing.assert_array_equal(stored[ids[3]], vecs[2])
+
+    # Re-writing a path keeps its id; a row that now fails loses its vector.
+    ids2 = cat.write_batch([row("/a", status="failed", error="now broken")], None)
+    assert ids2 == [ids[0]]
+    assert ids[0] not in cat.vectors_for([ids[0]], 4)
+    assert cat.failures()[0]["path"] == "/a"
+
+    cat.remove([ids[2]])
+    assert cat.find_by_path("/c") is None
+    all_ids = np.concatenate([i for i, _ in cat.iter_vectors(4, chunk=1)])
+    assert all_ids.tolist() == [ids[3]]
+
+
+def test_ids_are_never_reused(tmp_path):
+    cat = Catalog(tmp_path / "c.db", create=True)
+    (first,) = cat.write_batch([row("/a")], np.ones((1, 2), np.float32))
+    cat.remove([first])
+    (second,) = cat.write_batch([row("/b")], np.ones((1, 2), np.float32))
+    assert second > first  # FAISS ids stay unique over the index's life
+
+
+def test_settings_round_trip_json(tmp_path):
+    cat = Catalog(tmp_path / "c.db", create=True)
+    cat.set_settings({"model": {"name": "offline", "pretrained": None}, "dim": 7})
+    cat.set_settings({"dim": 8})
+    assert cat.get_setting("dim") == 8
+    assert cat.settings()["model"] == {"name": "offline", "pretrained": None}
+
+
+def test_not_a_catalog_is_a_clear_error(tmp_path):
+    bad = tmp_path / "c.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(CatalogError):
+        Catalog(bad)
+    with pytest.raises(CatalogError):
+        Catalog(tmp_path / "missing.db")
