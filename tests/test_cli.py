@@ -1,0 +1,157 @@
+"""The CLI through click's CliRunner, and once as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from retriever.cli import main
+from tests.conftest import REPO, copy_photos
+
+
+@pytest.fixture
+def run(tmp_path):
+    runner = CliRunner()
+
+    def invoke(*args, **kwargs):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False, **kwargs)
+
+    return invoke
+
+
+@pytest.fixture
+def indexed(tmp_path, run, tiny_clip):
+    col = copy_photos(tmp_path / "col")
+    home = tmp_path / "h"
+    result = run("index", col, "--home", home, "--model", tiny_clip["config"], "--pretrained", tiny_clip["pt"])
+    assert result.exit_code == 0, result.output
+    return col, home
+
+
+def test_every_command_has_help(run):
+    result = run("--help")
+    assert result.exit_code == 0
+    for name, command in main.commands.items():
+        assert command.help and len(command.help) > 30, name
+        assert name in result.output
+        sub = run(name, "--help")
+        assert sub.exit_code == 0 and "Usage:" in sub.output
+        for param in command.params:
+            if isinstance(param, __import__("click").Option):
+                assert param.help, f"{name} {param.opts} has no help"
+
+
+def test_index_search_similar_status_errors(tmp_path, run, indexed):
+    col, home = indexed
+    (col / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    result = run("index", col, "--home", home, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    n = len([p for p in col.iterdir()]) - 1
+    assert (summary["unchanged"], summary["failed"], summary["images"], summary["vectors"]) == (n, 1, n, n)
+
+    hits = [json.loads(line) for line in run("search", "a cat", "--home", home, "--json", "-k", 5).stdout.splitlines()]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert all({"score", "id", "path", "width", "height", "format", "taken_at", "camera_make"} <= set(h) for h in hits)
+    assert hits == sorted(hits, key=lambda h: -h["score"])
+
+    human = run("search", "a cat", "--home", home, "-k", 3).stdout.splitlines()
+    assert len(human) == 3 and human[0].split()[0] == "1" and human[0].split()[-1] == hits[0]["path"]
+    assert run("search", "a cat", "--home", home, "--paths", "-k", 2).stdout == f"{hits[0]['path']}\n{hits[1]['path']}\n"
+    assert run("search", "a cat", "--home", home, "-0", "-k", 2).stdout == f"{hits[0]['path']}\0{hits[1]['path']}\0"
+
+    query = col / "chelsea.png"
+    similar = [json.loads(x) for x in run("similar", query, "--home", home, "--json", "-k", 50).stdout.splitlines()]
+    assert len(similar) == n - 1 and str(query) not in {h["path"] for h in similar}
+
+    status = json.loads(run("status", "--home", home, "--json").stdout)
+    assert (status["images"], status["vectors"], status["failed"], status["dim"]) == (n, n, 1, 32)
+    assert status["model_id"].startswith("open_clip/retriever-tiny-test/file-")
+    assert status["last_run"]["summary"]["failed"] == 1
+    text = run("status", "--home", home).stdout
+    assert "images     %d" % n in text and "vectors    %d" % n in text
+
+    errors = [json.loads(x) for x in run("errors", "--home", home, "--json").stdout.splitlines()]
+    assert [os.path.basename(e["path"]) for e in errors] == ["broken.jpg"] and errors[0]["error"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["search", "a cat"], "run `retriever index PATH` first"),
+        (["status", "--index", "nope"], "no index 'nope'"),
+        (["index", "/no/such/folder"], "no such file or folder"),
+        (["index", "{photos}", "--model", "ViT-B-99", "--pretrained", "x.pt"], "unknown model"),
+        (["index", "{photos}", "--model", "ViT-B-32", "--pretrained", "/no/weights.safetensors"], "weights file not found"),
+        (["search", "x", "--index", "../escape"], "invalid index name"),
+    ],
+)
+def test_errors_are_one_line_and_nonzero(run, photos, tmp_path, args, message):
+    args = [a.replace("{photos}", str(photos)) for a in args]
+    result = run(*args, "--home", tmp_path / "empty-home")
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "empty-home" / "default").exists()  # a failed create leaves nothing behind
+
+
+def test_existing_index_refuses_another_model_and_bad_query_images(run, indexed, tmp_path):
+    col, home = indexed
+    result = run("index", col, "--home", home, "--model", "offline")
+    assert result.exit_code == 1 and "was built with" in result.stderr and "--index" in result.stderr
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    result = run("similar", bad, "--home", home)
+    assert result.exit_code == 1 and "cannot use" in result.stderr
+    result = run("similar", tmp_path / "missing.jpg", "--home", home)
+    assert result.exit_code == 1 and "no such image" in result.stderr
+    result = run("search", "  ", "--home", home)
+    assert result.exit_code == 1 and "empty query" in result.stderr
+
+
+def test_a_second_writer_fails_at_once(run, indexed):
+    from retriever.index import Index
+
+    col, home = indexed
+    holder = Index.open(home, "default")
+    holder.acquire_lock()
+    try:
+        result = run("index", col, "--home", home)
+        assert result.exit_code == 1 and "is being written by pid" in result.stderr
+    finally:
+        holder.close()
+
+
+def test_real_subprocess(indexed, tmp_path):
+    col, home = indexed
+    env = {**os.environ, "RETRIEVER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    # The tiny architecture's config is registered again from the path stored in the catalog.
+    proc = subprocess.run(
+        [sys.executable, "-m", "retriever", "search", "a cup of coffee", "--json", "-k", "3"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len([json.loads(x) for x in proc.stdout.splitlines()]) == 3
+    proc = subprocess.run([sys.executable, "-m", "retriever", "status"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0 and "retriever-tiny-test" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "retriever", "search", "x", "--index", "missing"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_help_does_not_import_heavy_packages():
+    code = (
+        "import sys; from click.testing import CliRunner; from retriever.cli import main; "
+        "CliRunner().invoke(main, ['--help']); CliRunner().invoke(main, ['search', '--help']); "
+        "heavy = [m for m in ('torch', 'open_clip', 'faiss', 'transformers', 'sqlalchemy') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == ""
