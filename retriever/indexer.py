@@ -69,7 +69,7 @@ class RunSummary:
             "failed": self.failed,
             "indexed": self.indexed,
             "seconds": round(self.seconds, 3),
-            "images_per_second": round(self.indexed / self.seconds, 2) if self.seconds > 0 else None,
+            "images_per_second": round(self.indexed / self.seconds, 2) if self.seconds > 0 and self.indexed else None,
             "interrupted": self.interrupted,
         }
 

@@ -155,3 +155,23 @@ def test_help_does_not_import_heavy_packages():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == ""
+
+
+def test_models_lists_offline_and_open_clip_architectures(run):
+    rows = [json.loads(line) for line in run("models", "--json").stdout.splitlines()]
+    by_name = {r["name"]: r for r in rows}
+    assert rows[0]["name"] == "offline"
+    assert "laion2b_s34b_b79k" in by_name["ViT-B-32"]["pretrained"]
+    assert len(rows) > 100
+
+
+def test_progress_is_plain_log_lines_when_not_a_terminal(tmp_path, run, tiny_clip):
+    col = copy_photos(tmp_path / "col", ["chelsea.png", "coffee.jpg", "rocket.jpg"])
+    result = run("index", col, "--home", tmp_path / "h", "--model", tiny_clip["config"], "--pretrained", tiny_clip["pt"])
+    assert result.exit_code == 0
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("indexed 3/3 (100%), 0 failed,") and "img/s, ETA" in line for line in lines)
+    assert "\r" not in result.stderr  # no bar redraws in a log
+    assert "indexed 3 (added 3, updated 0), unchanged 0, removed 0, failed 0" in result.stderr
+    quiet = run("index", col, "--home", tmp_path / "h", "-q")
+    assert "indexed 0 (added 0" in quiet.stderr and "loading model" not in quiet.stderr
