@@ -137,6 +137,7 @@ def _atomic_write(path: Path, write) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the index is as readable as its catalog
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
