@@ -21,7 +21,7 @@ import numpy as np
 
 from .catalog import STATUS_FAILED, STATUS_INDEXED
 from .errors import ImageDecodeError
-from .files import FileEntry, fingerprint_bytes, is_under, walk
+from .files import FileEntry, absolute, fingerprint_bytes, is_under, walk
 from .images import decode
 
 
@@ -139,7 +139,7 @@ def run_index(
     gone: list[int] = []
     if options.prune:
         for path, prior in known.items():
-            if path not in seen and any(is_under(path, _abs(root)) for root in roots) and not os.path.exists(path):
+            if path not in seen and any(is_under(path, absolute(root)) for root in roots) and not os.path.exists(path):
                 gone.append(prior.id)
     if gone:
         catalog.remove(gone)
@@ -235,9 +235,3 @@ def _sync_vectors(index, generation_before: int, changes, removed: Iterable[int]
     else:
         vi = VectorIndex.build(index.dim, catalog.iter_vectors(index.dim))
     vi.save(index.vectors_path, generation)
-
-
-def _abs(path: str) -> str:
-    from .files import absolute
-
-    return absolute(path)

@@ -92,3 +92,16 @@ def test_too_many_pixels_are_refused_before_decoding(monkeypatch):
 def test_unreadable_file_is_a_decode_error(tmp_path):
     with pytest.raises(ImageDecodeError, match="cannot read"):
         images.load(str(tmp_path / "missing.jpg"))
+
+
+def test_draft_decoding_keeps_full_size_metadata_and_enough_pixels():
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1600, 3), dtype=np.uint8))
+    data = jpeg_bytes(big, quality=90)
+    full = images.decode(data)
+    small = images.decode(data, draft_min_side=224)
+    assert full.image.size == (1600, 1200)
+    assert min(small.image.size) >= 224 and small.image.size[0] < 1600  # decoded at 1/4 scale
+    assert (small.meta["width"], small.meta["height"]) == (1600, 1200)
+    png = io.BytesIO()
+    big.save(png, format="PNG")
+    assert images.decode(png.getvalue(), draft_min_side=224).image.size == (1600, 1200)  # JPEG only

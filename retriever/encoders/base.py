@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -42,18 +42,23 @@ class Encoder(ABC):
     """Contrastive image/text encoder.
 
     Subclasses set `model_id` (identifies architecture + weights: two encoders with the same id
-    give the same vectors), `dim`, and implement `preprocess` (PIL RGB image -> model input; CPU
-    only, safe to call from worker threads) and the two `_embed_*` methods on one batch.
+    give the same vectors), `dim`, `input_size`, and implement `preprocessor` and the two
+    `_embed_*` methods on one batch.
     """
 
     model_id: str
     dim: int
+    input_size: int  # the short side images are resized to first; decoding may stop at a multiple of it
     batch_size: int = 32
     device: str = "cpu"
 
     @abstractmethod
-    def preprocess(self, image: "Image.Image") -> Any:
-        """One decoded RGB image -> what `embed_preprocessed` takes (a tensor, an array)."""
+    def preprocessor(self) -> Callable[["Image.Image"], np.ndarray]:
+        """A picklable callable: one decoded RGB image -> float32 array (C, H, W), the model's
+        input. It holds no model, so decode worker processes can run it."""
+
+    def preprocess(self, image: "Image.Image") -> np.ndarray:
+        return self.preprocessor()(image)
 
     @abstractmethod
     def _embed_preprocessed_batch(self, batch: Sequence[Any]) -> np.ndarray:

@@ -142,8 +142,27 @@ def _fold_batchnorms(model: Any) -> None:
         block._swish = nn.ReLU6(inplace=True)
 
 
+class LitePreprocess:
+    """TF EfficientNet-Lite eval preprocessing, PIL + numpy only (picklable, no torch): bicubic
+    resize of the short side to 256, centre crop 224, pixels (x - 127) / 128, as (3, 224, 224)."""
+
+    def __call__(self, image: Any) -> np.ndarray:
+        from PIL import Image
+
+        w, h = image.size
+        scale = RESIZE_SIZE / min(w, h)
+        size = (max(RESIZE_SIZE, round(w * scale)), max(RESIZE_SIZE, round(h * scale)))
+        # reducing_gap: shrink big photos by whole factors first; far faster, same result to the eye.
+        image = image.resize(size, Image.BICUBIC, reducing_gap=3.0)
+        left, top = (size[0] - INPUT_SIZE) // 2, (size[1] - INPUT_SIZE) // 2
+        image = image.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE))
+        pixels = np.asarray(image, dtype=np.float32)
+        return np.ascontiguousarray(((pixels - 127.0) / 128.0).transpose(2, 0, 1))
+
+
 class OfflineEncoder(Encoder):
     model_id = "offline/conse-effnetlite0-minilm/v1"
+    input_size = RESIZE_SIZE
 
     def __init__(self, device: str = "auto", batch_size: int = 32) -> None:
         self.device = resolve_device(device)
@@ -222,18 +241,8 @@ class OfflineEncoder(Encoder):
 
     # ---- images ----------------------------------------------------------------------------
 
-    def preprocess(self, image: Any) -> Any:
-        from PIL import Image
-
-        w, h = image.size
-        scale = RESIZE_SIZE / min(w, h)
-        size = (max(RESIZE_SIZE, round(w * scale)), max(RESIZE_SIZE, round(h * scale)))
-        # reducing_gap: shrink big photos by whole factors first; far faster, same result to the eye.
-        image = image.resize(size, Image.BICUBIC, reducing_gap=3.0)
-        left, top = (size[0] - INPUT_SIZE) // 2, (size[1] - INPUT_SIZE) // 2
-        image = image.crop((left, top, left + INPUT_SIZE, top + INPUT_SIZE))
-        pixels = np.asarray(image, dtype=np.float32)
-        return torch.from_numpy((pixels - 127.0) / 128.0).permute(2, 0, 1).contiguous()
+    def preprocessor(self) -> "LitePreprocess":
+        return LitePreprocess()
 
     def _features(self, x: Any) -> tuple[Any, Any]:
         """-> (class logits, last-block feature map)."""
@@ -245,7 +254,7 @@ class OfflineEncoder(Encoder):
         return cnn._fc(head), x
 
     def _embed_preprocessed_batch(self, batch: Sequence[Any]) -> np.ndarray:
-        x = torch.stack(list(batch)).to(self.device)
+        x = torch.from_numpy(np.stack(batch)).to(self.device, non_blocking=True)
         with torch.inference_mode():
             if self.device.startswith("cuda"):
                 with torch.autocast("cuda", dtype=torch.float16):

@@ -53,7 +53,9 @@ class OpenClipEncoder(Encoder):
             ) from exc
         model.eval()
         self.model = model
-        self._preprocess = preprocess
+        self._preprocessor = TransformToArray(preprocess)
+        size = model.visual.image_size
+        self.input_size = int(min(size) if isinstance(size, (tuple, list)) else size)
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.dim = int(self._embed_text_batch(["a photo"]).shape[1])
 
@@ -99,8 +101,8 @@ class OpenClipEncoder(Encoder):
         offer = f"; tags for {name}: {', '.join(tags)}" if tags else ""
         raise WeightsNotFoundError(f"{pretrained!r} is neither a pretrained tag of {name} nor a file{offer}")
 
-    def preprocess(self, image) -> Any:
-        return self._preprocess(image)
+    def preprocessor(self) -> "TransformToArray":
+        return self._preprocessor
 
     def _autocast(self):
         import contextlib
@@ -115,7 +117,7 @@ class OpenClipEncoder(Encoder):
         import torch
 
         with torch.inference_mode(), self._autocast():
-            pixels = torch.stack(list(batch)).to(self.device)
+            pixels = torch.from_numpy(np.stack(batch)).to(self.device, non_blocking=True)
             features = self.model.encode_image(pixels)
         return features.float().cpu().numpy()
 
@@ -126,6 +128,17 @@ class OpenClipEncoder(Encoder):
             tokens = self.tokenizer(list(texts)).to(self.device)
             features = self.model.encode_text(tokens)
         return features.float().cpu().numpy()
+
+
+class TransformToArray:
+    """open_clip's own transform (a picklable torchvision Compose), returning a numpy array so that
+    worker processes send plain buffers back, not tensors."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image) -> np.ndarray:
+        return self.transform(image).numpy()
 
 
 def _check_tag_reachable(open_clip, arch: str, tag: str) -> None:
