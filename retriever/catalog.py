@@ -205,42 +205,64 @@ class Catalog:
         with self.engine.connect() as conn:
             return {row.path: KnownFile(*row) for row in conn.execute(select(*cols))}
 
-    def write_batch(
-        self,
-        rows: Sequence[dict[str, Any]],
-        batch_vectors: np.ndarray | None,
-        *,
-        remove_ids: Iterable[int] = (),
-    ) -> list[int]:
-        """One checkpoint, in one transaction: upsert image rows (by path), store the vectors of the
-        rows whose status is 'indexed' (in order), drop `remove_ids`. Returns the ids of `rows`."""
+    def write_batch(self, rows: Sequence[dict[str, Any]], *, remove_ids: Iterable[int] = ()) -> list[int]:
+        """One checkpoint, in one transaction. Returns the id of each row.
+
+        A row with an "id" updates that image (its path may change: a moved file); otherwise the
+        row is matched by path, updated if present, inserted if not (then every column is needed).
+        Only the keys present are written. The "vector" key: an array replaces the stored vector,
+        None deletes it, absent leaves it as it is. `remove_ids` are dropped first."""
         remove_ids = list(remove_ids)
         ids: list[int] = []
         with self.engine.begin() as conn:
-            if remove_ids:
-                for chunk in _chunks(remove_ids, 500):
-                    conn.execute(delete(vectors).where(vectors.c.image_id.in_(chunk)))
-                    conn.execute(delete(images).where(images.c.id.in_(chunk)))
-            vec_iter = iter(batch_vectors if batch_vectors is not None else ())
+            for chunk in _chunks(remove_ids, 500):
+                conn.execute(delete(vectors).where(vectors.c.image_id.in_(chunk)))
+                conn.execute(delete(images).where(images.c.id.in_(chunk)))
             for row in rows:
-                values = {k: row.get(k) for k in IMAGE_FIELDS}
+                values = {k: row[k] for k in IMAGE_FIELDS if k in row}
                 values["indexed_at"] = utcnow()
-                existing = conn.execute(select(images.c.id).where(images.c.path == row["path"])).scalar_one_or_none()
-                if existing is None:
+                image_id = row.get("id")
+                if image_id is None:
+                    image_id = conn.execute(select(images.c.id).where(images.c.path == row["path"])).scalar_one_or_none()
+                if image_id is None:
                     image_id = conn.execute(insert(images).values(**values)).inserted_primary_key[0]
                 else:
-                    image_id = existing
                     conn.execute(update(images).where(images.c.id == image_id).values(**values))
-                conn.execute(delete(vectors).where(vectors.c.image_id == image_id))
-                if row["status"] == STATUS_INDEXED:
-                    vec = np.asarray(next(vec_iter), dtype="<f4")
-                    conn.execute(insert(vectors).values(image_id=image_id, vector=vec.tobytes()))
+                if "vector" in row:
+                    conn.execute(delete(vectors).where(vectors.c.image_id == image_id))
+                    if row["vector"] is not None:
+                        blob = np.asarray(row["vector"], dtype="<f4").tobytes()
+                        conn.execute(insert(vectors).values(image_id=image_id, vector=blob))
                 ids.append(int(image_id))
             self._bump_generation(conn)
         return ids
 
     def remove(self, ids: Iterable[int]) -> None:
-        self.write_batch([], None, remove_ids=ids)
+        self.write_batch([], remove_ids=ids)
+
+    def ids_under(self, path: str) -> list[int]:
+        """Ids of the file at `path` and of every file below it, if it is a folder."""
+        prefix = path.rstrip("/") + "/"
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(images.c.id).where(
+                        (images.c.path == path) | images.c.path.like(escaped + "%", escape="\\")
+                    )
+                ).scalars()
+            )
+
+    def indexed_with_fingerprint(self, fingerprint: str) -> dict[str, Any] | None:
+        """An image with this content that has a stored vector, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(images)
+                .join(vectors, vectors.c.image_id == images.c.id)
+                .where(images.c.fingerprint == fingerprint, images.c.status == STATUS_INDEXED)
+                .limit(1)
+            ).mappings().first()
+        return dict(row) if row else None
 
     def _bump_generation(self, conn: Connection) -> None:
         current = conn.execute(select(settings.c.value).where(settings.c.key == "generation")).scalar_one_or_none()
@@ -323,6 +345,13 @@ class Catalog:
                     insert(runs).values(started_at=utcnow(), roots=json.dumps(list(roots)), status="running")
                 ).inserted_primary_key[0]
             )
+
+    def close_abandoned_runs(self) -> int:
+        """Runs still marked running when the writer lock is free were killed: say so."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                update(runs).where(runs.c.status == "running").values(status="killed")
+            ).rowcount
 
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
         with self.engine.begin() as conn:

@@ -119,19 +119,25 @@ def _home(home: Path | None) -> Path:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Decoding threads; 0 = one per core (at most 8).")
+              help="Decoding worker processes; 0 = one per core (at most 8).")
+@click.option("--retry-failed", is_flag=True, help="Read files that failed before again, even if unchanged.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching GLOB (repeatable).")
 @click.option("--include-hidden", is_flag=True, help="Also index hidden files/folders and system litter.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @reports_errors
-def index(paths, home, index_name, model, pretrained, device, batch_size, workers, exclude, include_hidden,
-          as_json, quiet):
+def index(paths, home, index_name, model, pretrained, device, batch_size, workers, retry_failed, exclude,
+          include_hidden, as_json, quiet):
     """Add the photos under PATHS (folders, walked recursively, or files) to an index.
 
-    Runs are incremental: unchanged files are not read again, changed files are re-embedded and
-    files that are gone are dropped. Files that cannot be decoded are skipped and recorded (see
-    `retriever errors`). The model is chosen when the index is created and kept for good.
+    Runs are incremental: unchanged files are not read again (no model is even loaded when
+    nothing changed), changed files are re-embedded, moved, renamed and copied files reuse their
+    stored vectors (found by a fingerprint of the whole file), and files that are gone are
+    dropped. Files that cannot be decoded are skipped and recorded (see `retriever errors`);
+    they are retried when they change, or with --retry-failed.
+
+    Work is committed in checkpoints: after Ctrl-C, a kill or a crash, run the same command
+    again to resume. The model is chosen when the index is created and kept for good.
     Formats: JPEG, PNG, WebP, GIF, BMP, TIFF.
     """
     from .index import open_for_writing
@@ -141,16 +147,28 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
     for p in paths:
         if not Path(p).expanduser().exists():
             raise RetrieverError(f"no such file or folder: {p}")
-    if not quiet:
-        click.echo("loading model ...", err=True)
+    _stop_on_sigterm()
+    from .index import Index
+
+    say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    if not Index.exists(home_dir, index_name):
+        say(f"creating index {index_name!r} in {home_dir}: loading the model ...")
     idx, encoder, note = open_for_writing(
         home_dir, index_name, model=model, pretrained=pretrained, device=device, batch_size=batch_size
     )
     if note:
         click.echo(note, err=True)
+    if callable(encoder) and not hasattr(encoder, "embed_texts"):
+        load = encoder
+
+        def encoder():
+            say(f"files to read: loading {idx.model_id} ...")
+            return load()
+
     with idx:
         reporter = _ProgressReporter(enabled=not quiet)
-        options = IndexOptions(include_hidden=include_hidden, exclude=exclude, workers=workers)
+        options = IndexOptions(include_hidden=include_hidden, exclude=exclude, workers=workers,
+                               retry_failed=retry_failed)
         try:
             summary = reporter.run(lambda cb: run_index(idx, encoder, list(paths), options, on_progress=cb))
         finally:
@@ -168,6 +186,16 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
             err=True,
         )
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _stop_on_sigterm() -> None:
+    """cron, systemd and `kill` send SIGTERM: stop at a checkpoint, as for Ctrl-C."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 class _ProgressReporter:
@@ -228,8 +256,8 @@ def _print_index_summary(summary, status: dict[str, Any]) -> None:
     rate = f", {summary.indexed / summary.seconds:.1f} img/s" if summary.seconds > 0 and summary.indexed else ""
     click.echo(
         f"indexed {summary.indexed} (added {summary.added}, updated {summary.updated}), "
-        f"unchanged {summary.unchanged}, removed {summary.removed}, failed {summary.failed} "
-        f"in {_duration(summary.seconds)}{rate}",
+        f"moved {summary.moved}, unchanged {summary.unchanged}, removed {summary.removed}, "
+        f"failed {summary.failed} in {_duration(summary.seconds)}{rate}",
         err=True,
     )
     for path, reason in summary.failures[:10]:
@@ -237,6 +265,35 @@ def _print_index_summary(summary, status: dict[str, Any]) -> None:
     if len(summary.failures) > 10:
         click.echo(f"  ... and {len(summary.failures) - 10} more (retriever errors)", err=True)
     click.echo(f"index {status['index']!r}: {status['images']} images, model {status['model_id']}", err=True)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@index_options
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+@reports_errors
+def remove(paths, home, index_name, as_json):
+    """Drop files, or whole folders, from an index (the files on disk are not touched).
+
+    A folder that is still under an indexed root comes back at the next `retriever index` of
+    that root; use --exclude there to keep it out.
+    """
+    from .files import absolute
+    from .index import Index
+
+    with Index.open(_home(home), index_name) as idx:
+        idx.acquire_lock()
+        per_path = {p: idx.catalog.ids_under(absolute(p)) for p in paths}
+        ids = sorted({i for found in per_path.values() for i in found})
+        idx.remove_images(ids)
+        status = idx.status()
+    if as_json:
+        click.echo(json.dumps({"removed": len(ids), "images": status["images"], "vectors": status["vectors"]}))
+        return
+    for p, found in per_path.items():
+        if not found:
+            click.echo(f"not in the index: {p}", err=True)
+    click.echo(f"removed {len(ids)} from index {status['index']!r}; {status['images']} images left", err=True)
 
 
 # -- search / similar -------------------------------------------------------------------------------

@@ -179,6 +179,15 @@ class Index:
             vi.save(self.vectors_path, generation)
         return vi
 
+    def remove_images(self, ids: list[int]) -> None:
+        """Drop images (rows and vectors) and bring the FAISS file up to date. Needs the lock."""
+        if not ids:
+            return
+        vectors = self.vector_index()  # current, before the catalog changes
+        self.catalog.remove(ids)
+        vectors.remove(ids)
+        vectors.save(self.vectors_path, self.catalog.generation())
+
     def status(self) -> dict[str, Any]:
         from .vectors import read_info
 
@@ -239,10 +248,11 @@ def open_for_writing(
 ):
     """-> (Index holding the writer lock, its encoder, a note for the user or None).
 
-    An existing index keeps its model (asking for another is a ModelMismatchError). A new one
-    gets the model asked for, or the default (see encoders.default_model_spec); its folder is
-    created only once the encoder has loaded, and the lock is taken before the (slow) load so a
-    second writer fails at once."""
+    An existing index keeps its model (asking for another is a ModelMismatchError), and its
+    encoder comes back as a callable that loads it, so that a run with nothing to read never
+    loads a model. A new index gets the model asked for, or the default (see
+    encoders.default_model_spec); its folder is created only once the encoder has loaded, and the
+    lock is taken before the (slow) load so a second writer fails at once."""
     from .encoders import create_encoder, default_model_spec, is_config_path
 
     folder = Path(home) / check_name(name)
@@ -251,7 +261,7 @@ def open_for_writing(
         try:
             index.check_model_request(model, pretrained)
             index.acquire_lock()
-            return index, index.load_encoder(device, batch_size), None
+            return index, lambda: index.load_encoder(device, batch_size), None
         except BaseException:
             index.close()
             raise

@@ -1,42 +1,59 @@
 """The pipeline that moves files into catalog + vectors.
 
-walk (stat only) -> compare with the catalog -> read + fingerprint + decode + preprocess in a
-bounded pool of worker threads -> encode in batches -> commit each batch (rows + vectors, one
-transaction: a checkpoint) -> bring the FAISS file up to date.
+    walk (stat only) -> compare with the catalog -> in worker processes: read, fingerprint,
+    decode (JPEGs at reduced size), preprocess -> bounded queue, in order -> reuse a stored vector
+    when the content is already known (moved, copied, touched files), else encode in batches ->
+    checkpoints: rows + vectors in one SQLite transaction -> the FAISS index, kept in step.
 
-A file that cannot be decoded is recorded with its reason and never stops the run; a file whose
-size and mtime are unchanged is not read again.
+Crash safety: every checkpoint is one transaction, so a SIGKILL at any moment leaves a catalog
+in which each file is present once with its vector, or absent; the next run carries on from
+there (at most one checkpoint of work is lost). The FAISS file records the catalog generation it
+reflects and is rebuilt from the stored vectors when a killed run left it behind.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .catalog import STATUS_FAILED, STATUS_INDEXED
+from .catalog import STATUS_FAILED, STATUS_INDEXED, KnownFile
 from .errors import ImageDecodeError
-from .files import FileEntry, absolute, fingerprint_bytes, is_under, walk
+from .files import absolute, fingerprint_bytes, is_under, walk
 from .images import decode
+
+# JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale as long as both sides stay at least
+# DRAFT_FACTOR x the model's input size (see benchmarks/draft_agreement.py for the measurement).
+DRAFT_FACTOR = 2
+# Below this many files to read, threads in this process beat starting worker processes.
+PROCESS_MIN_FILES = 64
+# A checkpoint is committed after every encoded batch, and for files that need no encoding
+# (moved, touched, failed) at least this often.
+CHECKPOINT_SECONDS = 5.0
+CHECKPOINT_ROWS = 256
 
 
 @dataclass
 class IndexOptions:
     include_hidden: bool = False  # index .hidden files and folders, and system litter
     exclude: Sequence[str] = ()  # glob patterns on the full path or the base name
-    workers: int = 0  # decode threads; 0 = from the core count
-    prune: bool = True  # drop catalog entries under the roots whose files are gone
+    workers: int = 0  # decode workers; 0 = one per core (at most 8)
+    pool: str = "auto"  # "process", "thread", or "auto" (processes for runs of PROCESS_MIN_FILES or more)
+    retry_failed: bool = False  # read failed files again even if they have not changed
+    draft: bool = True  # reduced-size JPEG decoding (see DRAFT_FACTOR)
 
 
 @dataclass
 class Progress:
-    done: int  # files processed this run (indexed or failed)
-    total: int  # files to process this run
+    done: int  # files handled this run (indexed, reused or failed)
+    total: int  # files to handle this run
     failed: int
     elapsed: float
 
@@ -47,11 +64,13 @@ class Progress:
 
 @dataclass
 class RunSummary:
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    failed: int = 0
+    added: int = 0  # new files (copies of known content included)
+    updated: int = 0  # changed content, re-embedded
+    moved: int = 0  # a known file found under a new path; its vector reused
+    removed: int = 0  # gone from disk, dropped
+    unchanged: int = 0  # same size and mtime, or same content
+    failed: int = 0  # could not be read or decoded this run
+    copied: int = 0  # of `added`: content already indexed elsewhere, vector reused
     seconds: float = 0.0
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of this run
@@ -64,9 +83,11 @@ class RunSummary:
         return {
             "added": self.added,
             "updated": self.updated,
+            "moved": self.moved,
             "removed": self.removed,
             "unchanged": self.unchanged,
             "failed": self.failed,
+            "copied": self.copied,
             "indexed": self.indexed,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.indexed / self.seconds, 2) if self.seconds > 0 and self.indexed else None,
@@ -74,37 +95,91 @@ class RunSummary:
         }
 
 
+# -- the worker side --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Task:
+    path: str
+    size: int
+    mtime_ns: int
+    known: KnownFile | None  # the catalog's row for this path, if any
+
+
 @dataclass
 class _Prepared:
-    entry: FileEntry
-    row: dict[str, Any]  # catalog fields
-    pixels: Any = None  # encoder input when decoded
+    task: _Task
+    fingerprint: str | None = None
+    meta: dict[str, Any] | None = None  # image metadata when decoded
+    pixels: np.ndarray | None = None  # encoder input when decoded
+    error: str | None = None  # one line, when the file failed
+    skipped_decode: bool = False  # content known: not decoded
 
 
-def _prepare(entry: FileEntry, preprocess: Callable[[Any], Any]) -> _Prepared:
-    row: dict[str, Any] = {"path": entry.path, "size": entry.size, "mtime_ns": entry.mtime_ns}
+def prepare(
+    task: _Task, preprocessor, draft_min_side: int | None, known_content: frozenset[str], force: bool = False
+) -> _Prepared:
+    """Read, fingerprint, and (unless the content is already known, or `force`) decode and
+    preprocess one file. Never raises for a bad file: the reason goes into `error`."""
     try:
-        with open(entry.path, "rb") as f:
+        with open(task.path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        row.update(status=STATUS_FAILED, error=f"cannot read: {exc.strerror or exc}")
-        return _Prepared(entry, row)
-    row["fingerprint"] = fingerprint_bytes(data)
+        return _Prepared(task, error=f"cannot read: {exc.strerror or exc}")
+    fp = fingerprint_bytes(data)
+    same_as_before = task.known is not None and task.known.status == STATUS_INDEXED and task.known.fingerprint == fp
+    if not force and (fp in known_content or same_as_before):
+        return _Prepared(task, fingerprint=fp, skipped_decode=True)
     try:
-        decoded = decode(data, entry.path)
-        pixels = preprocess(decoded.image)
+        decoded = decode(data, task.path, draft_min_side=draft_min_side)
+        pixels = preprocessor(decoded.image)
     except ImageDecodeError as exc:
-        row.update(status=STATUS_FAILED, error=str(exc))
-        return _Prepared(entry, row)
+        return _Prepared(task, fingerprint=fp, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a preprocessing bug on one odd file must not stop the run
-        row.update(status=STATUS_FAILED, error=f"preprocessing failed: {type(exc).__name__}: {exc}"[:300])
-        return _Prepared(entry, row)
-    row.update(decoded.meta, status=STATUS_INDEXED, error=None)
-    return _Prepared(entry, row, pixels)
+        return _Prepared(task, fingerprint=fp, error=f"preprocessing failed: {type(exc).__name__}: {exc}"[:300])
+    return _Prepared(task, fingerprint=fp, meta=decoded.meta, pixels=np.asarray(pixels, dtype=np.float32))
+
+
+_worker_state: dict[str, Any] = {}
+
+
+def _init_worker(preprocessor, draft_min_side, known_content) -> None:
+    # Ctrl-C reaches the whole process group: the main process decides what to keep; workers
+    # must not die with tracebacks of their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:  # one thread each: the workers already use every core between them
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    _worker_state.update(preprocessor=preprocessor, draft=draft_min_side, known=known_content)
+
+
+def _prepare_in_worker(task: _Task) -> _Prepared:
+    s = _worker_state
+    return prepare(task, s["preprocessor"], s["draft"], s["known"])
 
 
 def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2)))
+    return max(1, min(8, os.cpu_count() or 2))
+
+
+def _make_pool(kind: str, workers: int, preprocessor, draft, known) -> tuple[Executor, Callable[[_Task], Any]]:
+    if kind == "process":
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context(method),
+            initializer=_init_worker,
+            initargs=(preprocessor, draft, known),
+        )
+        return pool, lambda task: pool.submit(_prepare_in_worker, task)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retriever-decode")
+    return pool, lambda task: pool.submit(prepare, task, preprocessor, draft, known)
+
+
+# -- the main side ----------------------------------------------------------------------------------
 
 
 def run_index(
@@ -114,124 +189,227 @@ def run_index(
     options: IndexOptions | None = None,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> RunSummary:
-    """Index `roots` into `index` (which must hold the writer lock). KeyboardInterrupt stops after
-    the last committed batch; the summary then says interrupted=True and nothing committed is lost."""
+    """Index `roots` into `index`, which must hold the writer lock. `encoder` is an Encoder or a
+    callable returning one: it is loaded only when some file needs reading.
+
+    KeyboardInterrupt stops at the last checkpoint: the summary says interrupted=True and nothing
+    committed is lost; running again resumes."""
     options = options or IndexOptions()
-    started = time.monotonic()
-    summary = RunSummary()
-    catalog = index.catalog
-    run_id = catalog.start_run(list(roots))
+    return _Run(index, encoder, roots, options, on_progress).run()
 
-    known = catalog.known_files()
-    seen: set[str] = set()
-    todo: list[tuple[FileEntry, int | None]] = []  # (entry, existing id or None)
-    for entry in walk(roots, include_hidden=options.include_hidden, exclude=options.exclude):
-        if entry.path in seen:  # the same file reached through two roots
-            continue
-        seen.add(entry.path)
-        prior = known.get(entry.path)
-        if prior is not None and prior.size == entry.size and prior.mtime_ns == entry.mtime_ns:
-            summary.unchanged += 1
-            continue
-        todo.append((entry, prior.id if prior else None))
 
-    generation_before = catalog.generation()
-    gone: list[int] = []
-    if options.prune:
-        for path, prior in known.items():
-            if path not in seen and any(is_under(path, absolute(root)) for root in roots) and not os.path.exists(path):
-                gone.append(prior.id)
-    if gone:
-        catalog.remove(gone)
-        summary.removed = len(gone)
+class _Run:
+    def __init__(self, index, encoder, roots, options: IndexOptions, on_progress):
+        self.index = index
+        self.catalog = index.catalog
+        self._encoder = encoder
+        self.roots = [absolute(r) for r in roots]
+        self.options = options
+        self.on_progress = on_progress
+        self.summary = RunSummary()
+        self.started = time.monotonic()
+        self.pending: list[dict[str, Any]] = []  # rows of the next checkpoint
+        self.to_encode: list[_Prepared] = []
+        self.last_flush = time.monotonic()
+        self.done = 0
+        self.total = 0
+        self.vectors = None  # the FAISS index, loaded when the run has anything to change
+        self.in_commit = False
+        self.draft: int | None = None
 
-    vector_changes: list[tuple[list[int], np.ndarray | None, list[int]]] = []  # (added ids, vectors, dropped ids)
-    status = "completed"
-    batch_size = max(1, encoder.batch_size)
-    workers = options.workers or default_workers()
-    pending: deque[tuple[Future, int | None]] = deque()
-    todo_iter = iter(todo)
-    batch: list[tuple[_Prepared, int | None]] = []
-    done = 0
+    @property
+    def encoder(self):
+        from .encoders.base import Encoder
 
-    def commit(items: list[tuple[_Prepared, int | None]]) -> None:
-        nonlocal done
-        ok = [p for p, _ in items if p.row["status"] == STATUS_INDEXED]
-        vecs = encoder.embed_preprocessed([p.pixels for p in ok]) if ok else None
-        ids = catalog.write_batch([p.row for p, _ in items], vecs)
-        added_ids = [i for (p, _), i in zip(items, ids) if p.row["status"] == STATUS_INDEXED]
-        dropped = [prior for _, prior in items if prior is not None]
-        vector_changes.append((added_ids, vecs, dropped))
-        for p, prior in items:
-            if p.row["status"] == STATUS_FAILED:
-                summary.failed += 1
-                summary.failures.append((p.entry.path, p.row["error"]))
-            elif prior is None:
-                summary.added += 1
-            else:
-                summary.updated += 1
-        done += len(items)
-        if on_progress:
-            on_progress(Progress(done, len(todo), summary.failed, time.monotonic() - started))
+        if not isinstance(self._encoder, Encoder):
+            self._encoder = self._encoder()
+        return self._encoder
 
-    try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retriever-decode") as pool:
-            lookahead = max(2 * batch_size, 4 * workers)  # bounded: memory stays flat
+    def run(self) -> RunSummary:
+        catalog = self.catalog
+        catalog.close_abandoned_runs()  # we hold the lock: any run still "running" was killed
+        run_id = catalog.start_run(self.roots)
+        tasks, gone = self._plan()
+        status = "completed"
+        try:
+            if tasks or gone:
+                self.vectors = self.index.vector_index()
+                self._process(tasks, gone)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self.summary.interrupted = True
+            if self.in_commit:  # the FAISS index may lag the catalog: leave it to be rebuilt
+                self.vectors = None
+        if self.vectors is not None:
+            self.vectors.save(self.index.vectors_path, catalog.generation())
+        self.summary.seconds = time.monotonic() - self.started
+        catalog.finish_run(run_id, status, self.summary.as_dict())
+        catalog.set_settings({"last_run_at": catalog.last_run()["finished_at"]})
+        return self.summary
 
-            def refill() -> None:
+    def _plan(self) -> tuple[list[_Task], list[KnownFile]]:
+        """Stat only: which files to read, and which known files are gone."""
+        known = self.catalog.known_files()
+        seen: set[str] = set()
+        tasks: list[_Task] = []
+        for entry in walk(self.roots, include_hidden=self.options.include_hidden, exclude=self.options.exclude):
+            if entry.path in seen:  # the same file reached through two roots
+                continue
+            seen.add(entry.path)
+            prior = known.get(entry.path)
+            if prior is not None and prior.size == entry.size and prior.mtime_ns == entry.mtime_ns:
+                if not (self.options.retry_failed and prior.status == STATUS_FAILED):
+                    self.summary.unchanged += 1
+                    continue
+            tasks.append(_Task(entry.path, entry.size, entry.mtime_ns, prior))
+        gone = [
+            prior
+            for path, prior in known.items()
+            if path not in seen and any(is_under(path, root) for root in self.roots) and _vanished(path)
+        ]
+        return tasks, gone
+
+    def _process(self, tasks: list[_Task], gone: list[KnownFile]) -> None:
+        # Content of files that are gone may reappear under a new path (a move): such files are
+        # fingerprinted but not decoded. Copies of content still present are caught after reading.
+        self.gone_by_fp: dict[str, list[KnownFile]] = {}
+        for g in gone:
+            if g.fingerprint and g.status == STATUS_INDEXED:
+                self.gone_by_fp.setdefault(g.fingerprint, []).append(g)
+        self.total = len(tasks)
+        if tasks:
+            self._read_all(tasks)
+        self._flush(force=True)
+        leftover = [g.id for items in self.gone_by_fp.values() for g in items]
+        leftover += [g.id for g in gone if not (g.fingerprint and g.status == STATUS_INDEXED)]
+        if leftover:
+            self._commit([], remove_ids=leftover)
+            self.summary.removed += len(leftover)
+
+    def _read_all(self, tasks: list[_Task]) -> None:
+        encoder = self.encoder
+        opts = self.options
+        workers = opts.workers or default_workers()
+        kind = opts.pool if opts.pool != "auto" else ("process" if len(tasks) >= PROCESS_MIN_FILES else "thread")
+        self.draft = DRAFT_FACTOR * encoder.input_size if opts.draft else None
+        pool, submit = _make_pool(kind, workers, encoder.preprocessor(), self.draft, frozenset(self.gone_by_fp))
+        lookahead = max(2 * encoder.batch_size, 4 * workers)  # bounded: memory stays flat
+        pending: deque[Future] = deque()
+        it = iter(tasks)
+        try:
+            while True:
                 while len(pending) < lookahead:
-                    nxt = next(todo_iter, None)
-                    if nxt is None:
-                        return
-                    entry, prior = nxt
-                    pending.append((pool.submit(_prepare, entry, encoder.preprocess), prior))
+                    task = next(it, None)
+                    if task is None:
+                        break
+                    pending.append(submit(task))
+                if not pending:
+                    break
+                self._handle(pending.popleft().result())
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
 
-            try:
-                refill()
-                while pending:
-                    future, prior = pending.popleft()
-                    batch.append((future.result(), prior))
-                    refill()
-                    if len(batch) >= batch_size:
-                        commit(batch)
-                        batch = []
-                if batch:
-                    commit(batch)
-                    batch = []
-            finally:
-                for future, _ in pending:
-                    future.cancel()
-    except KeyboardInterrupt:
-        status = "interrupted"
-        summary.interrupted = True
+    def _handle(self, p: _Prepared) -> None:
+        task = p.task
+        base = {"path": task.path, "size": task.size, "mtime_ns": task.mtime_ns}
+        if p.error is not None:
+            self.summary.failed += 1
+            self.summary.failures.append((task.path, p.error))
+            self._queue({**base, "fingerprint": p.fingerprint, "status": STATUS_FAILED, "error": p.error,
+                         "vector": None, "_in_index": task.known is not None})
+            return
+        if task.known is not None and task.known.fingerprint == p.fingerprint and task.known.status == STATUS_INDEXED:
+            self.summary.unchanged += 1  # touched, same content: new size/mtime only
+            self._queue({"id": task.known.id, **base})
+            return
+        if task.known is None and p.fingerprint in self.gone_by_fp:
+            source = self.gone_by_fp[p.fingerprint].pop()
+            if not self.gone_by_fp[p.fingerprint]:
+                del self.gone_by_fp[p.fingerprint]
+            self.summary.moved += 1  # same row, same id, same vector: only the path changes
+            self._queue({"id": source.id, **base})
+            return
+        source = self.catalog.indexed_with_fingerprint(p.fingerprint) if p.fingerprint else None
+        if source is not None and source["path"] != task.path:
+            # Known content under another path: reuse its metadata and vector, encode nothing.
+            vector = self.catalog.vectors_for([source["id"]], self.index.dim)[source["id"]]
+            meta = {k: source[k] for k in _META_KEYS}
+            self._count_new(task)
+            self.summary.copied += 1
+            self._queue({**base, **meta, "fingerprint": p.fingerprint, "status": STATUS_INDEXED, "error": None,
+                         "vector": vector, "_in_index": task.known is not None})
+            return
+        if p.pixels is None:  # decode was skipped for content that has since become unavailable
+            p = prepare(task, self.encoder.preprocessor(), self.draft, frozenset(), force=True)
+            if p.error is not None:
+                self._handle(p)
+                return
+        self.to_encode.append(p)
+        if len(self.to_encode) >= self.encoder.batch_size:
+            self._encode_batch()
 
-    _sync_vectors(index, generation_before, vector_changes, removed=gone)
-    summary.seconds = time.monotonic() - started
-    catalog.finish_run(run_id, status, summary.as_dict())
-    catalog.set_settings({"last_run_at": catalog.last_run()["finished_at"]})
-    return summary
+    def _count_new(self, task: _Task) -> None:
+        if task.known is None:
+            self.summary.added += 1
+        else:
+            self.summary.updated += 1
+
+    def _encode_batch(self) -> None:
+        batch, self.to_encode = self.to_encode, []
+        vectors = self.encoder.embed_preprocessed([p.pixels for p in batch])
+        for p, vector in zip(batch, vectors):
+            self._count_new(p.task)
+            row = {"path": p.task.path, "size": p.task.size, "mtime_ns": p.task.mtime_ns, **(p.meta or {}),
+                   "fingerprint": p.fingerprint, "status": STATUS_INDEXED, "error": None, "vector": vector,
+                   "_in_index": p.task.known is not None}
+            self._queue(row)
+        self._flush(force=True)
+
+    def _queue(self, row: dict[str, Any]) -> None:
+        """One file handled; its row goes into the next checkpoint."""
+        self.pending.append(row)
+        self.done += 1
+        self._flush(force=False)
+
+    def _flush(self, force: bool) -> None:
+        if force and self.to_encode:
+            self._encode_batch()  # flushes again itself
+            return
+        due = len(self.pending) >= CHECKPOINT_ROWS or time.monotonic() - self.last_flush >= CHECKPOINT_SECONDS
+        if self.pending and (force or due):
+            rows, self.pending = self.pending, []
+            self._commit(rows)
+        if self.on_progress and (force or due):
+            self.on_progress(Progress(self.done, self.total, self.summary.failed, time.monotonic() - self.started))
+
+    def _commit(self, rows: list[dict[str, Any]], remove_ids: Sequence[int] = ()) -> None:
+        """One checkpoint: the catalog first (the truth), then the in-memory FAISS index.
+        Rows marked _in_index may already have a vector there (removal scans the whole index, so
+        it is skipped for files that are new to the catalog)."""
+        self.in_commit = True
+        ids = self.catalog.write_batch(rows, remove_ids=remove_ids)
+        self.last_flush = time.monotonic()
+        stale = list(remove_ids) + [i for row, i in zip(rows, ids) if "vector" in row and row.get("_in_index")]
+        changed = [(i, row["vector"]) for row, i in zip(rows, ids) if row.get("vector") is not None]
+        if stale:
+            self.vectors.remove(stale)
+        if changed:
+            self.vectors.add(np.array([i for i, _ in changed], dtype=np.int64), np.stack([v for _, v in changed]))
+        self.in_commit = False
 
 
-def _sync_vectors(index, generation_before: int, changes, removed: Iterable[int]) -> None:
-    """Apply this run's changes to the saved FAISS index when it was current at the start of the
-    run; otherwise rebuild it from the catalog. Either way it ends at the catalog's generation."""
-    from .vectors import VectorIndex
-
-    catalog = index.catalog
-    generation = catalog.generation()
-    vi = None
+def _vanished(path: str) -> bool:
+    """Gone for certain. A file we merely cannot reach now (permissions, an I/O error, an
+    unmounted share) is kept: nothing that exists is ever dropped."""
     try:
-        vi, info = VectorIndex.load(index.vectors_path)
-        if info.generation != generation_before:
-            vi = None
-    except (FileNotFoundError, ValueError):
-        vi = None
-    if vi is not None:
-        vi.remove(removed)
-        for added_ids, vecs, dropped in changes:
-            vi.remove(dropped)
-            if added_ids:
-                vi.add(np.asarray(added_ids, dtype=np.int64), vecs)
-    else:
-        vi = VectorIndex.build(index.dim, catalog.iter_vectors(index.dim))
-    vi.save(index.vectors_path, generation)
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+_META_KEYS = ("width", "height", "format", "taken_at", "camera_make", "camera_model", "gps_lat", "gps_lon")

@@ -49,7 +49,8 @@ def test_write_batch_upserts_rows_and_vectors_in_one_checkpoint(tmp_path):
     g0 = cat.generation()
     vecs = np.eye(3, 4, dtype=np.float32)
     ids = cat.write_batch(
-        [row("/a"), row("/b", status="failed", error="broken"), row("/c"), row("/d")], vecs[[0, 1, 2]]
+        [row("/a", vector=vecs[0]), row("/b", status="failed", error="broken", vector=None),
+         row("/c", vector=vecs[1]), row("/d", vector=vecs[2])]
     )
     assert cat.generation() == g0 + 1
     assert cat.counts() == {"images": 3, "failed": 1, "stored_vectors": 3}
@@ -58,7 +59,7 @@ def test_write_batch_upserts_rows_and_vectors_in_one_checkpoint(tmp_path):
     np.testing.assert_array_equal(stored[ids[3]], vecs[2])
 
     # Re-writing a path keeps its id; a row that now fails loses its vector.
-    ids2 = cat.write_batch([row("/a", status="failed", error="now broken")], None)
+    ids2 = cat.write_batch([row("/a", status="failed", error="now broken", vector=None)])
     assert ids2 == [ids[0]]
     assert ids[0] not in cat.vectors_for([ids[0]], 4)
     assert cat.failures()[0]["path"] == "/a"
@@ -69,11 +70,31 @@ def test_write_batch_upserts_rows_and_vectors_in_one_checkpoint(tmp_path):
     assert all_ids.tolist() == [ids[3]]
 
 
+def test_partial_updates_by_id_keep_the_vector(tmp_path):
+    cat = Catalog(tmp_path / "c.db", create=True)
+    (image_id,) = cat.write_batch([row("/old/a.jpg", width=5, vector=np.arange(3, dtype=np.float32))])
+    cat.write_batch([{"id": image_id, "path": "/new/a.jpg", "size": 11, "mtime_ns": 2}])  # a move
+    moved = cat.find_by_path("/new/a.jpg")
+    assert (moved["id"], moved["size"], moved["width"]) == (image_id, 11, 5)
+    assert cat.find_by_path("/old/a.jpg") is None
+    np.testing.assert_array_equal(cat.vectors_for([image_id], 3)[image_id], [0, 1, 2])
+    assert cat.indexed_with_fingerprint(moved["fingerprint"])["id"] == image_id
+    assert cat.indexed_with_fingerprint("nope") is None
+
+
+def test_ids_under_a_folder(tmp_path):
+    cat = Catalog(tmp_path / "c.db", create=True)
+    ids = cat.write_batch([row(p) for p in ("/p/a.jpg", "/p/sub/b.jpg", "/p_x/c.jpg", "/p%/d.jpg", "/q.jpg")])
+    assert sorted(cat.ids_under("/p")) == ids[:2]
+    assert cat.ids_under("/p/a.jpg") == [ids[0]]
+    assert cat.ids_under("/p%") == [ids[3]]
+
+
 def test_ids_are_never_reused(tmp_path):
     cat = Catalog(tmp_path / "c.db", create=True)
-    (first,) = cat.write_batch([row("/a")], np.ones((1, 2), np.float32))
+    (first,) = cat.write_batch([row("/a", vector=np.ones(2))])
     cat.remove([first])
-    (second,) = cat.write_batch([row("/b")], np.ones((1, 2), np.float32))
+    (second,) = cat.write_batch([row("/b", vector=np.ones(2))])
     assert second > first  # FAISS ids stay unique over the index's life
 
 

@@ -172,6 +172,25 @@ def test_progress_is_plain_log_lines_when_not_a_terminal(tmp_path, run, tiny_cli
     lines = result.stderr.splitlines()
     assert any(line.startswith("indexed 3/3 (100%), 0 failed,") and "img/s, ETA" in line for line in lines)
     assert "\r" not in result.stderr  # no bar redraws in a log
-    assert "indexed 3 (added 3, updated 0), unchanged 0, removed 0, failed 0" in result.stderr
+    assert "indexed 3 (added 3, updated 0), moved 0, unchanged 0, removed 0, failed 0" in result.stderr
+    assert "loading the model" in result.stderr
+    again = run("index", col, "--home", tmp_path / "h")
+    assert "indexed 0 (added 0" in again.stderr and "loading" not in again.stderr  # nothing to read
+    from PIL import Image
+
+    Image.open(col / "coffee.jpg").resize((100, 80)).save(col / "new.jpg")
     quiet = run("index", col, "--home", tmp_path / "h", "-q")
-    assert "indexed 0 (added 0" in quiet.stderr and "loading model" not in quiet.stderr
+    assert quiet.stderr.count("\n") == 2 and "loading" not in quiet.stderr  # only the summary
+
+
+def test_remove_drops_files_and_folders(run, indexed):
+    col, home = indexed
+    n = len(list(col.iterdir()))
+    result = run("remove", col / "chelsea.png", col / "nope.jpg", "--home", home)
+    assert result.exit_code == 0 and "not in the index" in result.stderr
+    status = json.loads(run("status", "--home", home, "--json").stdout)
+    assert status["images"] == status["vectors"] == n - 1
+    paths = run("search", "a cat", "--home", home, "--paths", "-k", 50).stdout.splitlines()
+    assert str(col / "chelsea.png") not in paths and len(paths) == n - 1
+    out = json.loads(run("remove", col, "--home", home, "--json").stdout)
+    assert out == {"removed": n - 1, "images": 0, "vectors": 0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -25,9 +26,13 @@ def assert_faiss_matches_brute_force(index, queries):
     vi = index.vector_index()
     assert len(vi) == len(ids)
     scores, found = vi.search(queries, 5)
+    by_id = dict(zip(ids.tolist(), vecs))
     for q in range(len(queries)):
-        ref = ids[np.argsort(-(vecs @ queries[q]), kind="stable")[:5]]
-        assert list(found[q]) == list(ref)
+        exact = np.sort(vecs @ queries[q])[::-1][:5]
+        np.testing.assert_allclose(scores[q], exact, atol=1e-5)  # the best 5 scores, ties allowed
+        for i, score in zip(found[q], scores[q]):
+            assert abs(float(by_id[int(i)] @ queries[q]) - score) < 1e-5  # each id really has its score
+        assert len(set(found[q].tolist())) == 5
 
 
 def test_first_run_indexes_every_photo_and_agrees_with_brute_force(tmp_path, tiny_index, tiny_encoder):
@@ -46,34 +51,106 @@ def test_first_run_indexes_every_photo_and_agrees_with_brute_force(tmp_path, tin
                                atol=1e-5)
 
 
-def test_second_run_encodes_nothing_and_changes_are_tracked(tmp_path, tiny_index, tiny_encoder, monkeypatch):
+def test_second_run_reads_nothing_and_loads_no_model(tmp_path, tiny_index, tiny_encoder, monkeypatch):
     col = copy_photos(tmp_path / "col")
     n = len(list(col.iterdir()))
     run_index(tiny_index, tiny_encoder, [str(col)])
 
     import retriever.indexer as indexer
 
-    real_prepare = indexer._prepare
-    monkeypatch.setattr(indexer, "_prepare", lambda *a: pytest.fail("an unchanged file was read"))
-    again = run_index(tiny_index, tiny_encoder, [str(col)])
-    assert (again.unchanged, again.indexed, again.removed) == (n, 0, 0)
-    monkeypatch.setattr(indexer, "_prepare", real_prepare)
+    monkeypatch.setattr(indexer, "prepare", lambda *a: pytest.fail("an unchanged file was read"))
+    again = run_index(tiny_index, lambda: pytest.fail("the model was loaded"), [str(col)])
+    assert (again.unchanged, again.indexed, again.removed, again.moved) == (n, 0, 0, 0)
 
-    # Change one file's content, delete another.
-    old = tiny_index.catalog.find_by_path(str(col / "coffee.jpg"))
+
+def test_changed_moved_copied_touched_and_deleted_files(tmp_path, tiny_index, tiny_encoder, monkeypatch):
+    col = copy_photos(tmp_path / "col")
+    n = len(list(col.iterdir()))
+    run_index(tiny_index, tiny_encoder, [str(col)])
+    cat = tiny_index.catalog
+    before = {p: cat.find_by_path(str(col / p)) for p in ("coffee.jpg", "brick.png", "rocket.jpg", "flower.jpg")}
+
+    # changed content; moved into a subfolder; copied; touched (new mtime, same bytes); deleted
     Image.open(col / "chelsea.png").convert("RGB").save(col / "coffee.jpg")
-    os.utime(col / "coffee.jpg", ns=(old["mtime_ns"] + 10**9, old["mtime_ns"] + 10**9))
-    (col / "rocket.jpg").unlink()
-    third = run_index(tiny_index, tiny_encoder, [str(col)])
-    assert (third.updated, third.removed, third.added, third.unchanged) == (1, 1, 0, n - 2)
-    new = tiny_index.catalog.find_by_path(str(col / "coffee.jpg"))
-    assert new["id"] == old["id"] and new["fingerprint"] != old["fingerprint"]
-    assert tiny_index.catalog.find_by_path(str(col / "rocket.jpg")) is None
+    os.utime(col / "coffee.jpg", ns=(before["coffee.jpg"]["mtime_ns"] + 10**9,) * 2)
+    (col / "sub").mkdir()
+    os.rename(col / "brick.png", col / "sub" / "wall.png")
+    shutil.copy(col / "rocket.jpg", col / "sub" / "rocket copy.jpg")
+    os.utime(col / "flower.jpg", ns=(before["flower.jpg"]["mtime_ns"] + 10**9,) * 2)
+    (col / "china.jpg").unlink()
+
+    encoded = []
+    real = tiny_encoder.embed_preprocessed
+    monkeypatch.setattr(tiny_encoder, "embed_preprocessed", lambda items: encoded.extend(items) or real(items))
+    s = run_index(tiny_index, tiny_encoder, [str(col)])
+    assert (s.updated, s.moved, s.added, s.copied, s.removed, s.failed) == (1, 1, 1, 1, 1, 0)
+    assert s.unchanged == n - 3  # coffee changed, brick moved, china deleted; flower counts (same bytes)
+    assert len(encoded) == 1  # only the changed file was encoded
+
+    moved = cat.find_by_path(str(col / "sub" / "wall.png"))
+    assert moved["id"] == before["brick.png"]["id"] and cat.find_by_path(str(col / "brick.png")) is None
+    copy = cat.find_by_path(str(col / "sub" / "rocket copy.jpg"))
+    assert copy["id"] != before["rocket.jpg"]["id"] and copy["width"] == before["rocket.jpg"]["width"]
+    vecs = cat.vectors_for([copy["id"], before["rocket.jpg"]["id"]], tiny_index.dim)
+    np.testing.assert_array_equal(vecs[copy["id"]], vecs[before["rocket.jpg"]["id"]])
+    coffee = cat.find_by_path(str(col / "coffee.jpg"))
+    assert coffee["id"] == before["coffee.jpg"]["id"] and coffee["fingerprint"] != before["coffee.jpg"]["fingerprint"]
+    flower = cat.find_by_path(str(col / "flower.jpg"))
+    assert flower["mtime_ns"] == before["flower.jpg"]["mtime_ns"] + 10**9
+    assert cat.find_by_path(str(col / "china.jpg")) is None
+
     status = tiny_index.status()
-    assert status["images"] == status["vectors"] == n - 1
-    hits = Searcher(tiny_index, encoder=tiny_encoder).text("a rocket", k=50)
-    assert str(col / "rocket.jpg") not in {h.path for h in hits}
+    assert status["images"] == status["vectors"] == n  # -1 deleted, +1 copy
+    hits = Searcher(tiny_index, encoder=tiny_encoder).text("a palace", k=50)
+    assert str(col / "china.jpg") not in {h.path for h in hits}
     assert_faiss_matches_brute_force(tiny_index, tiny_encoder.embed_texts(["x", "y"]))
+
+
+def test_worker_processes_give_the_same_vectors_as_threads(tmp_path, tiny_clip, tiny_encoder):
+    from retriever.encoders import ModelSpec
+    from retriever.indexer import IndexOptions
+
+    col = copy_photos(tmp_path / "col")
+    results = {}
+    for pool in ("thread", "process"):
+        index = Index.create(tmp_path / pool, "default", ModelSpec(tiny_clip["config"], tiny_clip["pt"]),
+                             tiny_encoder.model_id, tiny_encoder.dim)
+        index.acquire_lock()
+        summary = run_index(index, tiny_encoder, [str(col)], IndexOptions(pool=pool, workers=2))
+        assert summary.added == len(list(col.iterdir()))
+        ids, vecs = stored(index)
+        paths = index.catalog.image_rows(ids.tolist())
+        results[pool] = {paths[i]["path"]: v for i, v in zip(ids.tolist(), vecs)}
+        index.close()
+    assert results["thread"].keys() == results["process"].keys()
+    for path, vec in results["thread"].items():
+        np.testing.assert_allclose(results["process"][path], vec, atol=1e-6)
+
+
+def test_retry_failed_reads_unchanged_failures_again(tmp_path, tiny_index, tiny_encoder):
+    from retriever.indexer import IndexOptions
+
+    col = copy_photos(tmp_path / "col", ["chelsea.png"])
+    (col / "bad.jpg").write_bytes(b"nope")
+    assert run_index(tiny_index, tiny_encoder, [str(col)]).failed == 1
+    assert run_index(tiny_index, tiny_encoder, [str(col)]).failed == 0
+    again = run_index(tiny_index, tiny_encoder, [str(col)], IndexOptions(retry_failed=True))
+    assert again.failed == 1 and again.unchanged == 1
+
+
+def test_unreachable_files_are_never_dropped(tmp_path, tiny_index, tiny_encoder, monkeypatch):
+    col = copy_photos(tmp_path / "col", ["chelsea.png", "coffee.jpg"])
+    run_index(tiny_index, tiny_encoder, [str(col)])
+    import retriever.indexer as indexer
+
+    # The walk no longer sees coffee.jpg, but stat says "permission denied", not "no such file".
+    real_walk = indexer.walk
+    monkeypatch.setattr(indexer, "walk", lambda *a, **k: (e for e in real_walk(*a, **k) if "coffee" not in e.path))
+    real_stat = os.stat
+    monkeypatch.setattr(indexer.os, "stat", lambda p, *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied"))
+                        if "coffee" in str(p) else real_stat(p, *a, **k))
+    assert run_index(tiny_index, tiny_encoder, [str(col)]).removed == 0
+    assert tiny_index.catalog.find_by_path(str(col / "coffee.jpg")) is not None
 
 
 def test_bad_files_are_recorded_and_never_stop_the_run(tmp_path, tiny_index, tiny_encoder):
