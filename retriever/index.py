@@ -15,7 +15,7 @@ from typing import Any
 
 from .catalog import Catalog, utcnow
 from .encoders.base import ModelSpec
-from .errors import IndexLockedError, IndexNotFoundError, ModelMismatchError, RetrieverError
+from .errors import CatalogError, IndexLockedError, IndexNotFoundError, ModelMismatchError, RetrieverError
 
 DEFAULT_INDEX = "default"
 HOME_ENV = "RETRIEVER_HOME"
@@ -54,7 +54,11 @@ class Index:
         if not (folder / CATALOG_FILE).is_file():
             where = f" in {home}" if name == DEFAULT_INDEX else f" {name!r} in {home}"
             raise IndexNotFoundError(f"no index{where}: run `retriever index PATH` first")
-        return cls(folder, Catalog(folder / CATALOG_FILE))
+        catalog = Catalog(folder / CATALOG_FILE)
+        if catalog.get_setting("model") is None:
+            catalog.close()
+            raise CatalogError(f"{folder} holds a catalog without a model: not a retriever index (delete it?)")
+        return cls(folder, catalog)
 
     @classmethod
     def exists(cls, home: Path, name: str) -> bool:
@@ -64,8 +68,12 @@ class Index:
     def create(cls, home: Path, name: str, spec: ModelSpec, model_id: str, dim: int) -> "Index":
         folder = Path(home) / check_name(name)
         folder.mkdir(parents=True, exist_ok=True)
-        catalog = Catalog(folder / CATALOG_FILE, create=True)
-        if catalog.get_setting("model_id") is None:
+        final = folder / CATALOG_FILE
+        if not final.exists():
+            # Built under a temporary name and renamed: a kill during creation never leaves a
+            # catalog without its model.
+            tmp = folder / f".{CATALOG_FILE}.{os.getpid()}.tmp"
+            catalog = Catalog(tmp, create=True)
             catalog.set_settings(
                 {
                     "model_id": model_id,
@@ -75,7 +83,9 @@ class Index:
                     "generation": 0,
                 }
             )
-        return cls(folder, catalog)
+            catalog.close()  # the last connection's close folds the WAL into the file
+            os.replace(tmp, final)
+        return cls(folder, Catalog(final))
 
     def close(self) -> None:
         self.release_lock()

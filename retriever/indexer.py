@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections import deque
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -161,6 +161,17 @@ def _prepare_in_worker(task: _Task) -> _Prepared:
     return prepare(task, s["preprocessor"], s["draft"], s["known"])
 
 
+def _ping() -> bool:
+    return True
+
+
+def _pool_starts(pool: Executor) -> bool:
+    try:
+        return pool.submit(_ping).result(timeout=120)
+    except (BrokenExecutor, TimeoutError, OSError):
+        return False
+
+
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 2))
 
@@ -168,9 +179,16 @@ def default_workers() -> int:
 def _make_pool(kind: str, workers: int, preprocessor, draft, known) -> tuple[Executor, Callable[[_Task], Any]]:
     if kind == "process":
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            # Workers fork from a server that has already imported what unpickling the
+            # preprocessor needs (open_clip's transforms import torch): seconds saved per worker.
+            # It has started no threads, so forking it is safe.
+            preload = ["retriever.indexer", *getattr(preprocessor, "preload_modules", ())]
+            context.set_forkserver_preload(preload)
         pool = ProcessPoolExecutor(
             max_workers=workers,
-            mp_context=multiprocessing.get_context(method),
+            mp_context=context,
             initializer=_init_worker,
             initargs=(preprocessor, draft, known),
         )
@@ -292,24 +310,50 @@ class _Run:
         workers = opts.workers or default_workers()
         kind = opts.pool if opts.pool != "auto" else ("process" if len(tasks) >= PROCESS_MIN_FILES else "thread")
         self.draft = DRAFT_FACTOR * encoder.input_size if opts.draft else None
-        pool, submit = _make_pool(kind, workers, encoder.preprocessor(), self.draft, frozenset(self.gone_by_fp))
+        args = (encoder.preprocessor(), self.draft, frozenset(self.gone_by_fp))
         lookahead = max(2 * encoder.batch_size, 4 * workers)  # bounded: memory stays flat
-        pending: deque[Future] = deque()
-        it = iter(tasks)
-        try:
-            while True:
-                while len(pending) < lookahead:
-                    task = next(it, None)
-                    if task is None:
-                        break
-                    pending.append(submit(task))
-                if not pending:
-                    break
-                self._handle(pending.popleft().result())
-        finally:
-            for future in pending:
-                future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+        queue: deque[_Task] = deque(tasks)
+        suspects: deque[_Task] = deque()  # in flight when a worker died
+        while queue or suspects:
+            pool, submit = _make_pool(kind, workers, *args)
+            if kind == "process" and not _pool_starts(pool):
+                pool.shutdown(wait=True, cancel_futures=True)
+                kind = "thread"  # worker processes cannot start here (e.g. no importable __main__)
+                continue
+            in_flight: deque[tuple[_Task, Future]] = deque()
+
+            def send(source: deque[_Task]) -> None:
+                task = source.popleft()
+                try:
+                    in_flight.append((task, submit(task)))
+                except BrokenExecutor:
+                    source.appendleft(task)  # not yet sent: not a suspect
+                    raise
+
+            try:
+                while queue or suspects or in_flight:
+                    # After a worker died, the files that were in flight go through one at a
+                    # time: the file that kills a worker is found and recorded, no other file
+                    # pays for it.
+                    if suspects:
+                        if not in_flight:
+                            send(suspects)
+                    else:
+                        while queue and len(in_flight) < lookahead:
+                            send(queue)
+                    prepared = in_flight[0][1].result()
+                    in_flight.popleft()
+                    self._handle(prepared)
+            except BrokenExecutor:
+                if len(in_flight) == 1:
+                    self._handle(_Prepared(in_flight[0][0], error="the decoder crashed on this file"))
+                else:
+                    suspects.extend(t for t, _ in in_flight)
+                in_flight.clear()  # and on to a new pool
+            finally:
+                for _, future in in_flight:
+                    future.cancel()
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _handle(self, p: _Prepared) -> None:
         task = p.task

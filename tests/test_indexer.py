@@ -225,3 +225,20 @@ def test_same_file_through_two_roots_is_indexed_once(tmp_path, tiny_index, tiny_
     col = copy_photos(tmp_path / "col", ["chelsea.png"])
     summary = run_index(tiny_index, tiny_encoder, [str(col), str(col / "chelsea.png")])
     assert summary.added == 1
+
+
+def test_a_file_that_kills_its_worker_is_recorded_and_costs_no_other_file(tmp_path, tiny_index, tiny_encoder,
+                                                                            monkeypatch):
+    from retriever.indexer import IndexOptions
+    from tests.crashy import DiesOnPureRed
+
+    col = copy_photos(tmp_path / "col")
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(col / "killer.png")
+    real = tiny_encoder.preprocessor()
+    monkeypatch.setattr(tiny_encoder, "preprocessor", lambda: DiesOnPureRed(real))
+    summary = run_index(tiny_index, tiny_encoder, [str(col)], IndexOptions(pool="process", workers=2))
+    n = len(list(col.iterdir()))
+    assert (summary.added, summary.failed) == (n - 1, 1)
+    assert summary.failures == [(str(col / "killer.png"), "the decoder crashed on this file")]
+    status = tiny_index.status()
+    assert status["images"] == status["vectors"] == n - 1

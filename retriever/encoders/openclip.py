@@ -134,6 +134,8 @@ class TransformToArray:
     """open_clip's own transform (a picklable torchvision Compose), returning a numpy array so that
     worker processes send plain buffers back, not tensors."""
 
+    preload_modules = ("open_clip.transform", "torchvision.transforms")  # what unpickling it imports
+
     def __init__(self, transform):
         self.transform = transform
 
