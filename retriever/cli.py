@@ -116,8 +116,8 @@ def _home(home: Path | None) -> Path:
 @click.option("--pretrained", metavar="TAG_OR_FILE",
               help="open_clip weights: a tag (laion2b_s34b_b79k) or a local .safetensors/.bin/.pt file.")
 @device_option
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Images per forward pass.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per forward pass.  [default: 32 on CPU, 256 on CUDA]")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Decoding worker processes; 0 = one per core (at most 8).")
 @click.option("--retry-failed", is_flag=True, help="Read files that failed before again, even if unchanged.")

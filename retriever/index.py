@@ -107,7 +107,7 @@ class Index:
     def dim(self) -> int:
         return int(self.catalog.get_setting("dim"))
 
-    def model_spec(self, device: str = "auto", batch_size: int = 32) -> ModelSpec:
+    def model_spec(self, device: str = "auto", batch_size: int | None = None) -> ModelSpec:
         model = self.catalog.get_setting("model")
         return ModelSpec(name=model["name"], pretrained=model["pretrained"], device=device, batch_size=batch_size)
 
@@ -126,7 +126,7 @@ class Index:
                 f"use another --index NAME (or delete {self.folder})"
             )
 
-    def load_encoder(self, device: str = "auto", batch_size: int = 32):
+    def load_encoder(self, device: str = "auto", batch_size: int | None = None):
         """The index's own encoder; refuses weights that no longer give the recorded model id."""
         from .encoders import create_encoder
 
@@ -254,7 +254,7 @@ def open_for_writing(
     model: str | None,
     pretrained: str | None,
     device: str = "auto",
-    batch_size: int = 32,
+    batch_size: int | None = None,
 ):
     """-> (Index holding the writer lock, its encoder, a note for the user or None).
 

@@ -89,7 +89,7 @@ def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
     return bool(result and result[0])
 
 
-def default_model_spec(device: str = "auto", batch_size: int = 32) -> tuple[ModelSpec, str | None]:
+def default_model_spec(device: str = "auto", batch_size: int | None = None) -> tuple[ModelSpec, str | None]:
     """The model for a new index when the user names none, and a note saying why (or None).
 
     ViT-B-32 / laion2b_s34b_b79k when its weights are cached or the hub answers within a few

@@ -23,7 +23,7 @@ class ModelSpec:
     name: str  # "offline", an open_clip architecture ("ViT-B-32"), "hf-hub:org/repo", "local-dir:/p", or a config .json
     pretrained: str | None = None  # open_clip tag ("laion2b_s34b_b79k") or a local weights file; None for offline
     device: str = "auto"  # "auto" | "cpu" | "cuda" (auto = CUDA when available); not part of the index's identity
-    batch_size: int = 32  # images per forward pass; results do not depend on it
+    batch_size: int | None = None  # images per forward pass (None: 32 on CPU, 256 on CUDA); results do not depend on it
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -88,6 +88,24 @@ class Encoder(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "dim": self.dim, "device": self.device}
+
+
+CPU_BATCH, CUDA_BATCH = 32, 256  # CUDA: large enough to keep a GPU busy with ViT-B-sized models
+
+
+def default_batch_size(device: str) -> int:
+    return CUDA_BATCH if device.startswith("cuda") else CPU_BATCH
+
+
+def to_device(batch: Sequence[Any], device: str):
+    """Preprocessed arrays -> one float32 tensor on `device`; on CUDA through pinned memory with
+    a non-blocking copy, so the transfer overlaps the work already queued on the GPU."""
+    import torch
+
+    tensor = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x in batch]))
+    if device.startswith("cuda"):
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
 
 
 def resolve_device(device: str) -> str:

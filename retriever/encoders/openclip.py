@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import UnknownModelError, WeightsNotFoundError
-from .base import Encoder, ModelSpec, resolve_device
+from .base import Encoder, ModelSpec, default_batch_size, resolve_device, to_device
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
@@ -39,9 +39,9 @@ class OpenClipEncoder(Encoder):
         import open_clip
 
         self.spec = spec
-        self.batch_size = spec.batch_size
         arch, pretrained, self.model_id = self._resolve(open_clip, spec)
         self.device = resolve_device(spec.device)
+        self.batch_size = spec.batch_size or default_batch_size(self.device)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, device=self.device
@@ -117,7 +117,7 @@ class OpenClipEncoder(Encoder):
         import torch
 
         with torch.inference_mode(), self._autocast():
-            pixels = torch.from_numpy(np.stack(batch)).to(self.device, non_blocking=True)
+            pixels = to_device(batch, self.device)
             features = self.model.encode_image(pixels)
         return features.float().cpu().numpy()
 
