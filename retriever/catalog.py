@@ -62,7 +62,8 @@ images = Table(
     "images",
     metadata,
     Column("id", Integer, primary_key=True),  # AUTOINCREMENT: an id is never reused, so FAISS ids stay unique
-    Column("path", Text, nullable=False, unique=True),  # absolute
+    Column("path", Text, nullable=False),  # absolute; (path, frame_ms) is unique
+    Column("frame_ms", Integer),  # a video frame's timestamp; NULL for a still image
     Column("size", Integer, nullable=False),
     Column("mtime_ns", Integer, nullable=False),
     Column("fingerprint", String),  # BLAKE2b-128 of the whole file, hex
@@ -100,12 +101,16 @@ runs = Table(
 
 # Columns a caller may set on an image row (everything but id).
 IMAGE_FIELDS = tuple(c.name for c in images.columns if c.name != "id")
-METADATA_FIELDS = ("width", "height", "format", "taken_at", "camera_make", "camera_model", "gps_lat", "gps_lon")
+METADATA_FIELDS = (
+    "width", "height", "format", "taken_at", "camera_make", "camera_model", "gps_lat", "gps_lon", "frame_ms",
+)
 
 
 def _m001_initial(conn: Connection) -> None:
     for table in (settings, images, vectors, runs):
         table.create(conn)
+    # One row per still image, one per sampled frame of a video.
+    conn.execute(text("CREATE UNIQUE INDEX ux_images_item ON images (path, IFNULL(frame_ms, -1))"))
     conn.execute(text("CREATE INDEX ix_images_fingerprint ON images (fingerprint)"))
     conn.execute(text("CREATE INDEX ix_images_status ON images (status)"))
 
@@ -122,12 +127,16 @@ def utcnow() -> str:
 
 @dataclass(frozen=True)
 class KnownFile:
-    id: int
+    ids: tuple[int, ...]  # one for a still image; one per sampled frame for a video
     path: str
     size: int
     mtime_ns: int
     fingerprint: str | None
     status: str
+
+    @property
+    def id(self) -> int:
+        return self.ids[0]
 
 
 class Catalog:
@@ -201,15 +210,22 @@ class Catalog:
     # -- files ----------------------------------------------------------------------------------
 
     def known_files(self) -> dict[str, KnownFile]:
+        """Every file of the catalog by path (a video's frames folded into one entry)."""
         cols = (images.c.id, images.c.path, images.c.size, images.c.mtime_ns, images.c.fingerprint, images.c.status)
+        out: dict[str, KnownFile] = {}
         with self.engine.connect() as conn:
-            return {row.path: KnownFile(*row) for row in conn.execute(select(*cols))}
+            for row in conn.execute(select(*cols)):
+                prior = out.get(row.path)
+                ids = (prior.ids if prior else ()) + (row.id,)
+                out[row.path] = KnownFile(ids, row.path, row.size, row.mtime_ns, row.fingerprint, row.status)
+        return out
 
     def write_batch(self, rows: Sequence[dict[str, Any]], *, remove_ids: Iterable[int] = ()) -> list[int]:
         """One checkpoint, in one transaction. Returns the id of each row.
 
-        A row with an "id" updates that image (its path may change: a moved file); otherwise the
-        row is matched by path, updated if present, inserted if not (then every column is needed).
+        A row with an "id" updates that item (its path may change: a moved file); otherwise the
+        row is matched by (path, frame_ms), updated if present, inserted if not (then every column
+        is needed).
         Only the keys present are written. The "vector" key: an array replaces the stored vector,
         None deletes it, absent leaves it as it is. `remove_ids` are dropped first."""
         remove_ids = list(remove_ids)
@@ -223,7 +239,11 @@ class Catalog:
                 values["indexed_at"] = utcnow()
                 image_id = row.get("id")
                 if image_id is None:
-                    image_id = conn.execute(select(images.c.id).where(images.c.path == row["path"])).scalar_one_or_none()
+                    frame = row.get("frame_ms")
+                    same_frame = images.c.frame_ms.is_(None) if frame is None else images.c.frame_ms == frame
+                    image_id = conn.execute(
+                        select(images.c.id).where(images.c.path == row["path"], same_frame)
+                    ).scalar_one_or_none()
                 if image_id is None:
                     image_id = conn.execute(insert(images).values(**values)).inserted_primary_key[0]
                 else:
@@ -253,16 +273,24 @@ class Catalog:
                 ).scalars()
             )
 
-    def indexed_with_fingerprint(self, fingerprint: str) -> dict[str, Any] | None:
-        """An image with this content that has a stored vector, if any."""
+    def indexed_with_fingerprint(self, fingerprint: str) -> list[dict[str, Any]]:
+        """The items (one image, or a video's frames) of one indexed file with this content."""
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(images)
+            first = conn.execute(
+                select(images.c.path)
                 .join(vectors, vectors.c.image_id == images.c.id)
                 .where(images.c.fingerprint == fingerprint, images.c.status == STATUS_INDEXED)
                 .limit(1)
-            ).mappings().first()
-        return dict(row) if row else None
+            ).scalar_one_or_none()
+            if first is None:
+                return []
+            rows = conn.execute(
+                select(images)
+                .join(vectors, vectors.c.image_id == images.c.id)
+                .where(images.c.path == first, images.c.status == STATUS_INDEXED)
+                .order_by(images.c.frame_ms)
+            ).mappings()
+            return [dict(r) for r in rows]
 
     def _bump_generation(self, conn: Connection) -> None:
         current = conn.execute(select(settings.c.value).where(settings.c.key == "generation")).scalar_one_or_none()
@@ -313,8 +341,11 @@ class Catalog:
         return out
 
     def find_by_path(self, path: str) -> dict[str, Any] | None:
+        """The row of a file: the image, or the first frame of a video."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(images).where(images.c.path == path)).mappings().first()
+            row = conn.execute(
+                select(images).where(images.c.path == path).order_by(images.c.frame_ms).limit(1)
+            ).mappings().first()
         return dict(row) if row else None
 
     def counts(self) -> dict[str, int]:

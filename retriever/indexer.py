@@ -26,8 +26,9 @@ import numpy as np
 
 from .catalog import STATUS_FAILED, STATUS_INDEXED, KnownFile
 from .errors import ImageDecodeError
-from .files import absolute, fingerprint_bytes, is_under, walk
+from .files import absolute, fingerprint_bytes, fingerprint_file, is_under, walk
 from .images import decode
+from .video import DEFAULT_EVERY_S, is_video_name, sample_frames
 
 # JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale as long as both sides stay at least
 # DRAFT_FACTOR x the model's input size (see benchmarks/draft_agreement.py for the measurement).
@@ -48,6 +49,7 @@ class IndexOptions:
     pool: str = "auto"  # "process", "thread", or "auto" (processes for runs of PROCESS_MIN_FILES or more)
     retry_failed: bool = False  # read failed files again even if they have not changed
     draft: bool = True  # reduced-size JPEG decoding (see DRAFT_FACTOR)
+    video_every_s: float = DEFAULT_EVERY_S  # seconds between the sampled frames of a video
 
 
 @dataclass
@@ -112,24 +114,34 @@ class _Prepared:
     fingerprint: str | None = None
     meta: dict[str, Any] | None = None  # image metadata when decoded
     pixels: np.ndarray | None = None  # encoder input when decoded
+    frames: list[tuple[int, np.ndarray]] | None = None  # a video's (timestamp ms, encoder input)
     error: str | None = None  # one line, when the file failed
-    skipped_decode: bool = False  # content known: not decoded
+
+    @property
+    def decoded(self) -> bool:
+        return self.pixels is not None or self.frames is not None
 
 
 def prepare(
-    task: _Task, preprocessor, draft_min_side: int | None, known_content: frozenset[str], force: bool = False
+    task: _Task,
+    preprocessor,
+    draft_min_side: int | None,
+    known_content: frozenset[str],
+    force: bool = False,
+    video_every_s: float = DEFAULT_EVERY_S,
 ) -> _Prepared:
     """Read, fingerprint, and (unless the content is already known, or `force`) decode and
     preprocess one file. Never raises for a bad file: the reason goes into `error`."""
+    if is_video_name(task.path):
+        return _prepare_video(task, preprocessor, known_content, force, video_every_s)
     try:
         with open(task.path, "rb") as f:
             data = f.read()
     except OSError as exc:
         return _Prepared(task, error=f"cannot read: {exc.strerror or exc}")
     fp = fingerprint_bytes(data)
-    same_as_before = task.known is not None and task.known.status == STATUS_INDEXED and task.known.fingerprint == fp
-    if not force and (fp in known_content or same_as_before):
-        return _Prepared(task, fingerprint=fp, skipped_decode=True)
+    if not force and _content_known(task, fp, known_content):
+        return _Prepared(task, fingerprint=fp)
     try:
         decoded = decode(data, task.path, draft_min_side=draft_min_side)
         pixels = preprocessor(decoded.image)
@@ -140,10 +152,34 @@ def prepare(
     return _Prepared(task, fingerprint=fp, meta=decoded.meta, pixels=np.asarray(pixels, dtype=np.float32))
 
 
+def _content_known(task: _Task, fp: str, known_content: frozenset[str]) -> bool:
+    same_as_before = task.known is not None and task.known.status == STATUS_INDEXED and task.known.fingerprint == fp
+    return fp in known_content or same_as_before
+
+
+def _prepare_video(task: _Task, preprocessor, known_content, force: bool, every_s: float) -> _Prepared:
+    """Videos are fingerprinted while streamed (they can be gigabytes), then sampled."""
+    try:
+        fp = fingerprint_file(task.path)
+    except OSError as exc:
+        return _Prepared(task, error=f"cannot read: {exc.strerror or exc}")
+    if not force and _content_known(task, fp, known_content):
+        return _Prepared(task, fingerprint=fp)
+    try:
+        frames, meta = sample_frames(task.path, every_s)
+        inputs = [(frame.ms, np.asarray(preprocessor(frame.image), dtype=np.float32)) for frame in frames]
+    except ImageDecodeError as exc:
+        return _Prepared(task, fingerprint=fp, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one odd video must not stop the run
+        return _Prepared(task, fingerprint=fp, error=f"video decoding failed: {type(exc).__name__}: {exc}"[:300])
+    meta.pop("duration_ms", None)
+    return _Prepared(task, fingerprint=fp, meta=meta, frames=inputs)
+
+
 _worker_state: dict[str, Any] = {}
 
 
-def _init_worker(preprocessor, draft_min_side, known_content) -> None:
+def _init_worker(preprocessor, draft_min_side, known_content, video_every_s) -> None:
     # Ctrl-C reaches the whole process group: the main process decides what to keep; workers
     # must not die with tracebacks of their own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -153,12 +189,12 @@ def _init_worker(preprocessor, draft_min_side, known_content) -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
-    _worker_state.update(preprocessor=preprocessor, draft=draft_min_side, known=known_content)
+    _worker_state.update(preprocessor=preprocessor, draft=draft_min_side, known=known_content, every=video_every_s)
 
 
 def _prepare_in_worker(task: _Task) -> _Prepared:
     s = _worker_state
-    return prepare(task, s["preprocessor"], s["draft"], s["known"])
+    return prepare(task, s["preprocessor"], s["draft"], s["known"], video_every_s=s["every"])
 
 
 def _ping() -> bool:
@@ -176,7 +212,7 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 2))
 
 
-def _make_pool(kind: str, workers: int, preprocessor, draft, known) -> tuple[Executor, Callable[[_Task], Any]]:
+def _make_pool(kind: str, workers: int, preprocessor, draft, known, every) -> tuple[Executor, Callable[[_Task], Any]]:
     if kind == "process":
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
@@ -190,11 +226,11 @@ def _make_pool(kind: str, workers: int, preprocessor, draft, known) -> tuple[Exe
             max_workers=workers,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(preprocessor, draft, known),
+            initargs=(preprocessor, draft, known, every),
         )
         return pool, lambda task: pool.submit(_prepare_in_worker, task)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retriever-decode")
-    return pool, lambda task: pool.submit(prepare, task, preprocessor, draft, known)
+    return pool, lambda task: pool.submit(prepare, task, preprocessor, draft, known, False, every)
 
 
 # -- the main side ----------------------------------------------------------------------------------
@@ -227,6 +263,7 @@ class _Run:
         self.summary = RunSummary()
         self.started = time.monotonic()
         self.pending: list[dict[str, Any]] = []  # rows of the next checkpoint
+        self.pending_remove: list[int] = []  # items the next checkpoint drops (a video's old frames)
         self.to_encode: list[_Prepared] = []
         self.last_flush = time.monotonic()
         self.done = 0
@@ -298,8 +335,8 @@ class _Run:
         if tasks:
             self._read_all(tasks)
         self._flush(force=True)
-        leftover = [g.id for items in self.gone_by_fp.values() for g in items]
-        leftover += [g.id for g in gone if not (g.fingerprint and g.status == STATUS_INDEXED)]
+        leftover = [i for items in self.gone_by_fp.values() for g in items for i in g.ids]
+        leftover += [i for g in gone if not (g.fingerprint and g.status == STATUS_INDEXED) for i in g.ids]
         if leftover:
             self._commit([], remove_ids=leftover)
             self.summary.removed += len(leftover)
@@ -310,7 +347,7 @@ class _Run:
         workers = opts.workers or default_workers()
         kind = opts.pool if opts.pool != "auto" else ("process" if len(tasks) >= PROCESS_MIN_FILES else "thread")
         self.draft = DRAFT_FACTOR * encoder.input_size if opts.draft else None
-        args = (encoder.preprocessor(), self.draft, frozenset(self.gone_by_fp))
+        args = (encoder.preprocessor(), self.draft, frozenset(self.gone_by_fp), opts.video_every_s)
         lookahead = max(2 * encoder.batch_size, 4 * workers)  # bounded: memory stays flat
         queue: deque[_Task] = deque(tasks)
         suspects: deque[_Task] = deque()  # in flight when a worker died
@@ -361,35 +398,38 @@ class _Run:
         if p.error is not None:
             self.summary.failed += 1
             self.summary.failures.append((task.path, p.error))
-            self._queue({**base, "fingerprint": p.fingerprint, "status": STATUS_FAILED, "error": p.error,
-                         "vector": None, "_in_index": task.known is not None})
+            self._replace(task, [{**base, "fingerprint": p.fingerprint, "status": STATUS_FAILED, "error": p.error,
+                                  "frame_ms": None, "vector": None}])
             return
         if task.known is not None and task.known.fingerprint == p.fingerprint and task.known.status == STATUS_INDEXED:
             self.summary.unchanged += 1  # touched, same content: new size/mtime only
-            self._queue({"id": task.known.id, **base})
+            self._queue([{"id": i, **base} for i in task.known.ids])
             return
         if task.known is None and p.fingerprint in self.gone_by_fp:
             source = self.gone_by_fp[p.fingerprint].pop()
             if not self.gone_by_fp[p.fingerprint]:
                 del self.gone_by_fp[p.fingerprint]
-            self.summary.moved += 1  # same row, same id, same vector: only the path changes
-            self._queue({"id": source.id, **base})
+            self.summary.moved += 1  # same rows, same ids, same vectors: only the path changes
+            self._queue([{"id": i, **base} for i in source.ids])
             return
-        source = self.catalog.indexed_with_fingerprint(p.fingerprint) if p.fingerprint else None
-        if source is not None and source["path"] != task.path:
-            # Known content under another path: reuse its metadata and vector, encode nothing.
-            vector = self.catalog.vectors_for([source["id"]], self.index.dim)[source["id"]]
-            meta = {k: source[k] for k in _META_KEYS}
+        sources = self.catalog.indexed_with_fingerprint(p.fingerprint) if p.fingerprint else []
+        if sources and sources[0]["path"] != task.path:
+            # Known content under another path: reuse its metadata and vectors, encode nothing.
+            stored = self.catalog.vectors_for([r["id"] for r in sources], self.index.dim)
             self._count_new(task)
             self.summary.copied += 1
-            self._queue({**base, **meta, "fingerprint": p.fingerprint, "status": STATUS_INDEXED, "error": None,
-                         "vector": vector, "_in_index": task.known is not None})
+            self._replace(task, [{**base, **{k: r[k] for k in _META_KEYS}, "fingerprint": p.fingerprint,
+                                  "status": STATUS_INDEXED, "error": None, "vector": stored[r["id"]]}
+                                 for r in sources])
             return
-        if p.pixels is None:  # decode was skipped for content that has since become unavailable
-            p = prepare(task, self.encoder.preprocessor(), self.draft, frozenset(), force=True)
+        if not p.decoded:  # decode was skipped for content that has since become unavailable
+            p = prepare(task, self.encoder.preprocessor(), self.draft, frozenset(), True, self.options.video_every_s)
             if p.error is not None:
                 self._handle(p)
                 return
+        if p.frames is not None:
+            self._encode_video(p)
+            return
         self.to_encode.append(p)
         if len(self.to_encode) >= self.encoder.batch_size:
             self._encode_batch()
@@ -401,19 +441,37 @@ class _Run:
             self.summary.updated += 1
 
     def _encode_batch(self) -> None:
+        """Still images: a changed file keeps its id, its vector is replaced."""
         batch, self.to_encode = self.to_encode, []
         vectors = self.encoder.embed_preprocessed([p.pixels for p in batch])
         for p, vector in zip(batch, vectors):
             self._count_new(p.task)
             row = {"path": p.task.path, "size": p.task.size, "mtime_ns": p.task.mtime_ns, **(p.meta or {}),
-                   "fingerprint": p.fingerprint, "status": STATUS_INDEXED, "error": None, "vector": vector,
-                   "_in_index": p.task.known is not None}
-            self._queue(row)
+                   "fingerprint": p.fingerprint, "status": STATUS_INDEXED, "error": None, "frame_ms": None,
+                   "vector": vector, "_in_index": p.task.known is not None}
+            self._queue([row])
         self._flush(force=True)
 
-    def _queue(self, row: dict[str, Any]) -> None:
-        """One file handled; its row goes into the next checkpoint."""
-        self.pending.append(row)
+    def _encode_video(self, p: _Prepared) -> None:
+        """All frames of a video are encoded and committed together: a crash never leaves a
+        video with some of its frames."""
+        vectors = self.encoder.embed_preprocessed([pixels for _, pixels in p.frames])
+        self._count_new(p.task)
+        base = {"path": p.task.path, "size": p.task.size, "mtime_ns": p.task.mtime_ns, **(p.meta or {}),
+                "fingerprint": p.fingerprint, "status": STATUS_INDEXED, "error": None}
+        self._replace(p.task, [{**base, "frame_ms": ms, "vector": v} for (ms, _), v in zip(p.frames, vectors)])
+        self._flush(force=True)
+
+    def _replace(self, task: _Task, rows: list[dict[str, Any]]) -> None:
+        """A file's items replaced by `rows` in one checkpoint (its old items, e.g. a video's
+        frames, dropped in the same transaction)."""
+        if task.known is not None:
+            self.pending_remove.extend(task.known.ids)
+        self._queue(rows)
+
+    def _queue(self, rows: list[dict[str, Any]]) -> None:
+        """One file handled; its rows go into the next checkpoint."""
+        self.pending.extend(rows)
         self.done += 1
         self._flush(force=False)
 
@@ -422,9 +480,10 @@ class _Run:
             self._encode_batch()  # flushes again itself
             return
         due = len(self.pending) >= CHECKPOINT_ROWS or time.monotonic() - self.last_flush >= CHECKPOINT_SECONDS
-        if self.pending and (force or due):
+        if (self.pending or self.pending_remove) and (force or due):
             rows, self.pending = self.pending, []
-            self._commit(rows)
+            removes, self.pending_remove = self.pending_remove, []
+            self._commit(rows, remove_ids=removes)
         if self.on_progress and (force or due):
             self.on_progress(Progress(self.done, self.total, self.summary.failed, time.monotonic() - self.started))
 

@@ -78,8 +78,24 @@ def test_partial_updates_by_id_keep_the_vector(tmp_path):
     assert (moved["id"], moved["size"], moved["width"]) == (image_id, 11, 5)
     assert cat.find_by_path("/old/a.jpg") is None
     np.testing.assert_array_equal(cat.vectors_for([image_id], 3)[image_id], [0, 1, 2])
-    assert cat.indexed_with_fingerprint(moved["fingerprint"])["id"] == image_id
-    assert cat.indexed_with_fingerprint("nope") is None
+    assert [r["id"] for r in cat.indexed_with_fingerprint(moved["fingerprint"])] == [image_id]
+    assert cat.indexed_with_fingerprint("nope") == []
+
+
+def test_video_frames_are_items_of_one_file(tmp_path):
+    cat = Catalog(tmp_path / "c.db", create=True)
+    frames = [row("/v.mp4", frame_ms=ms, fingerprint="fv", vector=np.full(2, ms, np.float32)) for ms in (0, 5000)]
+    ids = cat.write_batch(frames + [row("/a.jpg", vector=np.ones(2))])
+    assert cat.write_batch([row("/v.mp4", frame_ms=5000, width=9)]) == [ids[1]]  # (path, frame) is the key
+    known = cat.known_files()
+    assert known["/v.mp4"].ids == (ids[0], ids[1]) and known["/a.jpg"].ids == (ids[2],)
+    assert [r["frame_ms"] for r in cat.indexed_with_fingerprint("fv")] == [0, 5000]
+    assert cat.find_by_path("/v.mp4")["frame_ms"] == 0
+    import sqlalchemy
+
+    with pytest.raises(sqlalchemy.exc.IntegrityError):  # no second still row for one path
+        with cat.engine.begin() as conn:
+            conn.execute(insert(catalog_mod.images).values(**row("/a.jpg"), indexed_at="x"))
 
 
 def test_ids_under_a_folder(tmp_path):
