@@ -318,7 +318,7 @@ def _print_hits(hits, as_json: bool, paths_only: bool, null_sep: bool) -> None:
         elif paths_only:
             click.echo(hit.path)
         else:
-            click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.path}")
+            click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.label}")
     if not hits and not as_json and not paths_only:
         click.echo("no results: the index is empty", err=True)
 

@@ -11,6 +11,7 @@ import numpy as np
 from .catalog import METADATA_FIELDS, STATUS_INDEXED
 from .errors import ImageDecodeError, RetrieverError
 from .files import absolute
+from .video import format_timestamp
 
 DEFAULT_K = 10
 
@@ -23,8 +24,17 @@ class Hit:
     path: str
     meta: dict[str, Any] = field(default_factory=dict)  # size, mtime, and the image metadata
 
+    @property
+    def label(self) -> str:
+        """The path, and for a video frame its timestamp: `clip.mp4@00:01:23`."""
+        frame_ms = self.meta.get("frame_ms")
+        return self.path if frame_ms is None else f"{self.path}@{format_timestamp(frame_ms)}"
+
     def as_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "score": round(self.score, 6), "id": self.id, "path": self.path, **self.meta}
+        out = {"rank": self.rank, "score": round(self.score, 6), "id": self.id, "path": self.path, **self.meta}
+        if self.meta.get("frame_ms") is not None:
+            out["timestamp"] = format_timestamp(self.meta["frame_ms"])
+        return out
 
 
 class Searcher:
