@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     create_engine,
     delete,
     event,
@@ -38,11 +39,28 @@ from sqlalchemy import (
 )
 
 from .errors import CatalogError
+from .files import path_from_text, path_to_text
 
 STATUS_INDEXED = "indexed"
 STATUS_FAILED = "failed"
 
 metadata = MetaData()
+
+
+class PathText(TypeDecorator):
+    """File paths as TEXT. A name that is not valid UTF-8 (Linux allows any bytes) arrives from
+    os.walk with surrogate escapes, which SQLite cannot store: files.path_to_text spells it
+    reversibly, and valid names are stored as they are."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else path_to_text(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else path_from_text(value)
+
 
 migrations_table = Table(
     "migrations",
@@ -62,7 +80,7 @@ images = Table(
     "images",
     metadata,
     Column("id", Integer, primary_key=True),  # AUTOINCREMENT: an id is never reused, so FAISS ids stay unique
-    Column("path", Text, nullable=False),  # absolute; (path, frame_ms) is unique
+    Column("path", PathText, nullable=False),  # absolute; (path, frame_ms) is unique
     Column("frame_ms", Integer),  # a video frame's timestamp; NULL for a still image
     Column("size", Integer, nullable=False),
     Column("mtime_ns", Integer, nullable=False),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -121,13 +122,15 @@ def _home(home: Path | None) -> Path:
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Decoding worker processes; 0 = one per core (at most 8).")
 @click.option("--retry-failed", is_flag=True, help="Read files that failed before again, even if unchanged.")
+@click.option("--video-every", type=click.FloatRange(min=0.1), default=5.0, show_default=True, metavar="SECONDS",
+              help="Seconds between the frames sampled from a video (at most 120 frames a video).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching GLOB (repeatable).")
 @click.option("--include-hidden", is_flag=True, help="Also index hidden files/folders and system litter.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @reports_errors
-def index(paths, home, index_name, model, pretrained, device, batch_size, workers, retry_failed, exclude,
-          include_hidden, as_json, quiet):
+def index(paths, home, index_name, model, pretrained, device, batch_size, workers, retry_failed, video_every,
+          exclude, include_hidden, as_json, quiet):
     """Add the photos under PATHS (folders, walked recursively, or files) to an index.
 
     Runs are incremental: unchanged files are not read again (no model is even loaded when
@@ -138,7 +141,8 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
 
     Work is committed in checkpoints: after Ctrl-C, a kill or a crash, run the same command
     again to resume. The model is chosen when the index is created and kept for good.
-    Formats: JPEG, PNG, WebP, GIF, BMP, TIFF.
+    Formats: JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF, AVIF; camera RAW with the [raw]
+    extra; videos (mp4, mov, webm, mkv, ...) with the [video] extra, as frames every few seconds.
     """
     from .index import open_for_writing
     from .indexer import IndexOptions, run_index
@@ -168,7 +172,7 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
     with idx:
         reporter = _ProgressReporter(enabled=not quiet)
         options = IndexOptions(include_hidden=include_hidden, exclude=exclude, workers=workers,
-                               retry_failed=retry_failed)
+                               retry_failed=retry_failed, video_every_s=video_every)
         try:
             summary = reporter.run(lambda cb: run_index(idx, encoder, list(paths), options, on_progress=cb))
         finally:
@@ -261,7 +265,9 @@ def _print_index_summary(summary, status: dict[str, Any]) -> None:
         err=True,
     )
     for path, reason in summary.failures[:10]:
-        click.echo(f"  failed: {path}: {reason}", err=True)
+        click.echo(f"  failed: {_shown(path)}: {reason}", err=True)
+    for warning in summary.warnings[:10]:
+        click.echo(f"  warning: {_shown(warning)}", err=True)
     if len(summary.failures) > 10:
         click.echo(f"  ... and {len(summary.failures) - 10} more (retriever errors)", err=True)
     click.echo(f"index {status['index']!r}: {status['images']} images, model {status['model_id']}", err=True)
@@ -307,18 +313,23 @@ def _open_searcher(home, index_name, device):
     return idx, Searcher(idx, device=device)
 
 
+def _shown(text: str) -> str:
+    """For a terminal or a log: a name that is not valid UTF-8 shows replacement characters."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _print_hits(hits, as_json: bool, paths_only: bool, null_sep: bool) -> None:
-    if null_sep:
-        sys.stdout.write("".join(h.path + "\0" for h in hits))
-        sys.stdout.flush()
+    if null_sep or paths_only:
+        # The exact bytes of each name, so that xargs opens the very file whatever its name.
+        out = sys.stdout.buffer
+        out.write(b"".join(os.fsencode(h.path) + (b"\0" if null_sep else b"\n") for h in hits))
+        out.flush()
         return
     for hit in hits:
         if as_json:
-            click.echo(json.dumps(hit.as_dict(), ensure_ascii=False))
-        elif paths_only:
-            click.echo(hit.path)
+            click.echo(_shown(json.dumps(hit.as_dict(), ensure_ascii=False)))
         else:
-            click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {hit.label}")
+            click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {_shown(hit.label)}")
     if not hits and not as_json and not paths_only:
         click.echo("no results: the index is empty", err=True)
 
@@ -412,9 +423,10 @@ def errors(home, index_name, as_json):
         failures = idx.catalog.failures()
     for f in failures:
         if as_json:
-            click.echo(json.dumps({"path": f["path"], "error": f["error"], "at": f["indexed_at"]}))
+            click.echo(_shown(json.dumps({"path": f["path"], "error": f["error"], "at": f["indexed_at"]},
+                                         ensure_ascii=False)))
         else:
-            click.echo(f"{f['path']}: {f['error']}")
+            click.echo(f"{_shown(f['path'])}: {f['error']}")
     if not failures and not as_json:
         click.echo("no failed files", err=True)
 

@@ -14,10 +14,11 @@ from typing import Callable, Iterable, Iterator
 
 from .errors import RetrieverError
 from .images import supported_suffixes
+from .video import VIDEO_SUFFIXES
 
 # Every suffix images.decode handles or explains (HEIC/AVIF/RAW included even when their decoder
-# is not installed: see images.supported_suffixes).
-IMAGE_SUFFIXES = supported_suffixes()
+# is not installed: see images.supported_suffixes), and videos (sampled frames: see video.py).
+IMAGE_SUFFIXES = supported_suffixes() | VIDEO_SUFFIXES
 # Folders and files that photo tools and operating systems scatter around a collection.
 SYSTEM_LITTER = ("@eaDir", "Thumbs.db", "desktop.ini", "$RECYCLE.BIN", "System Volume Information")
 

@@ -177,7 +177,7 @@ def to_rgb(img):
         return _lab_to_rgb(img)
     if "transparency" in img.info and img.mode in ("L", "P", "RGB"):
         img = img.convert("RGBA")  # palette entry or colour key -> alpha band
-    elif img.mode == "RGB":
+    if img.mode == "RGB":
         return img
     if img.mode == "La":  # premultiplied grey + alpha (TIFF): Pillow converts it only to LA
         img = img.convert("LA")
@@ -202,15 +202,17 @@ def _wide_to_rgb(img):
         lo, hi = int(arr.min()), int(arr.max())
         lut = np.zeros(65536, np.uint8)
         if hi > lo:
-            lut[lo : hi + 1] = ((np.arange(lo, hi + 1, dtype=np.float64) - lo) * (255.0 / (hi - lo)) + 0.5).astype(np.uint8)
+            lut[lo : hi + 1] = np.linspace(0.5, 255.5, hi - lo + 1).astype(np.uint8)
         out = lut[arr]
     else:
-        values = arr.astype(np.float32, copy=False)
+        values = arr.astype(np.float32)  # our own copy, scaled in place
         finite = np.isfinite(values)
-        lo = float(values[finite].min()) if finite.any() else 0.0
-        hi = float(values[finite].max()) if finite.any() else 0.0
-        out = np.where(finite, (values - lo) * (255.0 / (hi - lo)) if hi > lo else 0.0, 0.0)
-        out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        lo, hi = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 0.0)
+        values[~finite] = lo
+        values -= lo
+        values *= 255.0 / (hi - lo) if hi > lo else 0.0
+        values += 0.5
+        out = np.clip(values, 0, 255, out=values).astype(np.uint8)
     key = img.info.get("transparency")
     if isinstance(key, int):
         out[arr == key] = 255
@@ -288,15 +290,12 @@ def _heif_opener() -> bool:
         return False
     # Thumbnails, depth maps and auxiliary images are never used here: do not decode them.
     pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
-    if hasattr(pillow_heif, "register_avif_opener") and not _pillow_reads_avif():
-        pillow_heif.register_avif_opener(thumbnails=False, depth_images=False, aux_images=False)
+    if hasattr(pillow_heif, "register_avif_opener"):  # pillow-heif < 1.0, for a Pillow without AVIF
+        from PIL import features
+
+        if not features.check("avif"):
+            pillow_heif.register_avif_opener(thumbnails=False, depth_images=False, aux_images=False)
     return True
-
-
-def _pillow_reads_avif() -> bool:
-    from PIL import features
-
-    return bool(features.check("avif"))
 
 
 def _iso_media_kind(data: bytes) -> str | None:

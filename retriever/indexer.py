@@ -27,7 +27,7 @@ import numpy as np
 from .catalog import STATUS_FAILED, STATUS_INDEXED, KnownFile
 from .errors import ImageDecodeError
 from .files import absolute, fingerprint_bytes, fingerprint_file, is_under, walk
-from .images import decode
+from .images import NEEDS_INSTALL, decode, read_file
 from .video import DEFAULT_EVERY_S, is_video_name, sample_frames
 
 # JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale as long as both sides stay at least
@@ -76,6 +76,7 @@ class RunSummary:
     seconds: float = 0.0
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of this run
+    warnings: list[str] = field(default_factory=list)  # folders that could not be listed, ...
 
     @property
     def indexed(self) -> int:
@@ -135,10 +136,9 @@ def prepare(
     if is_video_name(task.path):
         return _prepare_video(task, preprocessor, known_content, force, video_every_s)
     try:
-        with open(task.path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        return _Prepared(task, error=f"cannot read: {exc.strerror or exc}")
+        data = read_file(task.path)
+    except ImageDecodeError as exc:
+        return _Prepared(task, error=str(exc))
     fp = fingerprint_bytes(data)
     if not force and _content_known(task, fp, known_content):
         return _Prepared(task, fingerprint=fp)
@@ -305,15 +305,24 @@ class _Run:
     def _plan(self) -> tuple[list[_Task], list[KnownFile]]:
         """Stat only: which files to read, and which known files are gone."""
         known = self.catalog.known_files()
+        # Files that failed only for want of an optional decoder are tried again: it may have
+        # been installed since.
+        retry_ids = {f["id"] for f in self.catalog.failures() if NEEDS_INSTALL in (f["error"] or "")}
         seen: set[str] = set()
         tasks: list[_Task] = []
-        for entry in walk(self.roots, include_hidden=self.options.include_hidden, exclude=self.options.exclude):
+
+        def unlistable(path: str, exc: OSError) -> None:
+            self.summary.warnings.append(f"cannot list {path}: {exc.strerror or exc}")
+
+        walker = walk(self.roots, include_hidden=self.options.include_hidden, exclude=self.options.exclude,
+                      on_error=unlistable)
+        for entry in walker:
             if entry.path in seen:  # the same file reached through two roots
                 continue
             seen.add(entry.path)
             prior = known.get(entry.path)
             if prior is not None and prior.size == entry.size and prior.mtime_ns == entry.mtime_ns:
-                if not (self.options.retry_failed and prior.status == STATUS_FAILED):
+                if not (prior.status == STATUS_FAILED and (self.options.retry_failed or prior.id in retry_ids)):
                     self.summary.unchanged += 1
                     continue
             tasks.append(_Task(entry.path, entry.size, entry.mtime_ns, prior))

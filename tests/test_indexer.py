@@ -242,3 +242,26 @@ def test_a_file_that_kills_its_worker_is_recorded_and_costs_no_other_file(tmp_pa
     assert summary.failures == [(str(col / "killer.png"), "the decoder crashed on this file")]
     status = tiny_index.status()
     assert status["images"] == status["vectors"] == n - 1
+
+
+def test_the_whole_corpus_runs_through_the_indexer(tmp_path, tiny_index, tiny_encoder):
+    """Every case of the generated corpus (damaged files, bombs, odd modes and names, links, a
+    FIFO) next to good photos: each file is indexed or recorded with a reason, nothing stops the
+    run, and every good photo is searchable afterwards."""
+    from retriever.indexer import IndexOptions
+    from tests.corpus import make_corpus
+
+    root = tmp_path / "corpus"
+    expected = make_corpus(root)
+    summary = run_index(tiny_index, tiny_encoder, [str(root)], IndexOptions(pool="process", workers=2))
+    ok = {str(root / rel) for rel, outcome in expected.items() if outcome == "ok"}
+    bad = {str(root / rel) for rel, outcome in expected.items() if outcome == "fail"}
+    assert (summary.added, summary.failed) == (len(ok), len(bad))
+    failures = {f["path"]: f["error"] for f in tiny_index.catalog.failures()}
+    assert set(failures) == bad and all(reason and "\n" not in reason for reason in failures.values())
+    ids, _ = stored(tiny_index)
+    assert {r["path"] for r in tiny_index.catalog.image_rows(ids.tolist()).values()} == ok
+    hits = Searcher(tiny_index, encoder=tiny_encoder).text("a photo", k=len(ok) + 10)
+    assert {h.path for h in hits} == ok
+    again = run_index(tiny_index, tiny_encoder, [str(root)])
+    assert (again.unchanged, again.indexed, again.failed, again.removed) == (len(expected), 0, 0, 0)
