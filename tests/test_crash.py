@@ -117,6 +117,15 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(collection, tiny_clip, 
     proc.wait(timeout=30)
     killed_at = count_vectors(db)
     assert killed_at < N_IMAGES
+    if db.exists():  # a reader meanwhile sees exactly the last checkpoint
+        from retriever.search import Searcher
+
+        reader = Index.open(home, "default")
+        assert len(reader.vector_index()) == killed_at
+        if killed_at:
+            vec = next(reader.catalog.iter_vectors(reader.dim))[1][0]
+            assert len(Searcher(reader).by_vector(vec, k=N_IMAGES)) == killed_at
+        reader.close()
 
     # Resume. The killed run's lock must not block it.
     done = subprocess.run(index_cmd(collection, home, tiny_clip) + ["--json"], env=env, capture_output=True,
