@@ -27,7 +27,7 @@ import numpy as np
 from .catalog import STATUS_FAILED, STATUS_INDEXED, KnownFile
 from .errors import ImageDecodeError
 from .files import absolute, fingerprint_bytes, fingerprint_file, is_under, walk
-from .images import NEEDS_INSTALL, decode, read_file
+from .images import NEEDS_INSTALL, decode, optional_decoders, read_file
 from .video import DEFAULT_EVERY_S, is_video_name, sample_frames
 
 # JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale as long as both sides stay at least
@@ -305,9 +305,13 @@ class _Run:
     def _plan(self) -> tuple[list[_Task], list[KnownFile]]:
         """Stat only: which files to read, and which known files are gone."""
         known = self.catalog.known_files()
-        # Files that failed only for want of an optional decoder are tried again: it may have
-        # been installed since.
-        retry_ids = {f["id"] for f in self.catalog.failures() if NEEDS_INSTALL in (f["error"] or "")}
+        # Files that failed only for want of an optional decoder are tried again once it is there.
+        available = {name for name, ok in optional_decoders().items() if ok}
+        retry_ids = {
+            f["id"]
+            for f in self.catalog.failures()
+            if NEEDS_INSTALL in (f["error"] or "") and _DECODER_OF_REASON.get((f["error"] or "").split()[0]) in available
+        }
         seen: set[str] = set()
         tasks: list[_Task] = []
 
@@ -523,5 +527,8 @@ def _vanished(path: str) -> bool:
         return False
     return False
 
+
+# The first word of a missing-decoder reason (images.HEIF_MISSING, ...) -> optional_decoders() key.
+_DECODER_OF_REASON = {"HEIC": "heif", "AVIF": "avif", "camera": "raw"}
 
 _META_KEYS = ("width", "height", "format", "taken_at", "camera_make", "camera_model", "gps_lat", "gps_lon")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from retriever.errors import IndexLockedError
 from retriever.index import Index
-from retriever.indexer import run_index
+from retriever.indexer import IndexOptions, run_index
 from retriever.search import Searcher
 from tests.conftest import copy_photos, jpeg_bytes
 
@@ -265,3 +265,29 @@ def test_the_whole_corpus_runs_through_the_indexer(tmp_path, tiny_index, tiny_en
     assert {h.path for h in hits} == ok
     again = run_index(tiny_index, tiny_encoder, [str(root)])
     assert (again.unchanged, again.indexed, again.failed, again.removed) == (len(expected), 0, 0, 0)
+
+
+def test_files_missing_a_decoder_are_retried_once_it_is_installed(tmp_path, tiny_index, tiny_encoder, monkeypatch):
+    import retriever.indexer as indexer
+    from retriever import images
+
+    if not images.optional_decoders()["heif"]:
+        pytest.skip("pillow-heif is not installed")
+    col = copy_photos(tmp_path / "col", ["chelsea.png"])
+    Image.open(col / "chelsea.png").save(col / "phone.heic")
+
+    def without_heif(data, name, **kw):
+        if name.endswith(".heic"):
+            raise images.ImageDecodeError(images.HEIF_MISSING)
+        return images.decode(data, name, **kw)
+
+    installed = images.optional_decoders()
+    monkeypatch.setattr(indexer, "decode", without_heif)
+    monkeypatch.setattr(indexer, "optional_decoders", lambda: {**installed, "heif": False})
+    threads = IndexOptions(pool="thread")
+    assert run_index(tiny_index, tiny_encoder, [str(col)], threads).failed == 1
+    assert run_index(tiny_index, tiny_encoder, [str(col)], threads).unchanged == 2  # still missing: not retried
+    monkeypatch.setattr(indexer, "decode", images.decode)  # pillow-heif "installed" now
+    monkeypatch.setattr(indexer, "optional_decoders", lambda: installed)
+    fixed = run_index(tiny_index, tiny_encoder, [str(col)], threads)
+    assert (fixed.updated, fixed.failed) == (1, 0)
