@@ -348,7 +348,7 @@ def run(args: argparse.Namespace, work: Path, home: Path) -> dict[str, Any]:
         for start in range(0, n_pad, args.pad_chunk):
             count = min(args.pad_chunk, n_pad - start)
             rows, vecs = synthetic_rows(home, real, count, start)
-            catalog.write_batch(rows, vecs)
+            catalog.write_batch([{**row, "vector": vec} for row, vec in zip(rows, vecs)])
         pad_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         vi = idx.vector_index()  # holds the writer lock: rebuilt from the catalog and saved

@@ -120,7 +120,11 @@ def _home(home: Path | None) -> Path:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per forward pass.  [default: 32 on CPU, 256 on CUDA]")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Decoding worker processes; 0 = one per core (at most 8).")
+              help="Decoding workers; 0 = one per core (at most 8).")
+@click.option("--pool", type=click.Choice(["auto", "process", "thread"]), default="auto", show_default=True,
+              help="Decode in worker processes (a crashing decoder costs only its file) or in threads "
+                   "(faster when the model runs on the CPU). auto: processes on CUDA and after a run "
+                   "that died, threads otherwise.")
 @click.option("--retry-failed", is_flag=True, help="Read files that failed before again, even if unchanged.")
 @click.option("--video-every", type=click.FloatRange(min=0.1), default=5.0, show_default=True, metavar="SECONDS",
               help="Seconds between the frames sampled from a video (at most 120 frames a video).")
@@ -129,8 +133,8 @@ def _home(home: Path | None) -> Path:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @reports_errors
-def index(paths, home, index_name, model, pretrained, device, batch_size, workers, retry_failed, video_every,
-          exclude, include_hidden, as_json, quiet):
+def index(paths, home, index_name, model, pretrained, device, batch_size, workers, pool, retry_failed,
+          video_every, exclude, include_hidden, as_json, quiet):
     """Add the photos under PATHS (folders, walked recursively, or files) to an index.
 
     Runs are incremental: unchanged files are not read again (no model is even loaded when
@@ -171,7 +175,7 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
 
     with idx:
         reporter = _ProgressReporter(enabled=not quiet)
-        options = IndexOptions(include_hidden=include_hidden, exclude=exclude, workers=workers,
+        options = IndexOptions(include_hidden=include_hidden, exclude=exclude, workers=workers, pool=pool,
                                retry_failed=retry_failed, video_every_s=video_every)
         try:
             summary = reporter.run(lambda cb: run_index(idx, encoder, list(paths), options, on_progress=cb))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections import deque
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -35,6 +36,24 @@ from .video import DEFAULT_EVERY_S, is_video_name, sample_frames
 DRAFT_FACTOR = 2
 # Below this many files to read, threads in this process beat starting worker processes.
 PROCESS_MIN_FILES = 64
+
+
+def choose_pool(requested: str, n_files: int, device: str, after_crash: bool = False) -> str:
+    """Where decoding runs.
+
+    With the model on a GPU, decoding is the bottleneck: worker processes, free of the GIL. With
+    the model on the CPU, the forward pass dominates and shares the same cores: decode threads
+    beside it were measured faster than worker processes (ViT-B-32 on 2 cores, 12-MP JPEGs: 13.0
+    vs 8.7 images/s; benchmarks/indexing.py), with less memory and no pool start-up. Only worker
+    processes contain a decoder that crashes the process, so a run that follows a run that died
+    uses them: the file that killed it is then found and recorded, and the next runs are fast again."""
+    if requested != "auto":
+        return requested
+    if after_crash:
+        return "process"
+    if n_files < PROCESS_MIN_FILES:
+        return "thread"
+    return "process" if device.startswith("cuda") else "thread"
 # A checkpoint is committed after every encoded batch, and for files that need no encoding
 # (moved, touched, failed) at least this often.
 CHECKPOINT_SECONDS = 5.0
@@ -46,7 +65,7 @@ class IndexOptions:
     include_hidden: bool = False  # index .hidden files and folders, and system litter
     exclude: Sequence[str] = ()  # glob patterns on the full path or the base name
     workers: int = 0  # decode workers; 0 = one per core (at most 8)
-    pool: str = "auto"  # "process", "thread", or "auto" (processes for runs of PROCESS_MIN_FILES or more)
+    pool: str = "auto"  # "process", "thread", or "auto" (see choose_pool)
     retry_failed: bool = False  # read failed files again even if they have not changed
     draft: bool = True  # reduced-size JPEG decoding (see DRAFT_FACTOR)
     video_every_s: float = DEFAULT_EVERY_S  # seconds between the sampled frames of a video
@@ -183,12 +202,9 @@ def _init_worker(preprocessor, draft_min_side, known_content, video_every_s) -> 
     # Ctrl-C reaches the whole process group: the main process decides what to keep; workers
     # must not die with tracebacks of their own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:  # one thread each: the workers already use every core between them
-        import torch
-
+    torch = sys.modules.get("torch")  # imported only if the preprocessor needs it (open_clip's transforms)
+    if torch is not None:  # one thread each: the workers already use every core between them
         torch.set_num_threads(1)
-    except ImportError:
-        pass
     _worker_state.update(preprocessor=preprocessor, draft=draft_min_side, known=known_content, every=video_every_s)
 
 
@@ -270,19 +286,19 @@ class _Run:
         self.total = 0
         self.vectors = None  # the FAISS index, loaded when the run has anything to change
         self.in_commit = False
+        self.after_crash = False
         self.draft: int | None = None
 
     @property
     def encoder(self):
-        from .encoders.base import Encoder
-
-        if not isinstance(self._encoder, Encoder):
+        if not hasattr(self._encoder, "embed_preprocessed"):  # a loader, called on first need
             self._encoder = self._encoder()
         return self._encoder
 
     def run(self) -> RunSummary:
         catalog = self.catalog
-        catalog.close_abandoned_runs()  # we hold the lock: any run still "running" was killed
+        # We hold the lock: a run still marked running was killed (or crashed).
+        self.after_crash = catalog.close_abandoned_runs() > 0
         run_id = catalog.start_run(self.roots)
         tasks, gone = self._plan()
         status = "completed"
@@ -358,7 +374,7 @@ class _Run:
         encoder = self.encoder
         opts = self.options
         workers = opts.workers or default_workers()
-        kind = opts.pool if opts.pool != "auto" else ("process" if len(tasks) >= PROCESS_MIN_FILES else "thread")
+        kind = choose_pool(opts.pool, len(tasks), getattr(encoder, "device", "cpu"), self.after_crash)
         self.draft = DRAFT_FACTOR * encoder.input_size if opts.draft else None
         args = (encoder.preprocessor(), self.draft, frozenset(self.gone_by_fp), opts.video_every_s)
         lookahead = max(2 * encoder.batch_size, 4 * workers)  # bounded: memory stays flat

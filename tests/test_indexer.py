@@ -291,3 +291,14 @@ def test_files_missing_a_decoder_are_retried_once_it_is_installed(tmp_path, tiny
     monkeypatch.setattr(indexer, "optional_decoders", lambda: installed)
     fixed = run_index(tiny_index, tiny_encoder, [str(col)], threads)
     assert (fixed.updated, fixed.failed) == (1, 0)
+
+
+def test_pool_choice():
+    from retriever.indexer import PROCESS_MIN_FILES, choose_pool
+
+    many = PROCESS_MIN_FILES
+    assert choose_pool("auto", many, "cpu") == "thread"  # the forward pass shares the cores
+    assert choose_pool("auto", many, "cuda") == "process"  # decoding is the bottleneck
+    assert choose_pool("auto", 3, "cuda") == "thread"  # not worth starting processes
+    assert choose_pool("auto", 3, "cpu", after_crash=True) == "process"  # contain the file that killed the last run
+    assert choose_pool("thread", many, "cuda", after_crash=True) == "thread"  # the user's word wins
