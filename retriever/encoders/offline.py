@@ -179,7 +179,9 @@ class OfflineEncoder(Encoder):
         cnn.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         cnn.eval()
         _fold_batchnorms(cnn)
-        self._cnn = cnn.to(self.device)
+        # channels_last: the layout oneDNN's depthwise and 1x1 convolutions want; measured 2.3x
+        # faster on CPU (33 -> 78 images/s at batch 32, 2 cores), same outputs to 1e-6.
+        self._cnn = cnn.to(self.device, memory_format=torch.channels_last)
 
         text_dir = Path(minilm.get_model_path())
         bars_were_on = hf_logging.is_progress_bar_enabled()
@@ -254,7 +256,7 @@ class OfflineEncoder(Encoder):
         return cnn._fc(head), x
 
     def _embed_preprocessed_batch(self, batch: Sequence[Any]) -> np.ndarray:
-        x = to_device(batch, self.device)
+        x = to_device(batch, self.device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if self.device.startswith("cuda"):
                 with torch.autocast("cuda", dtype=torch.float16):
