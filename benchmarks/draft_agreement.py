@@ -62,7 +62,7 @@ for _p in (str(REPO), str(HERE)):  # run from a checkout without `pip install -e
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from speed import make_random_weights, pct, rnd, stdout_to_stderr  # noqa: E402
+from speed import cpu_name, loadavg, make_random_weights, pct, rnd, stdout_to_stderr  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "datasets" / "caltech101-test"
 DEFAULT_FACTORS = (1.0, 1.5, 2.0, 3.0)
@@ -297,23 +297,6 @@ def env_info(load_start: float | None) -> dict[str, Any]:
     except ImportError:
         pass
     return info
-
-
-def loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):
-        return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def load_encoder(model: str, weights: str | None, batch_size: int = 32):

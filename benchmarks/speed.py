@@ -248,7 +248,7 @@ class TimedForward:
 
 def run(args: argparse.Namespace, work: Path, home: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "speed", "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
-    load_start = _loadavg()
+    load_start = loadavg()
 
     # 1. CLI start-up -------------------------------------------------------------------------
     log("1/4 `retriever --help` start-up (5 runs each) ...")
@@ -450,22 +450,22 @@ def run(args: argparse.Namespace, work: Path, home: Path) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "platform": platform.platform(),
-        "processor": _cpu_name(),
+        "processor": cpu_name(),
         # 1-minute load average before and after: figures taken on a busy machine are not comparable
         "loadavg_1m_start": load_start,
-        "loadavg_1m_end": _loadavg(),
+        "loadavg_1m_end": loadavg(),
     }
     return result
 
 
-def _loadavg() -> float | None:
+def loadavg() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
     except (OSError, AttributeError):
         return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
