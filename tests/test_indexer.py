@@ -302,3 +302,24 @@ def test_pool_choice():
     assert choose_pool("auto", 3, "cuda") == "thread"  # not worth starting processes
     assert choose_pool("auto", 3, "cpu", after_crash=True) == "process"  # contain the file that killed the last run
     assert choose_pool("thread", many, "cuda", after_crash=True) == "thread"  # the user's word wins
+
+
+def test_thread_tuner_keeps_the_faster_split_and_restores_torch(monkeypatch):
+    import torch
+
+    import retriever.indexer as indexer
+
+    original = torch.get_num_threads()
+    monkeypatch.setattr(indexer.os, "cpu_count", lambda: original + 1)
+    tuner = indexer._ThreadTuner(workers=original)  # lean = 1 thread, vs the original
+    if not tuner.candidates:
+        pytest.skip("one thread already")
+    clock = iter([0.0, 0.0, 10.0, 10.0, 13.0, 13.0])  # batch with `original` threads: 10 s; lean: 3 s
+    monkeypatch.setattr(indexer.time, "monotonic", lambda: next(clock))
+    for _ in range(3):
+        tuner.batch_done()
+    assert torch.get_num_threads() == 1
+    tuner.batch_done()  # decided: nothing changes any more
+    assert torch.get_num_threads() == 1
+    tuner.restore()
+    assert torch.get_num_threads() == original
