@@ -254,9 +254,11 @@ class _ThreadTuner:
 
     The right split depends on the model: a light CNN (the offline encoder) runs best with one
     torch thread, leaving the other cores to decoding (29 vs 23 images/s on 2 cores); a heavy ViT
-    needs every core (12 vs 8 images/s). So both are tried, on one batch each after a warm-up
-    batch, timing batch to batch (decode waits included), and the faster kept. Torch's setting
-    is restored at the end of the run."""
+    needs every core (12 vs 8 images/s). So both are tried, on TRIAL_BATCHES batches each after a
+    warm-up batch, timing batch to batch (decode waits included), and the faster kept. Torch's
+    setting is restored at the end of the run."""
+
+    TRIAL_BATCHES = 2
 
     def __init__(self, workers: int):
         import torch
@@ -265,23 +267,24 @@ class _ThreadTuner:
         self.original = torch.get_num_threads()
         lean = max(1, (os.cpu_count() or 1) - workers)
         self.candidates = [self.original, lean] if lean != self.original else []
-        self.batches = 0
+        self.batches = 0  # batches done since the warm-up
         self.last: float | None = None
-        self.times: list[float] = []
+        self.times = [0.0] * len(self.candidates)
+        self.decided = not self.candidates
 
     def batch_done(self) -> None:
-        if not self.candidates or len(self.times) == len(self.candidates):
+        if self.decided:
             return
         now = time.monotonic()
-        self.batches += 1
-        if self.batches >= 2 and self.last is not None:  # batch 1 is the warm-up
-            self.times.append(now - self.last)
-            if len(self.times) == len(self.candidates):
-                best = self.candidates[self.times.index(min(self.times))]
-                self.torch.set_num_threads(best)
+        if self.last is not None:  # the first call ends the warm-up batch
+            trial = self.batches // self.TRIAL_BATCHES
+            self.times[trial] += now - self.last
+            self.batches += 1
+            if self.batches == self.TRIAL_BATCHES * len(self.candidates):
+                self.torch.set_num_threads(self.candidates[self.times.index(min(self.times))])
+                self.decided = True
                 return
-        if self.batches >= 1:
-            self.torch.set_num_threads(self.candidates[len(self.times)])
+        self.torch.set_num_threads(self.candidates[self.batches // self.TRIAL_BATCHES])
         self.last = time.monotonic()
 
     def restore(self) -> None:
@@ -417,7 +420,7 @@ class _Run:
         kind = choose_pool(opts.pool, len(tasks), getattr(encoder, "device", "cpu"), self.after_crash)
         self.draft = DRAFT_FACTOR * encoder.input_size if opts.draft else None
         cpu_model = not str(getattr(encoder, "device", "cpu")).startswith("cuda")
-        if kind == "thread" and cpu_model and "torch" in sys.modules and len(tasks) >= 5 * encoder.batch_size:
+        if kind == "thread" and cpu_model and "torch" in sys.modules and len(tasks) >= 8 * encoder.batch_size:
             self.tuner = _ThreadTuner(workers)
         args = (encoder.preprocessor(), self.draft, frozenset(self.gone_by_fp), opts.video_every_s)
         lookahead = max(2 * encoder.batch_size, 4 * workers)  # bounded: memory stays flat

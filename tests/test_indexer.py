@@ -314,9 +314,10 @@ def test_thread_tuner_keeps_the_faster_split_and_restores_torch(monkeypatch):
     tuner = indexer._ThreadTuner(workers=original)  # lean = 1 thread, vs the original
     if not tuner.candidates:
         pytest.skip("one thread already")
-    clock = iter([0.0, 0.0, 10.0, 10.0, 13.0, 13.0])  # batch with `original` threads: 10 s; lean: 3 s
+    # warm-up, then 2 batches with `original` threads (5 s each), 2 lean ones (2 s each)
+    clock = iter([0.0, 0.0, 5.0, 5.0, 10.0, 10.0, 12.0, 12.0, 14.0, 14.0])
     monkeypatch.setattr(indexer.time, "monotonic", lambda: next(clock))
-    for _ in range(3):
+    for _ in range(5):
         tuner.batch_done()
     assert torch.get_num_threads() == 1
     tuner.batch_done()  # decided: nothing changes any more
