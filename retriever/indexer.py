@@ -258,7 +258,7 @@ class _ThreadTuner:
     warm-up batch, timing batch to batch (decode waits included), and the faster kept. Torch's
     setting is restored at the end of the run."""
 
-    TRIAL_BATCHES = 2
+    TRIAL_BATCHES = 1
 
     def __init__(self, workers: int):
         import torch
@@ -420,7 +420,7 @@ class _Run:
         kind = choose_pool(opts.pool, len(tasks), getattr(encoder, "device", "cpu"), self.after_crash)
         self.draft = DRAFT_FACTOR * encoder.input_size if opts.draft else None
         cpu_model = not str(getattr(encoder, "device", "cpu")).startswith("cuda")
-        if kind == "thread" and cpu_model and "torch" in sys.modules and len(tasks) >= 8 * encoder.batch_size:
+        if kind == "thread" and cpu_model and "torch" in sys.modules and len(tasks) >= 5 * encoder.batch_size:
             self.tuner = _ThreadTuner(workers)
         args = (encoder.preprocessor(), self.draft, frozenset(self.gone_by_fp), opts.video_every_s)
         lookahead = max(2 * encoder.batch_size, 4 * workers)  # bounded: memory stays flat

@@ -311,10 +311,11 @@ def test_thread_tuner_keeps_the_faster_split_and_restores_torch(monkeypatch):
 
     original = torch.get_num_threads()
     monkeypatch.setattr(indexer.os, "cpu_count", lambda: original + 1)
+    monkeypatch.setattr(indexer._ThreadTuner, "TRIAL_BATCHES", 2)
     tuner = indexer._ThreadTuner(workers=original)  # lean = 1 thread, vs the original
     if not tuner.candidates:
         pytest.skip("one thread already")
-    # warm-up, then 2 batches with `original` threads (5 s each), 2 lean ones (2 s each)
+    # warm-up, then one batch per candidate; TRIAL_BATCHES is patched to 2 to check the sums
     clock = iter([0.0, 0.0, 5.0, 5.0, 10.0, 10.0, 12.0, 12.0, 14.0, 14.0])
     monkeypatch.setattr(indexer.time, "monotonic", lambda: next(clock))
     for _ in range(5):
