@@ -9,7 +9,6 @@ import re
 import stat
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .errors import RetrieverError
@@ -221,8 +220,3 @@ def fingerprint_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def is_under(path: str, folder: str) -> bool:
     folder = folder.rstrip(os.sep) + os.sep
     return path == folder.rstrip(os.sep) or path.startswith(folder)
-
-
-def display_path(path: str) -> str:
-    """Path as given back to users: absolute (works from any folder, and with xargs)."""
-    return str(Path(path))

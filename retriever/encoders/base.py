@@ -86,9 +86,6 @@ class Encoder(ABC):
         parts = [np.asarray(fn(chunk), dtype=np.float32) for chunk in batched(items, self.batch_size)]
         return l2_normalize(np.concatenate(parts, axis=0))
 
-    def describe(self) -> dict[str, Any]:
-        return {"model_id": self.model_id, "dim": self.dim, "device": self.device}
-
 
 CPU_BATCH, CUDA_BATCH = 32, 256  # CUDA: large enough to keep a GPU busy with ViT-B-sized models
 
