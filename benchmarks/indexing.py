@@ -323,6 +323,7 @@ def child_retriever(args: argparse.Namespace, files: list[str]) -> dict[str, Any
             "images": summary.indexed,
             "failed": summary.failed,
             "failures": [f"{os.path.basename(p)}: {r}" for p, r in summary.failures[:3]],
+            "tuning": summary.tuning,
             "seconds": rnd(seconds),
             "run_seconds": rnd(summary.seconds),
             "images_per_s": rnd(summary.indexed / seconds, 2) if seconds > 0 else None,

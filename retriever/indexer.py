@@ -96,6 +96,7 @@ class RunSummary:
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of this run
     warnings: list[str] = field(default_factory=list)  # folders that could not be listed, ...
+    tuning: dict[str, Any] | None = None  # torch threads tried beside decode threads, and the choice
 
     @property
     def indexed(self) -> int:
@@ -114,6 +115,7 @@ class RunSummary:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.indexed / self.seconds, 2) if self.seconds > 0 and self.indexed else None,
             "interrupted": self.interrupted,
+            **({"tuning": self.tuning} if self.tuning else {}),
         }
 
 
@@ -254,38 +256,53 @@ class _ThreadTuner:
 
     The right split depends on the model: a light CNN (the offline encoder) runs best with one
     torch thread, leaving the other cores to decoding (29 vs 23 images/s on 2 cores); a heavy ViT
-    needs every core (12 vs 8 images/s). So both are tried, on TRIAL_BATCHES batches each after a
-    warm-up batch, timing batch to batch (decode waits included), and the faster kept. Torch's
-    setting is restored at the end of the run."""
+    needs every core (12 vs 8 images/s). So both are tried after a warm-up batch, one batch at a
+    time in the order A B B A (A B for short runs), which cancels a steady drift, and the faster
+    kept. Torch's setting is restored at the end of the run.
 
-    TRIAL_BATCHES = 1
+    A trial's rate counts what the pipeline *produced* while it ran: results taken from the
+    workers plus the change in results decoded and waiting. Timing forward passes alone would
+    reward whichever split ran while a backlog decoded earlier was being used up."""
 
-    def __init__(self, workers: int):
+    ABBA_MIN_BATCHES = 8  # below, A B only
+
+    def __init__(self, workers: int, batches: int):
         import torch
 
         self.torch = torch
         self.original = torch.get_num_threads()
         lean = max(1, (os.cpu_count() or 1) - workers)
         self.candidates = [self.original, lean] if lean != self.original else []
-        self.batches = 0  # batches done since the warm-up
-        self.last: float | None = None
-        self.times = [0.0] * len(self.candidates)
+        self.slots = [0, 1, 1, 0] if batches >= self.ABBA_MIN_BATCHES else [0, 1]
+        self.step = 0
+        self.last: tuple[float, int] | None = None  # (time, produced) at the last batch
+        self.work = [0] * len(self.candidates)
+        self.time = [0.0] * len(self.candidates)
         self.decided = not self.candidates
+        self.choice: int | None = None if self.candidates else self.original
+        self.report: dict[str, Any] | None = None  # images/s of each candidate, once decided
 
-    def batch_done(self) -> None:
+    def batch_done(self, produced: int) -> None:
+        """After each forward pass; `produced` counts every result the workers have finished so
+        far (taken or waiting)."""
         if self.decided:
             return
         now = time.monotonic()
         if self.last is not None:  # the first call ends the warm-up batch
-            trial = self.batches // self.TRIAL_BATCHES
-            self.times[trial] += now - self.last
-            self.batches += 1
-            if self.batches == self.TRIAL_BATCHES * len(self.candidates):
-                self.torch.set_num_threads(self.candidates[self.times.index(min(self.times))])
+            slot = self.slots[self.step]
+            self.time[slot] += now - self.last[0]
+            self.work[slot] += produced - self.last[1]
+            self.step += 1
+            if self.step == len(self.slots):
+                rates = [w / t if t > 0 else 0.0 for w, t in zip(self.work, self.time)]
+                self.choice = self.candidates[rates.index(max(rates))]
+                self.report = {"torch_threads": self.choice,
+                               "tried": {str(c): round(r, 2) for c, r in zip(self.candidates, rates)}}
+                self.torch.set_num_threads(self.choice)
                 self.decided = True
                 return
-        self.torch.set_num_threads(self.candidates[self.batches // self.TRIAL_BATCHES])
-        self.last = time.monotonic()
+        self.torch.set_num_threads(self.candidates[self.slots[self.step]])
+        self.last = (time.monotonic(), produced)
 
     def restore(self) -> None:
         self.torch.set_num_threads(self.original)
@@ -331,6 +348,8 @@ class _Run:
         self.after_crash = False
         self.draft: int | None = None
         self.tuner: _ThreadTuner | None = None
+        self.in_flight: deque = deque()  # (task, future) sent to the workers, oldest first
+        self.taken = 0  # results taken from the workers
 
     @property
     def encoder(self):
@@ -421,7 +440,7 @@ class _Run:
         self.draft = DRAFT_FACTOR * encoder.input_size if opts.draft else None
         cpu_model = not str(getattr(encoder, "device", "cpu")).startswith("cuda")
         if kind == "thread" and cpu_model and "torch" in sys.modules and len(tasks) >= 5 * encoder.batch_size:
-            self.tuner = _ThreadTuner(workers)
+            self.tuner = _ThreadTuner(workers, len(tasks) // encoder.batch_size)
         args = (encoder.preprocessor(), self.draft, frozenset(self.gone_by_fp), opts.video_every_s)
         lookahead = max(2 * encoder.batch_size, 4 * workers)  # bounded: memory stays flat
         queue: deque[_Task] = deque(tasks)
@@ -433,6 +452,7 @@ class _Run:
                 kind = "thread"  # worker processes cannot start here (e.g. no importable __main__)
                 continue
             in_flight: deque[tuple[_Task, Future]] = deque()
+            self.in_flight = in_flight
 
             def send(source: deque[_Task]) -> None:
                 task = source.popleft()
@@ -455,6 +475,7 @@ class _Run:
                             send(queue)
                     prepared = in_flight[0][1].result()
                     in_flight.popleft()
+                    self.taken += 1
                     self._handle(prepared)
             except BrokenExecutor:
                 if len(in_flight) == 1:
@@ -467,6 +488,7 @@ class _Run:
                     future.cancel()
                 pool.shutdown(wait=True, cancel_futures=True)
                 if self.tuner is not None:
+                    self.summary.tuning = self.tuner.report
                     self.tuner.restore()
                     self.tuner = None
 
@@ -523,7 +545,7 @@ class _Run:
         batch, self.to_encode = self.to_encode, []
         vectors = self.encoder.embed_preprocessed([p.pixels for p in batch])
         if self.tuner is not None:
-            self.tuner.batch_done()
+            self.tuner.batch_done(self.taken + sum(1 for _, f in self.in_flight if f.done()))
         for p, vector in zip(batch, vectors):
             self._count_new(p.task)
             row = {"path": p.task.path, "size": p.task.size, "mtime_ns": p.task.mtime_ns, **(p.meta or {}),

@@ -304,24 +304,52 @@ def test_pool_choice():
     assert choose_pool("thread", many, "cuda", after_crash=True) == "thread"  # the user's word wins
 
 
-def test_thread_tuner_keeps_the_faster_split_and_restores_torch(monkeypatch):
+def test_thread_tuner_keeps_the_split_that_produces_more_and_restores_torch(monkeypatch):
     import torch
 
     import retriever.indexer as indexer
 
     original = torch.get_num_threads()
     monkeypatch.setattr(indexer.os, "cpu_count", lambda: original + 1)
-    monkeypatch.setattr(indexer._ThreadTuner, "TRIAL_BATCHES", 2)
-    tuner = indexer._ThreadTuner(workers=original)  # lean = 1 thread, vs the original
+    tuner = indexer._ThreadTuner(workers=original, batches=10)  # lean = 1 thread, vs the original
     if not tuner.candidates:
         pytest.skip("one thread already")
-    # warm-up, then one batch per candidate; TRIAL_BATCHES is patched to 2 to check the sums
-    clock = iter([0.0, 0.0, 5.0, 5.0, 10.0, 10.0, 12.0, 12.0, 14.0, 14.0])
+    assert tuner.slots == [0, 1, 1, 0]  # A B B A
+    # (time, results produced so far) at the end of the warm-up batch and of each trial batch:
+    # original 32 in 2 s; lean 8 in 1 s (a batch drawn from a backlog), then 60 in 2 s; original 32 in 2 s.
+    marks = [(0.0, 32), (2.0, 64), (3.0, 72), (5.0, 132), (7.0, 164)]
+    clock = iter(t for t, _ in marks for _ in (0, 1))
     monkeypatch.setattr(indexer.time, "monotonic", lambda: next(clock))
-    for _ in range(5):
-        tuner.batch_done()
+    for i, (_, produced) in enumerate(marks):
+        tuner.batch_done(produced)
+        if i < len(marks) - 1:
+            assert torch.get_num_threads() == tuner.candidates[tuner.slots[i]]
+    # original: 32 + 32 in 4 s = 16/s; lean: 8 + 60 in 3 s = 22.7/s
+    assert tuner.report == {"torch_threads": 1, "tried": {str(original): 16.0, "1": 22.67}}
     assert torch.get_num_threads() == 1
-    tuner.batch_done()  # decided: nothing changes any more
+    tuner.batch_done(200)  # decided: nothing changes any more
     assert torch.get_num_threads() == 1
     tuner.restore()
     assert torch.get_num_threads() == original
+
+
+def test_thread_tuner_does_not_reward_a_backlog(monkeypatch):
+    """A split that only used up results decoded earlier produced little: it is not chosen."""
+    import torch
+
+    import retriever.indexer as indexer
+
+    original = torch.get_num_threads()
+    monkeypatch.setattr(indexer.os, "cpu_count", lambda: original + 1)
+    tuner = indexer._ThreadTuner(workers=original, batches=6)
+    if not tuner.candidates:
+        pytest.skip("one thread already")
+    assert tuner.slots == [0, 1]
+    # original ran its batch fast (1 s) on a backlog, producing 10 new results; lean 2 s, 40.
+    marks = [(0.0, 64), (1.0, 74), (3.0, 114)]
+    clock = iter(t for t, _ in marks for _ in (0, 1))
+    monkeypatch.setattr(indexer.time, "monotonic", lambda: next(clock))
+    for _, produced in marks:
+        tuner.batch_done(produced)
+    assert tuner.choice == 1
+    tuner.restore()
