@@ -448,3 +448,10 @@ def models(as_json):
         else:
             tags = ", ".join(row["pretrained"]) if row["pretrained"] else ""
             click.echo(f"{row['name']:<40} {tags or row['note']}")
+
+
+# -- commands defined in retriever/commands/ --------------------------------------------------------
+
+from .commands import register as _register_commands  # noqa: E402  (after the bundles they use)
+
+_register_commands(main)
