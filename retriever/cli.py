@@ -60,6 +60,45 @@ def output_options(fn: Callable) -> Callable:
     return fn
 
 
+def filter_options(fn: Callable) -> Callable:
+    """Catalog filters of search and similar (retriever.filters)."""
+    options = [
+        click.option("--after", metavar="DATE",
+                     help="Taken on or after DATE: 2023, 2023-06, 2023-06-15, 2023-06-15T18:30, today, "
+                          "yesterday, or an age (30d, 2w, 6m, 1y). The date is EXIF DateTimeOriginal, else "
+                          "the file's modification time."),
+        click.option("--before", metavar="DATE", help="Taken before DATE (exclusive): --before 2024 ends with 2023."),
+        click.option("--in", "folders", multiple=True, metavar="FOLDER",
+                     help="Only photos under FOLDER (repeatable: any of them)."),
+        click.option("--camera", "cameras", multiple=True, metavar="TEXT",
+                     help="Camera make or model contains TEXT, case-insensitive (repeatable: any)."),
+        click.option("--near", metavar="LAT,LON", help="Only photos with GPS within --within km of LAT,LON."),
+        click.option("--within", "within_km", type=float, metavar="KM",
+                     help="Radius for --near in km.  [default: 1]"),
+        click.option("--format", "formats", multiple=True, metavar="NAME",
+                     help="File format: jpeg, png, heif, webp, tiff, gif, avif, a RAW extension (cr2, nef, ...) "
+                          "or video (repeatable: any)."),
+        click.option("--min-size", metavar="N|WxH",
+                     help="At least N pixels on both sides, or WxH in either orientation (1920x1080)."),
+        click.option("--tag", "tags", multiple=True, metavar="LABEL",
+                     help="Only photos tagged LABEL by `retriever tag` (repeatable: all of them)."),
+        click.option("--min-score", type=float, metavar="S",
+                     help="Drop results scoring below S (cosine similarity); may return fewer than -k."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _filters(kwargs: dict[str, Any]):
+    """Pops the filter_options values from a command's kwargs; a Filters value."""
+    from .filters import build
+
+    names = ("after", "before", "folders", "cameras", "near", "within_km", "formats", "min_size", "tags", "min_score")
+    values = {name: kwargs.pop(name) for name in names}
+    return build(**values)
+
+
 def reports_errors(fn: Callable) -> Callable:
     """Library errors become one-line messages and exit 1; Ctrl-C exits 130 without a traceback."""
 
@@ -334,45 +373,90 @@ def _print_hits(hits, as_json: bool, paths_only: bool, null_sep: bool) -> None:
             click.echo(_shown(json.dumps(hit.as_dict(), ensure_ascii=False)))
         else:
             click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {_shown(hit.label)}")
-    if not hits and not as_json and not paths_only:
-        click.echo("no results: the index is empty", err=True)
+
+
+QUERY_SYNTAX = """
+    \b
+    Combine terms with + and - (separate words), weight them with N*TERM:
+      retriever search beach + ~/ref.jpg - people
+      retriever search "red car" - 0.5*night
+    A term naming an existing image file is an image (its look); force one
+    with text:WORD or image:PATH. The query is the normalised weighted sum.
+"""
 
 
 @main.command()
-@click.argument("query")
+@click.argument("query", nargs=-1, required=True)
 @index_options
 @output_options
+@filter_options
 @device_option
+@click.option("-v", "--verbose", is_flag=True, help="Say how the query was read and filtered (on stderr).")
 @reports_errors
-def search(query, home, index_name, top, as_json, paths_only, null_sep, device):
-    """Photos that match a text QUERY, best first.
+def search(query, home, index_name, top, as_json, paths_only, null_sep, device, verbose, **kwargs):
+    """Photos that match QUERY, best first: text, images, or both, combined.
 
     \b
       retriever search "a dog on the beach"
-      retriever search "receipt" -k 50 --paths
-      retriever search sunset --json | jq .path
+      retriever search receipt -k 50 --paths
+      retriever search sunset --after 2023-06 --before 2023-09 --camera pixel
+      retriever search beach + ~/ref.jpg - people --json | jq .path
     """
-    idx, searcher = _open_searcher(home, index_name, device)
-    with idx:
-        hits = searcher.text(query, top)
-    _print_hits(hits, as_json, paths_only, null_sep)
+    from .query import parse
+
+    filters = _filters(kwargs)
+    terms = parse(query, default="auto")
+    _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose)
+
+
+search.help += QUERY_SYNTAX
 
 
 @main.command()
-@click.argument("image", type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, required=True)
 @index_options
 @output_options
+@filter_options
 @device_option
+@click.option("-v", "--verbose", is_flag=True, help="Say how the query was read and filtered (on stderr).")
 @reports_errors
-def similar(image, home, index_name, top, as_json, paths_only, null_sep, device):
-    """Photos that look like IMAGE (a file inside or outside the collection).
+def similar(images, home, index_name, top, as_json, paths_only, null_sep, device, verbose, **kwargs):
+    """Photos that look like IMAGES (files inside or outside the collection).
 
-    An image of the collection is left out of its own results.
+    Several images are averaged; images of the collection are left out of
+    the results. Terms combine as in search (here a bare word is an image):
+
+    \b
+      retriever similar a.jpg b.jpg
+      retriever similar beach.jpg - text:people --in ~/Pictures/2024
     """
+    from .query import parse
+
+    filters = _filters(kwargs)
+    terms = parse(images, default="image")
+    _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose)
+
+
+def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose) -> None:
+    from .query import describe
+
     idx, searcher = _open_searcher(home, index_name, device)
     with idx:
-        hits = searcher.image(image, top)
+        hits = searcher.query(terms, top, filters=filters)
+        if verbose:
+            click.echo(f"query: {_shown(describe(terms))}", err=True)
+            for condition in filters.describe():
+                click.echo(f"filter: {_shown(condition)}", err=True)
+            strategy = getattr(searcher, "last_strategy", None)
+            if strategy:
+                click.echo(f"filtered search: {strategy}", err=True)
+        empty_index = not hits and idx.catalog.counts()["images"] == 0
     _print_hits(hits, as_json, paths_only, null_sep)
+    if not hits and not as_json and not paths_only:
+        if empty_index:
+            click.echo("no results: the index is empty", err=True)
+        else:
+            click.echo("no results: nothing passes " + "; ".join(filters.describe()), err=True)
 
 
 # -- status / errors / models -----------------------------------------------------------------------

@@ -1,4 +1,11 @@
-"""query -> encode -> vectors -> catalog -> hits."""
+"""query -> encode -> vectors -> catalog -> hits.
+
+A query is one or more weighted terms (see `retriever.query`), optionally restricted by catalog
+filters (see `retriever.filters`). A filtered query returns k hits whenever at least k images
+pass the filters: a selective filter hands FAISS the matching ids (an IDSelector: only they are
+scored), a broad one searches the whole index for more than k and keeps those that pass
+(over-fetch), doubling until k pass. SELECTOR_MAX_FRACTION is where one becomes faster than the
+other (benchmarks/filters.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +18,12 @@ import numpy as np
 from .catalog import METADATA_FIELDS, STATUS_INDEXED
 from .errors import ImageDecodeError, RetrieverError
 from .files import absolute
+from .filters import Filters
+from .query import IMAGE, QueryError, Term
 from .video import format_timestamp
 
 DEFAULT_K = 10
+SELECTOR_MAX_FRACTION = 0.5  # filters passing at most this share of the index use an IDSelector
 
 
 @dataclass
@@ -59,17 +69,43 @@ class Searcher:
             self._vectors = self.index.vector_index()
         return self._vectors
 
-    def text(self, query: str, k: int = DEFAULT_K) -> list[Hit]:
+    def text(self, query: str, k: int = DEFAULT_K, filters: Filters | None = None) -> list[Hit]:
         query = query.strip()
         if not query:
             raise RetrieverError("empty query: say what to look for, e.g. retriever search \"a dog on the beach\"")
-        return self.by_vector(self.encoder.embed_texts([query])[0], k)
+        return self.by_vector(self.encoder.embed_texts([query])[0], k, filters=filters)
 
-    def image(self, path: str, k: int = DEFAULT_K) -> list[Hit]:
+    def image(self, path: str, k: int = DEFAULT_K, filters: Filters | None = None) -> list[Hit]:
         """Photos like the image at `path`, inside the collection or not. An image of the
         collection is left out of its own results and reuses its stored vector."""
         vector, own_id = self.image_vector(path)
-        return self.by_vector(vector, k, exclude=[own_id] if own_id is not None else [])
+        return self.by_vector(vector, k, exclude=[own_id] if own_id is not None else [], filters=filters)
+
+    def query(self, terms: list[Term], k: int = DEFAULT_K, filters: Filters | None = None) -> list[Hit]:
+        """A combined query: the normalised sum of the terms' weighted embeddings. Images of the
+        collection given as positive terms are left out of the results."""
+        vector, own_ids = self.query_vector(terms)
+        return self.by_vector(vector, k, exclude=own_ids, filters=filters)
+
+    def query_vector(self, terms: list[Term]) -> tuple[np.ndarray, list[int]]:
+        if not terms:
+            raise QueryError("empty query: say what to look for")
+        total = np.zeros(self.index.dim, dtype=np.float64)
+        own_ids: list[int] = []
+        texts = [t for t in terms if t.kind != IMAGE]
+        if texts:
+            for term, emb in zip(texts, self.encoder.embed_texts([t.value for t in texts])):
+                total += term.weight * _unit(emb)
+        for term in terms:
+            if term.kind == IMAGE:
+                emb, own_id = self.image_vector(term.value)
+                total += term.weight * _unit(emb)
+                if own_id is not None and term.weight > 0:
+                    own_ids.append(own_id)
+        norm = float(np.linalg.norm(total))
+        if len(terms) > 1 and norm < 1e-6:
+            raise QueryError("the terms cancel out: the query points nowhere (check the signs and weights)")
+        return (total / norm).astype(np.float32), own_ids
 
     def image_vector(self, path: str) -> tuple[np.ndarray, int | None]:
         full = absolute(path)
@@ -82,6 +118,8 @@ class Searcher:
                     return stored[row["id"]], int(row["id"])
         if not os.path.exists(full):
             raise RetrieverError(f"no such image: {path}")
+        if os.path.isdir(full):
+            raise RetrieverError(f"{path} is a folder, not an image")
         from .images import load
 
         try:
@@ -91,12 +129,50 @@ class Searcher:
         vector = self.encoder.embed_images([decoded.image])[0]
         return vector, (int(row["id"]) if row is not None else None)
 
-    def by_vector(self, vector: np.ndarray, k: int = DEFAULT_K, exclude: Iterable[int] = ()) -> list[Hit]:
+    def by_vector(
+        self, vector: np.ndarray, k: int = DEFAULT_K, exclude: Iterable[int] = (), filters: Filters | None = None
+    ) -> list[Hit]:
         if k <= 0:
             raise RetrieverError("-k/--top must be at least 1")
-        scores, ids = self.vectors.search(np.asarray(vector, dtype=np.float32)[None, :], k, exclude=exclude)
-        found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i != -1]
-        rows = self.index.catalog.image_rows([i for _, i in found])
+        query = np.asarray(vector, dtype=np.float32)[None, :]
+        exclude = list(exclude)
+        if filters is not None and filters.restricts():
+            found = self._filtered(query, k, exclude, filters)
+        else:
+            scores, ids = self.vectors.search(query, k, exclude=exclude)
+            found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i != -1]
+        if filters is not None and filters.min_score is not None:
+            found = [(s, i) for s, i in found if s >= filters.min_score]
+        return self._hits(found)
+
+    def _filtered(self, query: np.ndarray, k: int, exclude: list[int], filters: Filters) -> list[tuple[float, int]]:
+        from .filters import matching_ids
+
+        allowed = matching_ids(self.index.catalog, filters)
+        if exclude:
+            allowed = allowed[~np.isin(allowed, np.asarray(exclude, dtype=np.int64))]
+        total = len(self.vectors)
+        self.last_strategy = None
+        if len(allowed) == 0 or total == 0:
+            return []
+        if len(allowed) <= SELECTOR_MAX_FRACTION * total:
+            self.last_strategy = "selector"
+            scores, ids = self.vectors.search(query, k, allowed=allowed)
+            return [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i != -1]
+        self.last_strategy = "overfetch"
+        fetch = min(total, int(k * total / len(allowed) * 1.5) + len(exclude) + 8)
+        while True:
+            scores, ids = self.vectors.search(query, fetch)
+            keep = np.isin(ids[0], allowed)
+            found = [(float(s), int(i)) for s, i in zip(scores[0][keep], ids[0][keep])]
+            if len(found) >= k or fetch >= total:
+                return found[:k]
+            fetch = min(total, fetch * 2)
+
+    def _hits(self, found: list[tuple[float, int]]) -> list[Hit]:
+        catalog = self.index.catalog
+        rows = catalog.image_rows([i for _, i in found])
+        tags = _tags_for(catalog, [i for _, i in found])
         hits: list[Hit] = []
         for score, image_id in found:
             row = rows.get(image_id)
@@ -104,8 +180,29 @@ class Searcher:
                 continue
             meta = {"size": row["size"], "mtime": row["mtime_ns"] / 1e9, "fingerprint": row["fingerprint"]}
             meta.update({name: row[name] for name in METADATA_FIELDS})
+            meta["date"] = row["taken_at"] or _local_iso(row["mtime_ns"])
+            meta["tags"] = tags.get(image_id, [])
             hits.append(Hit(rank=len(hits) + 1, score=score, id=image_id, path=row["path"], meta=meta))
         return hits
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    n = np.linalg.norm(v)
+    return v / n if n > 0 else v
+
+
+def _local_iso(mtime_ns: int) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(mtime_ns // 1_000_000_000).isoformat()
+
+
+def _tags_for(catalog, ids: list[int]) -> dict[int, list[str]]:
+    """Each image's zero-shot labels, best first (none before `retriever tag` has run)."""
+    if not ids or not hasattr(catalog, "tags_for"):
+        return {}
+    return catalog.tags_for(ids)
 
 
 def _stat(path: str):

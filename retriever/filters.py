@@ -1,0 +1,300 @@
+"""Filters on the catalog: which images a query may return.
+
+A `Filters` value is built from the command line (or an API call), turned into one SQL query over
+the catalog's `images` table, and the ids it selects are handed to the vector search, which
+returns the best k among them (see `Searcher`). Only `min_score` acts on the ranked hits.
+
+Dates: an image's date is its EXIF DateTimeOriginal (local time as the camera wrote it), or the
+file's mtime in this machine's local time when the photo has none. `after` is inclusive, `before`
+exclusive: `--after 2023 --before 2024` is the year 2023.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import Any, Sequence
+
+from .errors import RetrieverError
+
+EARTH_RADIUS_KM = 6371.0088
+DEFAULT_WITHIN_KM = 1.0
+
+# What users type -> what the catalog stores: Pillow's format names for images, the extension for
+# camera RAW (CR2, NEF, ...), PyAV's container name for video frames ("mov" for .mp4 and .mov).
+# "video" matches every video frame.
+FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "HEIC": "HEIF", "MP4": "MOV", "M4V": "MOV", "3GP": "MOV",
+                  "MKV": "MATROSKA", "WEBM": "MATROSKA", "VIDEOS": "VIDEO"}
+
+
+class FilterError(RetrieverError):
+    """A filter value that cannot be understood (a date, a size, coordinates)."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    after: str | None = None  # ISO date-time, inclusive lower bound on the date taken
+    before: str | None = None  # ISO date-time, exclusive upper bound
+    folders: tuple[str, ...] = ()  # absolute folders; an image under any of them passes
+    cameras: tuple[str, ...] = ()  # case-insensitive substrings of "make model"; any passes
+    near: tuple[float, float] | None = None  # (lat, lon) in degrees
+    within_km: float = DEFAULT_WITHIN_KM
+    formats: tuple[str, ...] = ()  # Pillow format names (JPEG, PNG, HEIF, ...); any passes
+    min_size: tuple[int, int] | None = None  # (long side, short side) at least, either orientation
+    tags: tuple[str, ...] = ()  # normalised labels; every one must be present
+    min_score: float | None = None  # on the ranked hits, not in SQL
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # for display only
+
+    def restricts(self) -> bool:
+        """True when some catalog condition is set (min_score alone restricts nothing here)."""
+        return bool(self.after or self.before or self.folders or self.cameras or self.near is not None
+                    or self.formats or self.min_size or self.tags)
+
+    def describe(self) -> list[str]:
+        """Human-readable conditions, for messages and the HTML page."""
+        out = []
+        if self.after:
+            out.append(f"taken on or after {self.after}")
+        if self.before:
+            out.append(f"taken before {self.before}")
+        if self.folders:
+            out.append("in " + " or ".join(self.folders))
+        if self.cameras:
+            out.append("camera " + " or ".join(repr(c) for c in self.cameras))
+        if self.near is not None:
+            out.append(f"within {self.within_km:g} km of {self.near[0]:.5f},{self.near[1]:.5f}")
+        if self.formats:
+            out.append("format " + " or ".join(self.formats))
+        if self.min_size:
+            out.append(f"at least {self.min_size[0]}x{self.min_size[1]}")
+        if self.tags:
+            out.append("tagged " + " and ".join(self.tags))
+        if self.min_score is not None:
+            out.append(f"score >= {self.min_score:g}")
+        return out
+
+
+# -- parsing command-line values --------------------------------------------------------------------
+
+
+_DATE_FORMATS = (
+    ("%Y-%m-%dT%H:%M:%S", "second"), ("%Y-%m-%d %H:%M:%S", "second"), ("%Y-%m-%dT%H:%M", "minute"),
+    ("%Y-%m-%d %H:%M", "minute"), ("%Y-%m-%d", "day"), ("%Y:%m:%d", "day"), ("%Y-%m", "month"), ("%Y", "year"),
+)
+_RELATIVE = re.compile(r"^(\d+)\s*(d|day|days|w|week|weeks|m|month|months|y|year|years)(\s+ago)?$")
+
+
+def parse_date(text: str, *, today: date | None = None) -> str:
+    """'2023', '2023-06', '2023-06-15', '2023-06-15T12:30', 'today', 'yesterday', '30d' (30 days
+    ago), '2w', '6m', '1y' -> the ISO start of that period ('2023-06-01T00:00:00' for '2023-06')."""
+    value = text.strip().lower()
+    today = today or date.today()
+    if value in ("today", "now"):
+        return _iso(today)
+    if value == "yesterday":
+        return _iso(today - timedelta(days=1))
+    match = _RELATIVE.match(value)
+    if match:
+        n, unit = int(match.group(1)), match.group(2)[0]
+        if unit == "d":
+            return _iso(today - timedelta(days=n))
+        if unit == "w":
+            return _iso(today - timedelta(weeks=n))
+        if unit == "m":
+            months = today.year * 12 + today.month - 1 - n
+            year, month = divmod(months, 12)
+            return _iso(date(year, month + 1, min(today.day, 28)))
+        return _iso(date(today.year - n, today.month, min(today.day, 28)))
+    for fmt, _ in _DATE_FORMATS:
+        try:
+            return datetime.strptime(text.strip(), fmt).isoformat()
+        except ValueError:
+            continue
+    raise FilterError(
+        f"cannot read the date {text!r}: use YYYY, YYYY-MM, YYYY-MM-DD, YYYY-MM-DDTHH:MM, today, yesterday, "
+        "or an age like 30d, 2w, 6m, 1y"
+    )
+
+
+def _iso(day: date) -> str:
+    return datetime(day.year, day.month, day.day).isoformat()
+
+
+def parse_near(text: str) -> tuple[float, float]:
+    """'48.8584,2.2945' -> (48.8584, 2.2945)."""
+    parts = [p.strip() for p in text.replace(";", ",").split(",")]
+    try:
+        lat, lon = (float(p) for p in parts)
+    except ValueError:
+        raise FilterError(f"--near takes LAT,LON in decimal degrees (e.g. 48.8584,2.2945), not {text!r}") from None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180) or math.isnan(lat) or math.isnan(lon):
+        raise FilterError(f"--near {text!r}: latitude must be within ±90 and longitude within ±180")
+    return lat, lon
+
+
+def parse_min_size(text: str) -> tuple[int, int]:
+    """'1024' -> both sides at least 1024; '1920x1080' -> long side >= 1920 and short side >= 1080."""
+    parts = re.split(r"[x×X*, ]+", text.strip())
+    try:
+        sides = [int(p) for p in parts if p]
+    except ValueError:
+        sides = []
+    if len(sides) == 1:
+        sides = sides * 2
+    if len(sides) != 2 or min(sides) < 1:
+        raise FilterError(f"--min-size takes N or WxH in pixels (e.g. 1024 or 1920x1080), not {text!r}")
+    return max(sides), min(sides)
+
+
+def normalize_format(text: str) -> str:
+    name = text.strip().lstrip(".").upper()
+    return FORMAT_ALIASES.get(name, name)
+
+
+def build(
+    *,
+    after: str | None = None,
+    before: str | None = None,
+    folders: Sequence[str] = (),
+    cameras: Sequence[str] = (),
+    near: str | None = None,
+    within_km: float | None = None,
+    formats: Sequence[str] = (),
+    min_size: str | None = None,
+    tags: Sequence[str] = (),
+    min_score: float | None = None,
+) -> Filters:
+    """Filters from command-line strings; raises FilterError with a one-line reason."""
+    from .files import absolute
+
+    if within_km is not None and near is None:
+        raise FilterError("--within needs --near LAT,LON")
+    if within_km is not None and not within_km > 0:
+        raise FilterError("--within takes a distance in km greater than 0")
+    after_iso = parse_date(after) if after else None
+    before_iso = parse_date(before) if before else None
+    if after_iso and before_iso and after_iso >= before_iso:
+        raise FilterError(f"--after {after} is not before --before {before}: no date can match")
+    tag_names: tuple[str, ...] = ()
+    if tags:
+        from .tags import normalize_label
+
+        tag_names = tuple(dict.fromkeys(normalize_label(t) for t in tags))
+    return Filters(
+        after=after_iso,
+        before=before_iso,
+        folders=tuple(dict.fromkeys(absolute(f).rstrip("/") or "/" for f in folders)),
+        cameras=tuple(c.strip() for c in cameras if c.strip()),
+        near=parse_near(near) if near else None,
+        within_km=within_km if within_km is not None else DEFAULT_WITHIN_KM,
+        formats=tuple(dict.fromkeys(normalize_format(f) for f in formats)),
+        min_size=parse_min_size(min_size) if min_size else None,
+        tags=tag_names,
+        min_score=min_score,
+    )
+
+
+# -- SQL --------------------------------------------------------------------------------------------
+
+
+def matching_ids(catalog, filters: Filters) -> "Any":
+    """Sorted int64 array of the ids of indexed images (with a vector) that pass the catalog
+    conditions of `filters`."""
+    import numpy as np
+    from sqlalchemy import text as sql
+
+    where, params = _where(filters)
+    query = (
+        "SELECT images.id, images.gps_lat, images.gps_lon FROM images JOIN vectors ON vectors.image_id = images.id "
+        "WHERE images.status = 'indexed'" + "".join(f" AND ({w})" for w in where) + " ORDER BY images.id"
+    )
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(sql(query), params).all()
+    if filters.near is not None:  # the SQL box is a superset: keep what is within the circle
+        lat0, lon0 = filters.near
+        rows = [r for r in rows if haversine_km(lat0, lon0, r[1], r[2]) <= filters.within_km]
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+
+_DATE_SQL = "COALESCE(images.taken_at, strftime('%Y-%m-%dT%H:%M:%S', images.mtime_ns / 1000000000, 'unixepoch', 'localtime'))"
+
+
+def date_sql() -> str:
+    """The SQL expression of an image's date (EXIF date taken, else local mtime), ISO text."""
+    return _DATE_SQL
+
+
+def _where(f: Filters) -> tuple[list[str], dict[str, Any]]:
+    from .files import path_to_text
+
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if f.after:
+        where.append(f"{_DATE_SQL} >= :after")
+        params["after"] = f.after
+    if f.before:
+        where.append(f"{_DATE_SQL} < :before")
+        params["before"] = f.before
+    if f.folders:
+        parts = []
+        for i, folder in enumerate(f.folders):
+            stored = path_to_text(folder)
+            prefix = stored if stored.endswith("/") else stored + "/"
+            # substr, not LIKE: LIKE ignores ASCII case in SQLite, and file names do not.
+            parts.append(f"(images.path = :dir{i} OR substr(images.path, 1, length(:pre{i})) = :pre{i})")
+            params[f"dir{i}"], params[f"pre{i}"] = stored, prefix
+        where.append(" OR ".join(parts))
+    if f.cameras:
+        parts = []
+        for i, camera in enumerate(f.cameras):
+            parts.append(
+                f"instr(lower(COALESCE(images.camera_make, '') || ' ' || COALESCE(images.camera_model, '')), :cam{i}) > 0"
+            )
+            params[f"cam{i}"] = camera.lower()
+        where.append(" OR ".join(parts))
+    if f.formats:
+        names = []
+        for i, fmt in enumerate(f.formats):
+            if fmt == "VIDEO":
+                names.append("images.frame_ms IS NOT NULL")
+                continue
+            names.append(f"upper(images.format) = :fmt{i}")
+            params[f"fmt{i}"] = fmt
+        where.append(" OR ".join(names))
+    if f.min_size:
+        long_side, short_side = f.min_size
+        where.append(
+            "max(images.width, images.height) >= :long_side AND min(images.width, images.height) >= :short_side"
+        )
+        params["long_side"], params["short_side"] = long_side, short_side
+    if f.near is not None:
+        lat0, lon0 = f.near
+        dlat = math.degrees(f.within_km / EARTH_RADIUS_KM)
+        where.append("images.gps_lat BETWEEN :lat_lo AND :lat_hi")
+        params["lat_lo"], params["lat_hi"] = lat0 - dlat, lat0 + dlat
+        cos_lat = math.cos(math.radians(min(89.9, abs(lat0) + dlat)))
+        dlon = math.degrees(f.within_km / (EARTH_RADIUS_KM * max(cos_lat, 1e-6)))
+        if dlon < 180 and -180 <= lon0 - dlon and lon0 + dlon <= 180:
+            where.append("images.gps_lon BETWEEN :lon_lo AND :lon_hi")
+            params["lon_lo"], params["lon_hi"] = lon0 - dlon, lon0 + dlon
+        else:  # the box crosses the antimeridian (or a pole): longitude is checked in Python only
+            where.append("images.gps_lon IS NOT NULL")
+    for i, tag in enumerate(f.tags):
+        where.append(f"EXISTS (SELECT 1 FROM tags WHERE tags.image_id = images.id AND tags.label = :tag{i})")
+        params[f"tag{i}"] = tag
+    return where, params
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float | None, lon2: float | None) -> float:
+    if lat2 is None or lon2 is None:
+        return math.inf
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def with_min_score(filters: Filters, min_score: float | None) -> Filters:
+    return replace(filters, min_score=min_score)

@@ -1,0 +1,109 @@
+"""Combined queries: several text and image terms, weighted, some negated.
+
+    retriever search beach + ref.jpg - people        "beach", plus the look of ref.jpg, minus people
+    retriever search "red car" - 0.5*night           a half-weight negative term
+    retriever search text:chelsea.png                force a term to be text (or image:NAME)
+    retriever similar a.jpg b.jpg - text:snow        several images, minus a concept
+
+Each command-line word is a term, or one of the operators `+` and `-`, which set the sign of the
+term that follows (a term with no operator before it is added). A term may start with a weight,
+`2*beach` or `0.5*ref.jpg`. In `search` a term is an image when it names an existing image or
+video file and text otherwise; in `similar` every term is an image unless it starts with `text:`.
+The query vector is the normalised sum of the terms' weighted, L2-normalised embeddings (as in
+rclip's `+`/`-` arithmetic), so a negative term pushes its concept down the ranking.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from .errors import RetrieverError
+
+TEXT = "text"
+IMAGE = "image"
+_WEIGHT = re.compile(r"^([0-9]*\.?[0-9]+)\*(.+)$", re.S)
+_PREFIXES = {"text:": TEXT, "image:": IMAGE, "img:": IMAGE}
+
+
+class QueryError(RetrieverError):
+    """A query that cannot be understood or that says nothing (empty, all weights cancel)."""
+
+
+@dataclass(frozen=True)
+class Term:
+    kind: Literal["text", "image"]
+    value: str  # the text, or the image's path as given
+    weight: float  # signed: negative terms push their concept down
+
+    def describe(self) -> str:
+        sign = "-" if self.weight < 0 else "+"
+        w = abs(self.weight)
+        scale = "" if w == 1 else f"{w:g}*"
+        shown = self.value if self.kind == TEXT else f"image:{self.value}"
+        return f"{sign} {scale}{shown}"
+
+
+def parse(words: Sequence[str], *, default: Literal["auto", "text", "image"] = "auto") -> list[Term]:
+    """Command-line words -> terms. `default`: how a term without a `text:`/`image:` prefix is
+    read: "auto" = an image if it names an existing image or video file, else text."""
+    terms: list[Term] = []
+    sign = 1.0
+    pending_operator = False
+    for word in words:
+        if word in ("+", "-"):
+            if pending_operator:
+                raise QueryError(f"two operators in a row before {word!r}: put a term between them")
+            sign = -1.0 if word == "-" else 1.0
+            pending_operator = True
+            continue
+        if not word.strip():
+            raise QueryError("empty query term: say what to look for, e.g. retriever search \"a dog on the beach\"")
+        terms.append(_term(word, sign, default))
+        sign, pending_operator = 1.0, False
+    if pending_operator:
+        raise QueryError("the query ends with an operator: add the term it applies to")
+    if not terms:
+        raise QueryError("empty query: say what to look for, e.g. retriever search \"a dog on the beach\"")
+    if all(t.weight < 0 for t in terms):
+        raise QueryError("only negative terms: add something to look for (e.g. beach - people)")
+    return terms
+
+
+def _term(word: str, sign: float, default: str) -> Term:
+    weight = 1.0
+    match = _WEIGHT.match(word)
+    if match:
+        weight = float(match.group(1))
+        word = match.group(2)
+        if weight == 0:
+            raise QueryError(f"a weight of 0 in {match.group(0)!r} removes the term: drop it instead")
+    kind = None
+    for prefix, prefixed_kind in _PREFIXES.items():
+        if word.lower().startswith(prefix):
+            kind, word = prefixed_kind, word[len(prefix):]
+            break
+    if not word.strip():
+        raise QueryError("empty query term after its prefix or weight")
+    if kind is None:
+        if default == "auto":
+            kind = IMAGE if _looks_like_image_file(word) else TEXT
+        else:
+            kind = default
+    if kind == TEXT:
+        word = word.strip()
+    return Term(kind, word, sign * weight)
+
+
+def _looks_like_image_file(word: str) -> bool:
+    from .files import IMAGE_SUFFIXES
+
+    path = os.path.expanduser(word)
+    return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES and os.path.isfile(path)
+
+
+def describe(terms: Sequence[Term]) -> str:
+    text = " ".join(t.describe() for t in terms)
+    return text[2:] if text.startswith("+ ") else text
