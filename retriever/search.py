@@ -157,17 +157,9 @@ class Searcher:
             return []
         if len(allowed) <= SELECTOR_MAX_FRACTION * total:
             self.last_strategy = "selector"
-            scores, ids = self.vectors.search(query, k, allowed=allowed)
-            return [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i != -1]
+            return search_selector(self.vectors, query, k, allowed)
         self.last_strategy = "overfetch"
-        fetch = min(total, int(k * total / len(allowed) * 1.5) + len(exclude) + 8)
-        while True:
-            scores, ids = self.vectors.search(query, fetch)
-            keep = np.isin(ids[0], allowed)
-            found = [(float(s), int(i)) for s, i in zip(scores[0][keep], ids[0][keep])]
-            if len(found) >= k or fetch >= total:
-                return found[:k]
-            fetch = min(total, fetch * 2)
+        return search_overfetch(self.vectors, query, k, allowed)
 
     def _hits(self, found: list[tuple[float, int]]) -> list[Hit]:
         catalog = self.index.catalog
@@ -184,6 +176,26 @@ class Searcher:
             meta["tags"] = tags.get(image_id, [])
             hits.append(Hit(rank=len(hits) + 1, score=score, id=image_id, path=row["path"], meta=meta))
         return hits
+
+
+def search_selector(vectors, query: np.ndarray, k: int, allowed: np.ndarray) -> list[tuple[float, int]]:
+    """The best k among `allowed` (sorted int64 ids): FAISS scores only those (an IDSelector)."""
+    scores, ids = vectors.search(query, k, allowed=allowed)
+    return [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i != -1]
+
+
+def search_overfetch(vectors, query: np.ndarray, k: int, allowed: np.ndarray) -> list[tuple[float, int]]:
+    """The best k among `allowed` (sorted int64 ids): an unfiltered search for enough results
+    that about k of them pass, doubling until k pass or the whole index has been ranked."""
+    total = len(vectors)
+    fetch = min(total, int(k * total / max(len(allowed), 1) * 1.5) + 8)
+    while True:
+        scores, ids = vectors.search(query, fetch)
+        keep = np.isin(ids[0], allowed, assume_unique=False)
+        found = [(float(s), int(i)) for s, i in zip(scores[0][keep], ids[0][keep])]
+        if len(found) >= k or fetch >= total:
+            return found[:k]
+        fetch = min(total, fetch * 2)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
