@@ -99,6 +99,21 @@ def _filters(kwargs: dict[str, Any]):
     return build(**values)
 
 
+def view_options(fn: Callable) -> Callable:
+    """-v, --preview and --html of search and similar."""
+    fn = click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+                      help="Also write the results as a self-contained HTML page (thumbnails, scores, metadata).")(fn)
+    fn = click.option("--preview-protocol", type=click.Choice(["auto", "kitty", "iterm2", "sixel", "off"]),
+                      help="Force the terminal image protocol of --preview (implies --preview).  "
+                           "[default: $RETRIEVER_PREVIEW, else detected]")(fn)
+    fn = click.option("--preview", is_flag=True,
+                      help="Show thumbnails inline in terminals that can (kitty, Ghostty, iTerm2, WezTerm, "
+                           "foot, Konsole, sixel terminals); plain lines elsewhere and when piped.")(fn)
+    fn = click.option("-v", "--verbose", is_flag=True,
+                      help="Say how the query was read and filtered (on stderr).")(fn)
+    return fn
+
+
 def reports_errors(fn: Callable) -> Callable:
     """Library errors become one-line messages and exit 1; Ctrl-C exits 130 without a traceback."""
 
@@ -362,6 +377,8 @@ def _shown(text: str) -> str:
 
 
 def _print_hits(hits, as_json: bool, paths_only: bool, null_sep: bool) -> None:
+    from .render.terminal import hit_line  # the standard library only
+
     if null_sep or paths_only:
         # The exact bytes of each name, so that xargs opens the very file whatever its name.
         out = sys.stdout.buffer
@@ -372,7 +389,7 @@ def _print_hits(hits, as_json: bool, paths_only: bool, null_sep: bool) -> None:
         if as_json:
             click.echo(_shown(json.dumps(hit.as_dict(), ensure_ascii=False)))
         else:
-            click.echo(f"{hit.rank:>3}  {hit.score:.4f}  {_shown(hit.label)}")
+            click.echo(hit_line(hit))
 
 
 QUERY_SYNTAX = """
@@ -391,7 +408,7 @@ QUERY_SYNTAX = """
 @output_options
 @filter_options
 @device_option
-@click.option("-v", "--verbose", is_flag=True, help="Say how the query was read and filtered (on stderr).")
+@view_options
 @reports_errors
 def search(query, home, index_name, top, as_json, paths_only, null_sep, device, verbose, **kwargs):
     """Photos that match QUERY, best first: text, images, or both, combined.
@@ -406,7 +423,7 @@ def search(query, home, index_name, top, as_json, paths_only, null_sep, device, 
 
     filters = _filters(kwargs)
     terms = parse(query, default="auto")
-    _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose)
+    _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose, **kwargs)
 
 
 search.help += QUERY_SYNTAX
@@ -418,7 +435,7 @@ search.help += QUERY_SYNTAX
 @output_options
 @filter_options
 @device_option
-@click.option("-v", "--verbose", is_flag=True, help="Say how the query was read and filtered (on stderr).")
+@view_options
 @reports_errors
 def similar(images, home, index_name, top, as_json, paths_only, null_sep, device, verbose, **kwargs):
     """Photos that look like IMAGES (files inside or outside the collection).
@@ -434,10 +451,11 @@ def similar(images, home, index_name, top, as_json, paths_only, null_sep, device
 
     filters = _filters(kwargs)
     terms = parse(images, default="image")
-    _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose)
+    _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose, **kwargs)
 
 
-def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose) -> None:
+def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose,
+               preview, preview_protocol, html_file) -> None:
     from .query import describe
 
     idx, searcher = _open_searcher(home, index_name, device)
@@ -451,12 +469,37 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
             if strategy:
                 click.echo(f"filtered search: {strategy}", err=True)
         empty_index = not hits and idx.catalog.counts()["images"] == 0
-    _print_hits(hits, as_json, paths_only, null_sep)
+    if html_file:
+        from .render import html_page, write_html
+
+        title = f"retriever: {describe(terms)}"
+        conditions = "; ".join(filters.describe())
+        write_html(html_file, html_page(
+            hits, title=title,
+            query_description=f"{describe(terms)}" + (f" ({conditions})" if conditions else "")
+            + f", index {index_name!r}: {len(hits)} results",
+        ))
+        click.echo(f"wrote {_shown(str(html_file))} ({len(hits)} results)", err=True)
+    protocol = None
+    if (preview or preview_protocol) and not (as_json or paths_only or null_sep):
+        from .render import choose_protocol, probe_sixel
+
+        protocol = choose_protocol(preview_protocol or "auto", os.environ, sys.stdout.isatty(), probe=probe_sixel)
+    if protocol is not None:
+        from .render import multiplexer, preview_lines
+
+        tmux = multiplexer(os.environ) == "tmux"
+        for hit in hits:
+            click.echo(preview_lines(hit, protocol, tmux=tmux))
+    else:
+        _print_hits(hits, as_json, paths_only, null_sep)
     if not hits and not as_json and not paths_only:
         if empty_index:
             click.echo("no results: the index is empty", err=True)
-        else:
+        elif filters.describe():
             click.echo("no results: nothing passes " + "; ".join(filters.describe()), err=True)
+        else:
+            click.echo("no results", err=True)
 
 
 # -- status / errors / models -----------------------------------------------------------------------
@@ -491,12 +534,23 @@ def status(home, index_name, as_json):
         ("dim", info["dim"]),
         ("images", info["images"]),
         ("vectors", info["vectors"]),
+        ("search", _index_kind_text(info)),
         ("failed", f"{info['failed']}" + (" (retriever errors)" if info["failed"] else "")),
         ("created", info["created_at"]),
         ("last run", last_text),
     ]
     for key, value in rows:
         click.echo(f"{key:<10} {value}")
+
+
+def _index_kind_text(info: dict[str, Any]) -> str:
+    kind = info.get("index_type") or "exact"
+    params = info.get("index_params") or {}
+    shown = kind + (" (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
+    recall = info.get("index_recall_at_10")
+    if recall is not None:
+        shown += f", recall@10 {recall:.3f} against exact search"
+    return shown
 
 
 @main.command()

@@ -150,3 +150,24 @@ def test_cli_combined_query(offline_index):
     assert out.exit_code == 1 and "no such image: nothing-here.jpg" in out.stderr
     out = runner.invoke(main, ["search", "--home", str(home), "beach", "-"])
     assert out.exit_code == 1 and "ends with an operator" in out.stderr
+
+
+def test_cli_preview_and_html(offline_index, tmp_path):
+    from retriever.cli import main
+
+    home = offline_index.folder.parent
+    runner = CliRunner()
+    plain = runner.invoke(main, ["search", "a cat", "--home", str(home), "-k", "3"])
+    piped = runner.invoke(main, ["search", "a cat", "--home", str(home), "-k", "3", "--preview"])
+    assert piped.exit_code == 0 and piped.stdout == plain.stdout  # not a terminal: plain lines
+
+    kitty = runner.invoke(main, ["search", "a cat", "--home", str(home), "-k", "2", "--preview-protocol", "kitty"])
+    assert kitty.exit_code == 0, kitty.output
+    assert kitty.stdout.count("\x1b_G") >= 2 and "chelsea.png" in kitty.stdout
+
+    page = tmp_path / "out.html"
+    out = runner.invoke(main, ["search", "a cat", "--home", str(home), "-k", "4", "--html", str(page)])
+    assert out.exit_code == 0 and f"wrote {page} (4 results)" in out.stderr
+    html = page.read_text()
+    assert html.count("data:image/jpeg;base64,") == 4 and "chelsea.png" in html and "a cat" in html
+    assert out.stdout == runner.invoke(main, ["search", "a cat", "--home", str(home), "-k", "4"]).stdout

@@ -1,0 +1,97 @@
+"""Thumbnails of search hits, through retriever's safe decoder: photos by `images.load` (size limits,
+EXIF orientation, HEIC/AVIF/RAW), video frames by PyAV at the hit's timestamp. Whatever goes wrong
+(a file deleted since indexing, a damaged file, PyAV missing) is one ThumbnailError, which callers
+turn into a placeholder: one bad file never breaks a page or a listing."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from ..errors import ImageDecodeError, RetrieverError
+
+DEFAULT_SIDE = 256  # pixels, the longer side of a thumbnail
+
+
+class RenderError(RetrieverError):
+    """Output could not be produced: a results page not written, an unknown preview protocol."""
+
+
+class ThumbnailError(RenderError):
+    """No thumbnail for one file. `reason` is short and one line, for a placeholder."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = display_text(reason)
+        super().__init__(f"cannot show {display_text(path)}: {self.reason}")
+
+
+def thumbnail(path: str, frame_ms: int | None = None, max_side: int = DEFAULT_SIDE):
+    """-> PIL RGB image whose longer side is at most max_side (smaller images are not enlarged),
+    aspect ratio kept. frame_ms given: the frame of the video at `path` at that timestamp, as
+    indexed. Raises ThumbnailError."""
+    if max_side < 1:
+        raise RenderError(f"thumbnail size must be at least 1 pixel, not {max_side}")
+    from PIL import Image
+
+    from ..images import load
+
+    try:
+        if frame_ms is None:
+            # draft: a large JPEG is decoded at a reduced scale that still covers max_side.
+            image = load(path, draft_min_side=max_side).image
+        else:
+            image = _video_frame(path, int(frame_ms))
+    except ImageDecodeError as exc:
+        raise ThumbnailError(path, str(exc)) from None
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return image
+
+
+def _video_frame(path: str, frame_ms: int):
+    """The first frame at or after frame_ms, found the way the indexer found it (video._frames_at:
+    seek to the keyframe before, decode forward), so the thumbnail is the frame that was embedded."""
+    try:
+        import av
+    except ImportError:
+        raise ImageDecodeError("video support needs: pip install 'retriever[video]' (PyAV)") from None
+    from ..video import MAX_FRAME_PIXELS, _frames_at, format_timestamp
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise ImageDecodeError("no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if width * height > MAX_FRAME_PIXELS:
+                raise ImageDecodeError(f"video frames too large: {width}x{height}")
+            frames = _frames_at(container, stream, [max(frame_ms, 0) / 1000])
+    except ImageDecodeError:
+        raise
+    except OSError as exc:  # av.FFmpegError is one, and carries FFmpeg's message as strerror
+        raise ImageDecodeError(f"cannot read video: {exc.strerror or exc}") from None
+    except (ValueError, IndexError, MemoryError) as exc:
+        raise ImageDecodeError(f"cannot decode video: {exc}") from None
+    if not frames:
+        raise ImageDecodeError(f"no frame at {format_timestamp(frame_ms)} (the video is shorter)")
+    return frames[0].image
+
+
+def display_text(text: str) -> str:
+    """Text from the file system made safe to show: bytes that were not UTF-8 (surrogate escapes
+    in a Python str) become U+FFFD, and so do control characters, which would otherwise let a
+    file name send escape sequences to a terminal or break a line."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no file name produced: shown as U+FFFD too
+        raw = text.encode("utf-8", "surrogatepass")
+    text = raw.decode("utf-8", "replace")
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or _harmless(ch) else "\ufffd" for ch in text)
+
+
+def _harmless(ch: str) -> bool:
+    """Not printable to Python, yet harmless and part of real names: no-break and other spaces,
+    the zero-width joiner of emoji sequences."""
+    return ch == "\u200d" or unicodedata.category(ch) == "Zs"
