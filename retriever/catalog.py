@@ -3,6 +3,8 @@
 It holds every file seen (path, size, mtime, content fingerprint, image metadata, status, error),
 the index's settings (model, dim, dates) and, durably, every image's vector: the FAISS file in the
 same folder is derived from these rows and can always be rebuilt from them without re-encoding.
+It also holds the zero-shot tags computed from those vectors (see retriever/tags.py): a tag is
+derived from its image's vector, so it goes whenever that vector is deleted or replaced.
 
 The schema is created and upgraded by named, ordered migrations recorded in `migrations`; each is
 applied once, in its own transaction.
@@ -18,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import (
+    REAL,
     Column,
     Connection,
     Float,
@@ -117,6 +120,16 @@ runs = Table(
     Column("status", String, nullable=False),  # running | completed | interrupted | failed
 )
 
+# Zero-shot tags (retriever/tags.py). Created by migration 002_tags, whose DDL is the reference.
+tags = Table(
+    "tags",
+    metadata,
+    Column("image_id", Integer, primary_key=True, autoincrement=False),  # = images.id
+    Column("label", Text, primary_key=True),  # normalised: tags.normalize_label
+    Column("score", REAL, nullable=False),  # the label's calibrated probability for this image
+)
+TAG_SET_KEY = "tag_set"  # settings key: the label set, its templates, threshold, scale and model id
+
 # Columns a caller may set on an image row (everything but id).
 IMAGE_FIELDS = tuple(c.name for c in images.columns if c.name != "id")
 METADATA_FIELDS = (
@@ -133,9 +146,66 @@ def _m001_initial(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_images_status ON images (status)"))
 
 
+def _m002_tags(conn: Connection) -> None:
+    # Written out rather than tags.create(): a migration is frozen, the Table object may move on.
+    # WITHOUT ROWID: rows are clustered by (image_id, label), so an image's tags are one range
+    # (read, or dropped with the image) and the search filter's EXISTS is one key look-up.
+    conn.execute(
+        text(
+            "CREATE TABLE tags ("
+            " image_id INTEGER NOT NULL,"
+            " label TEXT NOT NULL,"
+            " score REAL NOT NULL,"
+            " PRIMARY KEY (image_id, label)"
+            ") WITHOUT ROWID"
+        )
+    )
+    conn.execute(text("CREATE INDEX ix_tags_label ON tags (label)"))
+
+
+def _m003_captions(conn: Connection) -> None:
+    # VLM captions (retriever/vlm/captions.py) and `keywords`, an FTS5 index of every item's file
+    # name and caption (retriever/vlm/keywords.py), filled here for the items already indexed.
+    # Triggers keep it in step whoever writes images or captions: a caption goes with its item,
+    # and with the item's old content (a new fingerprint). Without FTS5 in this SQLite, only the
+    # captions table is made (keyword search then finds nothing).
+    conn.execute(text("CREATE TABLE captions (image_id INTEGER PRIMARY KEY, caption TEXT NOT NULL, "
+                      "model TEXT NOT NULL, fingerprint TEXT, created_at TEXT NOT NULL)"))
+    conn.execute(text("CREATE TRIGGER tr_captions_stale AFTER UPDATE OF fingerprint ON images "
+                      "WHEN old.fingerprint IS NOT new.fingerprint "
+                      "BEGIN DELETE FROM captions WHERE image_id = new.id; END"))
+    conn.execute(text("CREATE TRIGGER tr_captions_gone AFTER DELETE ON images "
+                      "BEGIN DELETE FROM captions WHERE image_id = old.id; END"))
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        conn.execute(text("CREATE VIRTUAL TABLE keywords USING fts5(name, caption, "
+                          "tokenize = 'porter unicode61 remove_diacritics 2')"))
+    except OperationalError:  # no such module: fts5
+        return
+    name = "replace({0}, rtrim({0}, replace({0}, '/', '')), '')"  # the path after its last '/'
+    for statement in (
+        f"INSERT INTO keywords (rowid, name, caption) SELECT id, {name.format('path')}, '' FROM images",
+        f"CREATE TRIGGER tr_keywords_add AFTER INSERT ON images BEGIN INSERT INTO keywords "
+        f"(rowid, name, caption) VALUES (new.id, {name.format('new.path')}, ''); END",
+        f"CREATE TRIGGER tr_keywords_move AFTER UPDATE OF path ON images WHEN old.path IS NOT new.path "
+        f"BEGIN UPDATE keywords SET name = {name.format('new.path')} WHERE rowid = new.id; END",
+        "CREATE TRIGGER tr_keywords_gone AFTER DELETE ON images BEGIN DELETE FROM keywords WHERE rowid = old.id; END",
+        "CREATE TRIGGER tr_keywords_caption AFTER INSERT ON captions "
+        "BEGIN UPDATE keywords SET caption = new.caption WHERE rowid = new.image_id; END",
+        "CREATE TRIGGER tr_keywords_recaption AFTER UPDATE OF caption ON captions "
+        "BEGIN UPDATE keywords SET caption = new.caption WHERE rowid = new.image_id; END",
+        "CREATE TRIGGER tr_keywords_uncaption AFTER DELETE ON captions "
+        "BEGIN UPDATE keywords SET caption = '' WHERE rowid = old.image_id; END",
+    ):
+        conn.execute(text(statement))
+
+
 # Named, ordered, applied once each. Append only; never edit or reorder a released migration.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
+    ("002_tags", _m002_tags),
+    ("003_captions", _m003_captions),
 ]
 
 
@@ -245,11 +315,14 @@ class Catalog:
         row is matched by (path, frame_ms), updated if present, inserted if not (then every column
         is needed).
         Only the keys present are written. The "vector" key: an array replaces the stored vector,
-        None deletes it, absent leaves it as it is. `remove_ids` are dropped first."""
+        None deletes it, absent leaves it as it is; either way the item's tags, computed from the
+        old vector, are dropped (the next `retriever tag` tags it again). `remove_ids` are
+        dropped first, with their vectors and tags."""
         remove_ids = list(remove_ids)
         ids: list[int] = []
         with self.engine.begin() as conn:
             for chunk in _chunks(remove_ids, 500):
+                conn.execute(delete(tags).where(tags.c.image_id.in_(chunk)))
                 conn.execute(delete(vectors).where(vectors.c.image_id.in_(chunk)))
                 conn.execute(delete(images).where(images.c.id.in_(chunk)))
             for row in rows:
@@ -267,6 +340,7 @@ class Catalog:
                 else:
                     conn.execute(update(images).where(images.c.id == image_id).values(**values))
                 if "vector" in row:
+                    conn.execute(delete(tags).where(tags.c.image_id == image_id))
                     conn.execute(delete(vectors).where(vectors.c.image_id == image_id))
                     if row["vector"] is not None:
                         blob = np.asarray(row["vector"], dtype="<f4").tobytes()
@@ -322,12 +396,20 @@ class Catalog:
 
     def iter_vectors(self, dim: int, chunk: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """All stored vectors as (ids int64 (n,), vectors float32 (n, dim)) chunks, by id."""
+        return self._iter_vectors(dim, chunk)
+
+    def iter_untagged_vectors(self, dim: int, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Like iter_vectors, for the items that have no tags: new, changed, or not yet reached by
+        an interrupted `retriever tag`. Tags written between chunks do not disturb the walk."""
+        return self._iter_vectors(dim, chunk, ~_has_tags())
+
+    def _iter_vectors(self, dim: int, chunk: int, *where) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         last = -1
         while True:
             with self.engine.connect() as conn:
                 rows = conn.execute(
                     select(vectors.c.image_id, vectors.c.vector)
-                    .where(vectors.c.image_id > last)
+                    .where(vectors.c.image_id > last, *where)
                     .order_by(vectors.c.image_id)
                     .limit(chunk)
                 ).all()
@@ -347,6 +429,85 @@ class Catalog:
                 ):
                     out[int(image_id)] = np.frombuffer(blob, dtype="<f4").reshape(dim).astype(np.float32)
         return out
+
+    # -- tags -----------------------------------------------------------------------------------
+
+    def tag_set(self) -> dict[str, Any] | None:
+        """The stored label set (see tags.TagSet), or None before the first `retriever tag`."""
+        return self.get_setting(TAG_SET_KEY)
+
+    def replace_tag_set(self, tag_set: dict[str, Any]) -> int:
+        """Store a new label set and drop every tag, computed for the old one, in one transaction:
+        no reader ever sees tags next to a set they were not computed for. Returns how many
+        tags were dropped."""
+        with self.engine.begin() as conn:
+            dropped = conn.execute(delete(tags)).rowcount
+            self.set_settings({TAG_SET_KEY: tag_set}, conn)
+        return int(dropped)
+
+    def write_tags(self, image_ids: Sequence[int], rows: Iterable[tuple[int, str, float]]) -> None:
+        """Replace the tags of `image_ids` by `rows` (image_id, label, score), in one transaction.
+        A row whose image no longer holds a vector (removed meanwhile) is not written, so a tag
+        never outlives its image."""
+        payload = [{"image_id": int(i), "label": label, "score": float(score)} for i, label, score in rows]
+        guarded = text(
+            "INSERT INTO tags (image_id, label, score) SELECT :image_id, :label, :score "
+            "WHERE EXISTS (SELECT 1 FROM vectors WHERE vectors.image_id = :image_id)"
+        )
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(image_ids), 500):
+                conn.execute(delete(tags).where(tags.c.image_id.in_(chunk)))
+            if payload:
+                conn.execute(guarded, payload)
+
+    def tagged_ids(self, label: str) -> list[int]:
+        """Ids of the items tagged `label` (normalised here, as stored), by id."""
+        from .tags import normalize_label
+
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(tags.c.image_id).where(tags.c.label == normalize_label(label)).order_by(tags.c.image_id)
+                ).scalars()
+            )
+
+    def image_tags(self, image_id: int) -> list[tuple[str, float]]:
+        """One item's tags as (label, score), best first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(tags.c.label, tags.c.score)
+                .where(tags.c.image_id == image_id)
+                .order_by(tags.c.score.desc(), tags.c.label)
+            ).all()
+        return [(label, float(score)) for label, score in rows]
+
+    def tags_for(self, ids: Sequence[int]) -> dict[int, list[str]]:
+        """The labels of several items, each list best first; items without tags are absent."""
+        out: dict[int, list[str]] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(ids), 500):
+                rows = conn.execute(
+                    select(tags.c.image_id, tags.c.label)
+                    .where(tags.c.image_id.in_(chunk))
+                    .order_by(tags.c.image_id, tags.c.score.desc(), tags.c.label)
+                )
+                for image_id, label in rows:
+                    out.setdefault(int(image_id), []).append(label)
+        return out
+
+    def tag_counts(self) -> dict[str, int]:
+        """Items per label, most used first."""
+        n = func.count().label("n")
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(tags.c.label, n).group_by(tags.c.label).order_by(n.desc(), tags.c.label))
+            return {label: int(count) for label, count in rows}
+
+    def tag_coverage(self) -> dict[str, int]:
+        """{"tagged": items with a vector and tags, "untagged": items with a vector and none}."""
+        with self.engine.connect() as conn:
+            untagged = conn.execute(select(func.count()).select_from(vectors).where(~_has_tags())).scalar_one()
+            total = conn.execute(select(func.count()).select_from(vectors)).scalar_one()
+        return {"tagged": int(total - untagged), "untagged": int(untagged)}
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -431,6 +592,11 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _has_tags():
+    """EXISTS: the vector's item has at least one tag (each tagged item has its top label)."""
+    return select(tags.c.image_id).where(tags.c.image_id == vectors.c.image_id).exists()
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -212,7 +212,7 @@ def _local_iso(mtime_ns: int) -> str:
 
 def _tags_for(catalog, ids: list[int]) -> dict[int, list[str]]:
     """Each image's zero-shot labels, best first (none before `retriever tag` has run)."""
-    if not ids or not hasattr(catalog, "tags_for"):
+    if not ids:
         return {}
     return catalog.tags_for(ids)
 

@@ -38,10 +38,10 @@ def test_a_pending_migration_is_applied_on_open(tmp_path, monkeypatch):
     Catalog(tmp_path / "c.db", create=True).close()
     calls = []
     monkeypatch.setattr(
-        catalog_mod, "MIGRATIONS", catalog_mod.MIGRATIONS + [("002_test", lambda conn: calls.append(conn))]
+        catalog_mod, "MIGRATIONS", catalog_mod.MIGRATIONS + [("999_test", lambda conn: calls.append(conn))]
     )
     cat = Catalog(tmp_path / "c.db")
-    assert len(calls) == 1 and cat.applied_migrations()[-1] == "002_test"
+    assert len(calls) == 1 and cat.applied_migrations()[-1] == "999_test"
 
 
 def test_write_batch_upserts_rows_and_vectors_in_one_checkpoint(tmp_path):

@@ -293,3 +293,31 @@ def test_cli_filters_and_json(collection, tiny_clip):
     out = runner.invoke(main, ["search", "anything", "--home", str(home), "--after", "someday"])
     assert out.exit_code == 1 and "cannot read the date 'someday'" in out.stderr
     assert "Traceback" not in out.output
+
+
+def test_tag_filter_needs_every_tag_and_hits_carry_tags(tmp_path, tiny_clip, tiny_encoder):
+    from retriever.encoders import ModelSpec
+    from retriever.index import Index
+    from retriever.indexer import run_index
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        Image.fromarray((rng.random((30, 40, 3)) * 255).astype("uint8")).save(root / f"p{i}.png")
+    spec = ModelSpec(tiny_clip["config"], tiny_clip["pt"])
+    index = Index.create(tmp_path / "home", "default", spec, tiny_encoder.model_id, tiny_encoder.dim)
+    index.acquire_lock()
+    run_index(index, tiny_encoder, [str(root)])
+    ids = sorted(r["id"] for r in index.catalog.image_rows(range(1, 100)).values())
+    beach = ids[:5]
+    sunset = ids[3:8]
+    index.catalog.write_tags(ids, [(i, "beach", 0.9) for i in beach] + [(i, "sunset", 0.5) for i in sunset])
+    searcher = Searcher(index, encoder=tiny_encoder)
+    q = query_vector(index, 0)
+    assert sorted(h.id for h in searcher.by_vector(q, 10, filters=build(tags=["Beach "]))) == beach
+    both = searcher.by_vector(q, 10, filters=build(tags=["beach", "sunset"]))
+    assert sorted(h.id for h in both) == [ids[3], ids[4]]
+    assert all(h.meta["tags"] == ["beach", "sunset"] for h in both)
+    assert searcher.by_vector(q, 10, filters=build(tags=["snow"])) == []
+    index.close()
