@@ -36,6 +36,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     select,
     text,
     update,
@@ -354,16 +355,14 @@ class Catalog:
 
     def ids_under(self, path: str) -> list[int]:
         """Ids of the file at `path` and of every file below it, if it is a folder."""
-        prefix = path.rstrip("/") + "/"
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        from .files import text_prefixes
+
+        condition = images.c.path == path
+        # substr, not LIKE: SQLite's LIKE ignores ASCII case, file names do not.
+        for stored in text_prefixes(path.rstrip("/") + "/"):
+            condition = condition | (func.substr(images.c.path, 1, len(stored)) == literal(stored))
         with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(images.c.id).where(
-                        (images.c.path == path) | images.c.path.like(escaped + "%", escape="\\")
-                    )
-                ).scalars()
-            )
+            return list(conn.execute(select(images.c.id).where(condition)).scalars())
 
     def indexed_with_fingerprint(self, fingerprint: str) -> list[dict[str, Any]]:
         """The items (one image, or a video's frames) of one indexed file with this content."""

@@ -181,6 +181,15 @@ def path_from_text(text: str) -> str:
     return _UNESCAPE.sub(_unescape, text[len(NON_UNICODE_PREFIX):])
 
 
+def text_prefixes(prefix: str) -> list[str]:
+    """The stored spellings a path under the folder `prefix` (ending in "/") can start with:
+    its plain spelling and, since a path with an undecodable name anywhere in it is stored
+    whole in the escaped form, its escaped spelling."""
+    plain = path_to_text(prefix)
+    escaped = NON_UNICODE_PREFIX + "".join(_escape(ch) for ch in prefix)
+    return [plain] if plain == escaped else [plain, escaped]
+
+
 def _escape(ch: str) -> str:
     code = ord(ch)
     if ch == "\\":

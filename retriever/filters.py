@@ -238,13 +238,16 @@ def _where(f: Filters) -> tuple[list[str], dict[str, Any]]:
         where.append(f"{_DATE_SQL} < :before")
         params["before"] = f.before
     if f.folders:
+        from .files import text_prefixes
+
         parts = []
         for i, folder in enumerate(f.folders):
-            stored = path_to_text(folder)
-            prefix = stored if stored.endswith("/") else stored + "/"
             # substr, not LIKE: LIKE ignores ASCII case in SQLite, and file names do not.
-            parts.append(f"(images.path = :dir{i} OR substr(images.path, 1, length(:pre{i})) = :pre{i})")
-            params[f"dir{i}"], params[f"pre{i}"] = stored, prefix
+            parts.append(f"images.path = :dir{i}")
+            params[f"dir{i}"] = path_to_text(folder)
+            for j, stored in enumerate(text_prefixes(folder.rstrip("/") + "/")):
+                parts.append(f"substr(images.path, 1, length(:pre{i}_{j})) = :pre{i}_{j}")
+                params[f"pre{i}_{j}"] = stored
         where.append(" OR ".join(parts))
     if f.cameras:
         parts = []

@@ -104,6 +104,10 @@ def test_ids_under_a_folder(tmp_path):
     assert sorted(cat.ids_under("/p")) == ids[:2]
     assert cat.ids_under("/p/a.jpg") == [ids[0]]
     assert cat.ids_under("/p%") == [ids[3]]
+    # Case matters, and a non-UTF-8 name below the folder (stored escaped, whole path) is found.
+    more = cat.write_batch([row(p) for p in ("/P/e.jpg", "/p/\udcff.jpg", "/p/sub/\udcfe\\x.jpg")])
+    assert set(cat.ids_under("/p")) == {ids[0], ids[1], more[1], more[2]}
+    assert cat.ids_under("/P") == [more[0]]
 
 
 def test_ids_are_never_reused(tmp_path):
