@@ -142,6 +142,9 @@ def main() -> None:
       retriever index ~/Pictures              embed every photo, remember it
       retriever search "a dog on the beach"   text -> image
       retriever similar ~/Downloads/x.jpg     image -> image
+      retriever search beach - people --after 2023 --in ~/Pictures/trips
+      retriever duplicates                    exact copies and near-duplicates
+      retriever tag --labels "cat,dog,beach"  zero-shot tags, then search --tag
       retriever status                        where the index lives, its model, counts
 
     Indexes live in ./indexes (or --home / $RETRIEVER_HOME), one folder per --index NAME.
