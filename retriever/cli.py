@@ -99,6 +99,23 @@ def _filters(kwargs: dict[str, Any]):
     return build(**values)
 
 
+def _rerank(hits, terms, rerank_with, device, top):
+    from .commands.vlm import VLMProgress, load_vlm_for_command
+    from .search import keyword_text_of
+    from .vlm.rerank import rerank
+
+    vlm_spec, rerank_top = rerank_with
+    vlm = load_vlm_for_command(vlm_spec, device, lambda m: click.echo(m, err=True))
+    progress = VLMProgress("reranking", unit="photo")
+    try:
+        reranked = rerank(vlm, keyword_text_of(terms), hits, top_n=rerank_top, on_progress=progress.callback)
+    finally:
+        progress.close()
+    from dataclasses import replace
+
+    return [replace(r.as_hit(), rank=i) for i, r in enumerate(reranked[:top], start=1)]
+
+
 def view_options(fn: Callable) -> Callable:
     """-v, --preview and --html of search and similar."""
     fn = click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
@@ -411,9 +428,21 @@ QUERY_SYNTAX = """
 @output_options
 @filter_options
 @device_option
+@click.option("--keywords/--no-keywords", default=True, show_default=True,
+              help="Also match the query's words in file names and captions (SQLite FTS5), fused with the "
+                   "embedding ranking; with no match the order is the embedding's.")
+@click.option("--rerank", is_flag=True,
+              help="Let a vision-language model rescore the best --rerank-top results: log P(yes) - log P(no) "
+                   "for 'Does this photo show: QUERY?'. Needs pip install 'retriever[vlm]'.")
+@click.option("--rerank-top", type=click.IntRange(1, 500), default=20, show_default=True, metavar="N",
+              help="How many results --rerank rescores.")
+@click.option("--vlm", "vlm_spec", metavar="MODEL",
+              help="Vision-language model for --rerank: a local folder or a Hugging Face id.  "
+                   "[default: HuggingFaceTB/SmolVLM-256M-Instruct on CPU, HuggingFaceTB/SmolVLM-Instruct on CUDA]")
 @view_options
 @reports_errors
-def search(query, home, index_name, top, as_json, paths_only, null_sep, device, verbose, **kwargs):
+def search(query, home, index_name, top, as_json, paths_only, null_sep, device, verbose, keywords, rerank,
+           rerank_top, vlm_spec, **kwargs):
     """Photos that match QUERY, best first: text, images, or both, combined.
 
     \b
@@ -424,9 +453,19 @@ def search(query, home, index_name, top, as_json, paths_only, null_sep, device, 
     """
     from .query import parse
 
+    from .search import keyword_text_of
+
     filters = _filters(kwargs)
     terms = parse(query, default="auto")
-    _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose, **kwargs)
+    if rerank:
+        if not keyword_text_of(terms):
+            raise RetrieverError("--rerank needs text in the query: the model is asked whether each photo shows it")
+        from .vlm.model import check_weights
+
+        check_weights(vlm_spec, device)  # no weights: fail within seconds, before loading anything
+    rerank_with = (vlm_spec, rerank_top) if rerank else None
+    _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose,
+               keywords=keywords, rerank_with=rerank_with, **kwargs)
 
 
 search.help += QUERY_SYNTAX
@@ -458,12 +497,15 @@ def similar(images, home, index_name, top, as_json, paths_only, null_sep, device
 
 
 def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose,
-               preview, preview_protocol, html_file) -> None:
+               preview, preview_protocol, html_file, keywords=False, rerank_with=None) -> None:
     from .query import describe
 
     idx, searcher = _open_searcher(home, index_name, device)
     with idx:
-        hits = searcher.query(terms, top, filters=filters)
+        fetch = max(top, rerank_with[1]) if rerank_with else top
+        hits = searcher.hybrid(terms, fetch, filters=filters) if keywords else searcher.query(terms, fetch, filters=filters)
+        if rerank_with:
+            hits = _rerank(hits, terms, rerank_with, device, top)
         if verbose:
             click.echo(f"query: {_shown(describe(terms))}", err=True)
             for condition in filters.describe():

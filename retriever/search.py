@@ -87,6 +87,34 @@ class Searcher:
         vector, own_ids = self.query_vector(terms)
         return self.by_vector(vector, k, exclude=own_ids, filters=filters)
 
+    def hybrid(self, terms: list[Term], k: int = DEFAULT_K, filters: Filters | None = None) -> list[Hit]:
+        """`query` fused with keyword matches of the positive text terms in file names and
+        captions (retriever.vlm.keywords: FTS5, reciprocal rank fusion). With no keyword match
+        the result is exactly `query`'s."""
+        from .vlm.keywords import HYBRID_POOL, fuse_hits, keyword_search
+
+        vector, own_ids = self.query_vector(terms)
+        keyword_text = keyword_text_of(terms)
+        pool = max(k, HYBRID_POOL)
+        candidates = self.by_vector(vector, pool, exclude=own_ids, filters=filters)
+        if not keyword_text:
+            return candidates[:k]
+        allowed = None
+        if filters is not None and filters.restricts():
+            from .filters import matching_ids
+
+            allowed = matching_ids(self.index.catalog, filters)
+        matches = keyword_search(self.index.catalog, keyword_text, pool, allowed=allowed, exclude=own_ids)
+        if not matches:
+            return candidates[:k]
+        query = np.asarray(vector, dtype=np.float32)
+
+        def fetch(ids: list[int]) -> list[Hit]:
+            stored = self.index.catalog.vectors_for(ids, self.index.dim)
+            return self._hits([(float(stored[i] @ query), i) for i in ids if i in stored])
+
+        return fuse_hits(candidates, matches, k, fetch, min_score=filters.min_score if filters else None)
+
     def query_vector(self, terms: list[Term]) -> tuple[np.ndarray, list[int]]:
         if not terms:
             raise QueryError("empty query: say what to look for")
@@ -176,6 +204,11 @@ class Searcher:
             meta["tags"] = tags.get(image_id, [])
             hits.append(Hit(rank=len(hits) + 1, score=score, id=image_id, path=row["path"], meta=meta))
         return hits
+
+
+def keyword_text_of(terms: list[Term]) -> str:
+    """The words of the positive text terms: what keyword search and reranking read."""
+    return " ".join(t.value for t in terms if t.kind != IMAGE and t.weight > 0)
 
 
 def search_selector(vectors, query: np.ndarray, k: int, allowed: np.ndarray) -> list[tuple[float, int]]:

@@ -247,6 +247,11 @@ def encode_image(img, protocol: str, *, tmux: bool = False) -> str:
 def hit_line(hit) -> str:
     """The listing's text line for a hit, `rank  score  path[@timestamp]`, as `retriever search`
     prints it, with the name made safe for a terminal (see display_text)."""
+    if "rerank_score" in hit.meta:  # search --rerank: the model's score, and where the encoder had it
+        rerank = hit.meta["rerank_score"]
+        shown = f"{rerank:+8.3f}" if rerank is not None else f"{'-':>8}"
+        return (f"{hit.rank:>3}  {hit.score:.4f}  {shown}  (was {hit.meta.get('encoder_rank', '?')})  "
+                f"{display_text(hit.label)}")
     return f"{hit.rank:>3}  {hit.score:.4f}  {display_text(hit.label)}"
 
 

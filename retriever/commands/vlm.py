@@ -1,0 +1,263 @@
+"""`retriever ask` and `retriever caption`: a vision-language model over the index (retriever/vlm/)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Callable
+
+import click
+
+from ..cli import (
+    EXIT_INTERRUPTED,
+    _duration,
+    _filters,
+    _home,
+    _shown,
+    device_option,
+    filter_options,
+    index_options,
+    reports_errors,
+)
+
+
+def vlm_option(fn: Callable) -> Callable:
+    return click.option(
+        "--vlm", "vlm_spec", metavar="MODEL",
+        help="Vision-language model: a local folder, or a Hugging Face id (SmolVLM, llava-hf/..., Qwen/Qwen2-VL-...) "
+             "taken from the local cache, else downloaded if the hub answers within 3 s.  "
+             "[default: HuggingFaceTB/SmolVLM-256M-Instruct on CPU, HuggingFaceTB/SmolVLM-Instruct on CUDA]",
+    )(fn)
+
+
+class VLMProgress:
+    """Progress of a VLM job on stderr: a bar on a terminal, a line every few seconds otherwise.
+    `update` takes a retriever.indexer.Progress (done, total, failed, rate)."""
+
+    LOG_EVERY_S = 5.0
+
+    def __init__(self, verb: str, enabled: bool = True, unit: str = "photo"):
+        self.verb, self.enabled, self.unit = verb, enabled, unit
+        self.tty = sys.stderr.isatty()
+        self.bar = None
+        self.last_log = 0.0
+        self.last_done = 0
+
+    @property
+    def callback(self):
+        return self.update if self.enabled else None
+
+    def update(self, p) -> None:
+        if self.tty:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=p.total, unit=self.unit, desc=self.verb, file=sys.stderr, dynamic_ncols=True)
+            self.bar.update(p.done - self.last_done)
+            self.last_done = p.done
+            return
+        now = time.monotonic()
+        if now - self.last_log >= self.LOG_EVERY_S or p.done == p.total:
+            self.last_log = now
+            eta = (p.total - p.done) / p.rate if p.rate > 0 else float("nan")
+            click.echo(f"{self.verb} {p.done}/{p.total}, {p.failed} failed, {p.rate:.2f} {self.unit}/s, "
+                       f"ETA {_duration(eta)}", err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def load_vlm_for_command(vlm_spec: str | None, device: str, say: Callable[[str], None]):
+    """The model a command asked for, with one line on stderr while it loads (CPU loads take seconds)."""
+    from ..vlm.model import check_weights, load_vlm, resolve_device, resolve_model
+
+    check_weights(vlm_spec, device)  # no weights: fail within seconds, before importing torch
+    device = resolve_device(device)
+    model_id, _ = resolve_model(vlm_spec, device)
+    say(f"loading {model_id} on {device} ...")
+    return load_vlm(model_id, device)
+
+
+# -- ask --------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("question", nargs=-1, required=True)
+@click.option("--image", "image_paths", multiple=True, metavar="PATH",
+              help="Ask about this photo file instead of searching the index (repeatable: the photos are "
+                   "numbered in the order given).")
+@index_options
+@click.option("-k", "--top", type=click.IntRange(1, 16), default=4, show_default=True,
+              help="How many of the best-matching photos the model is shown.")
+@filter_options
+@vlm_option
+@device_option
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=256, show_default=True,
+              help="Longest answer, in tokens.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object: question, answer, citations, cited_paths, photos (n, cited, path, score, "
+                   "id, ...), model, prompt_tokens, seconds.")
+@click.option("-v", "--verbose", is_flag=True, help="Say which model ran, its image tokens per photo, and the time.")
+@reports_errors
+def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_tokens, as_json, verbose, **kwargs):
+    """Answer QUESTION from your photos: the k photos that match it best are shown to a
+    vision-language model in one chat, numbered, and the answer cites them by number.
+
+    Prints the answer, then the photos it was given (* = cited): `1* 0.2731 path`. Frames of
+    one video are given together, in time order. With --image, no search: the question is
+    about the given files (visual question answering). Filters are those of search.
+
+    \b
+      retriever ask "what colour was the car at the beach?"
+      retriever ask "which receipt is from a restaurant?" -k 8 --after 2024-01
+      retriever ask --image IMG_2041.jpg "what does the sign say?"
+      retriever ask "where did we eat?" --json | jq -r .cited_paths[]
+    """
+    from ..vlm.ask import ask_about
+
+    say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
+    text = " ".join(question).strip()
+    if not text:
+        raise click.ClickException("empty question: say what to ask")
+    filters = _filters(kwargs)
+    if image_paths:
+        if filters.describe():
+            raise click.ClickException("--image asks about the given files: search filters do not apply")
+        import os
+
+        for path in image_paths:
+            if not os.path.isfile(path):
+                raise click.ClickException(f"no such image file: {path}")
+        vlm = load_vlm_for_command(vlm_spec, device, say)
+        result = ask_about(vlm, text, list(image_paths), max_new_tokens)
+    else:
+        from ..index import Index
+        from ..search import Searcher
+
+        with Index.open(_home(home), index_name) as idx:
+            from ..vlm.model import check_weights
+
+            check_weights(vlm_spec, device)  # no weights: fail before loading the encoder and searching
+            hits = Searcher(idx, device=device).text(text, top, filters=filters)
+            if not hits:
+                empty = idx.catalog.counts()["images"] == 0
+                reason = "the index is empty" if empty else "nothing passes " + "; ".join(filters.describe())
+                raise click.ClickException(f"no photos to ask about: {reason}")
+        vlm = load_vlm_for_command(vlm_spec, device, say)
+        result = ask_about(vlm, text, hits, max_new_tokens)
+    if as_json:
+        click.echo(_shown(json.dumps(result.as_dict(), ensure_ascii=False)))
+        return
+    _print_answer(result, with_scores=not image_paths)
+    for label, reason in result.skipped:
+        click.echo(f"skipped {_shown(label)}: {reason}", err=True)
+    if verbose:
+        click.echo(f"model {vlm.model_id} ({vlm.family}, {vlm.device}, {vlm.dtype}); "
+                   f"{vlm.image_tokens_per_photo} image tokens per photo ({vlm.image_policy}); "
+                   f"{result.prompt_tokens} prompt tokens; {result.seconds:.1f}s", err=True)
+
+
+def _print_answer(result, with_scores: bool) -> None:
+    from ..render.thumbnails import display_text
+
+    lines = result.answer.splitlines() or ["(no answer)"]
+    click.echo("\n".join(display_text(line) for line in lines))  # control characters shown as U+FFFD
+    click.echo()
+    for photo in result.photos:
+        mark = "*" if photo.cited else " "
+        score = f"{photo.hit.score:.4f}  " if with_scores and photo.hit is not None else ""
+        click.echo(f"{photo.number:>3}{mark} {score}{display_text(photo.label)}")
+
+
+# -- caption ----------------------------------------------------------------------------------------
+
+
+@click.command()
+@index_options
+@vlm_option
+@device_option
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Caption at most N photos this run.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Photos per forward pass.  [default: 4 on CPU, 16 on CUDA]")
+@click.option("--max-new-tokens", type=click.IntRange(1, 512), default=60, show_default=True,
+              help="Longest caption, in tokens.")
+@click.option("--replace", is_flag=True, help="Also caption again the photos captioned by another model.")
+@click.option("--frames", is_flag=True, help="Also caption every sampled video frame (one caption each).")
+@click.option("--show", is_flag=True, help="Print the stored captions (path, then caption) and run nothing.")
+@click.option("--json", "as_json", is_flag=True,
+              help="The summary as one JSON object (with --show: one object per caption).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@reports_errors
+def caption(home, index_name, vlm_spec, device, limit, batch_size, max_new_tokens, replace, frames, show, as_json,
+            quiet):
+    """Write a one-sentence caption of each photo into the index, with a vision-language model.
+
+    Captions and file names are keyword-searchable (SQLite FTS5), so search can combine word
+    matches with the embedding ranking. Runs are incremental: only photos without a caption
+    are done (new ones, and edited ones: a caption goes with the content it describes); no
+    model is loaded when there is nothing to do. Work is committed batch by batch: after
+    Ctrl-C or a kill, run the same command again to resume. Indexing can run meanwhile.
+
+    \b
+      retriever caption
+      retriever caption --vlm ~/models/SmolVLM-256M-Instruct --limit 100
+      retriever caption --show | grep -i receipt
+    """
+    from ..cli import _stop_on_sigterm
+    from ..index import Index
+    from ..vlm.captions import caption_counts, pending_items, run_captions
+
+    with Index.open(_home(home), index_name) as idx:
+        if show:
+            _show_captions(idx, as_json)
+            return
+        from ..vlm.model import check_weights, resolve_device, resolve_model
+
+        check_weights(vlm_spec, device)
+        device = resolve_device(device)
+        model_id, _ = resolve_model(vlm_spec, device)
+        todo = len(pending_items(idx.catalog, model_id, replace=replace, frames=frames, limit=limit))
+        say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+        if todo:
+            say(f"{todo} photos to caption")
+        _stop_on_sigterm()
+        progress = VLMProgress("captioning", enabled=not quiet)
+        try:
+            summary = run_captions(idx, lambda: load_vlm_for_command(model_id, device, say), model=model_id,
+                                   replace=replace, frames=frames, limit=limit, batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens, on_progress=progress.callback)
+        finally:
+            progress.close()
+        counts = caption_counts(idx.catalog, frames=frames)
+    if as_json:
+        click.echo(json.dumps({**summary.as_dict(), "model": model_id, **counts}))
+    else:
+        rate = f", {summary.seconds / summary.captioned:.2f} s/photo" if summary.captioned else ""
+        click.echo(f"captioned {summary.captioned}, failed {summary.failed} in {_duration(summary.seconds)}{rate}; "
+                   f"{counts['with_caption']} of {counts['items']} photos have captions (model {model_id})", err=True)
+        for label, reason in summary.failures[:10]:
+            click.echo(f"  failed: {_shown(label)}: {reason}", err=True)
+    if summary.interrupted:
+        click.echo(f"interrupted: {summary.captioned} captions from this run are saved; run the same command "
+                   "again to resume", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _show_captions(idx, as_json: bool) -> None:
+    from ..render.thumbnails import display_text
+    from ..vlm.captions import all_captions
+
+    shown = 0
+    for row in all_captions(idx.catalog):
+        shown += 1
+        if as_json:
+            click.echo(_shown(json.dumps(row, ensure_ascii=False)))
+        else:
+            click.echo(f"{display_text(row['label'])}\t{display_text(row['caption'])}")
+    if not shown and not as_json:
+        click.echo("no captions yet: run `retriever caption`", err=True)
+
+
+COMMANDS = [ask, caption]

@@ -1,0 +1,22 @@
+"""Ask your photos: a vision-language model (VLM) over retriever's search results.
+
+    model.py     load_vlm: a local folder or a hub id (cache first, a bounded hub probe, then a fast
+                 clear error), bounded image tokens per photo, prompts through the chat template
+    models.py    the models known by name: published sizes and image-token counts; the defaults
+    prompts.py   every chat retriever sends
+    photos.py    photos decoded for the model (safe decoder, video frames); viewing order
+    rerank.py    search --rerank: log P(yes) - log P(no) per candidate, batched
+    ask.py       retriever ask: one chat with k numbered photos, citations parsed back to files
+    captions.py  retriever caption: captions in the catalog, incremental and resumable
+    keywords.py  FTS5 keyword search over file names and captions; reciprocal rank fusion with the
+                 vector ranking (fuse, fuse_hits) for hybrid search
+
+Nothing here imports torch or transformers at import time; they are needed only to load a model
+(`pip install 'retriever[vlm]'`). keywords.py needs neither, ever.
+"""
+
+from __future__ import annotations
+
+from .errors import VLMError, VLMLoadError, VLMNotFoundError
+
+__all__ = ["VLMError", "VLMLoadError", "VLMNotFoundError"]

@@ -1,0 +1,266 @@
+"""`retriever caption`: a one-sentence caption for each photo of an index, written to the catalog.
+
+Storage (catalog migration 003_captions): `captions(image_id, caption, model, fingerprint,
+created_at)`, one row per captioned item. A caption belongs to the content it describes: when an
+image's fingerprint changes (the file was edited) or the image leaves the catalog, SQLite
+triggers drop its caption, and the FTS `keywords` table (see keywords.py) follows. A caption is
+written only if its image still has the fingerprint it was made from (one conditional statement),
+so an indexing run going on at the same time can never leave a stale or orphaned caption: that is
+why a caption run does not take the index's writer lock (indexing may go on for hours beside a
+caption run), but a lock of its own (caption.lock), so that two caption runs do not duplicate work.
+
+A run is incremental and resumable like indexing: it captions the indexed items that have no
+caption (new, edited, or failed to decode last time), in batches, and commits each batch in one
+transaction: Ctrl-C or a kill loses at most the batch in progress, and the next run carries on.
+With `replace`, captions made by another model are made again. Still images only, unless
+`frames` (each sampled video frame is then an item to caption, which costs one caption each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, and_, func, or_, select, text
+
+from ..catalog import STATUS_INDEXED, images, utcnow
+from ..errors import IndexLockedError, RetrieverError
+from .errors import VLMError
+from ..indexer import Progress
+from .photos import load_photo
+from .prompts import caption_messages
+
+CAPTION_MAX_NEW_TOKENS = 60  # one sentence
+CAPTION_MAX_CHARS = 500
+CAPTION_LOCK_FILE = "caption.lock"
+
+# Created by migration 003_captions (retriever/catalog.py), whose DDL is the reference.
+captions = Table(
+    "captions",
+    MetaData(),
+    Column("image_id", Integer, primary_key=True),  # = images.id
+    Column("caption", Text, nullable=False),
+    Column("model", String, nullable=False),  # the VLM that wrote it: a hub id or an absolute folder
+    Column("fingerprint", String),  # the image's fingerprint when captioned
+    Column("created_at", String, nullable=False),  # UTC ISO
+)
+
+
+@dataclass
+class CaptionSummary:
+    captioned: int = 0  # written this run
+    failed: int = 0  # could not be decoded this run (tried again next run)
+    pending: int = 0  # items that needed a caption when the run started (after --limit)
+    seconds: float = 0.0
+    interrupted: bool = False
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (label, reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "captioned": self.captioned,
+            "failed": self.failed,
+            "pending": self.pending,
+            "seconds": round(self.seconds, 3),
+            "seconds_per_photo": round(self.seconds / self.captioned, 3) if self.captioned else None,
+            "interrupted": self.interrupted,
+        }
+
+
+@dataclass(frozen=True)
+class PendingItem:
+    id: int
+    path: str
+    frame_ms: int | None
+    fingerprint: str | None
+
+    @property
+    def label(self) -> str:
+        from ..video import format_timestamp
+
+        return self.path if self.frame_ms is None else f"{self.path}@{format_timestamp(self.frame_ms)}"
+
+
+# -- reading and writing captions -------------------------------------------------------------------
+
+
+def pending_items(catalog, model: str, *, replace: bool = False, frames: bool = False,
+                  limit: int | None = None) -> list[PendingItem]:
+    """Indexed items that need a caption, by id: none yet, or one made from other content (kept
+    only if a trigger was bypassed), or (replace) one made by another model."""
+    c, i = captions, images
+    needs = [c.c.image_id.is_(None), c.c.fingerprint.is_not(i.c.fingerprint)]
+    if replace:
+        needs.append(c.c.model != model)
+    query = (
+        select(i.c.id, i.c.path, i.c.frame_ms, i.c.fingerprint)
+        .select_from(i.outerjoin(c, c.c.image_id == i.c.id))
+        .where(i.c.status == STATUS_INDEXED, or_(*needs))
+        .order_by(i.c.id)
+    )
+    if not frames:
+        query = query.where(i.c.frame_ms.is_(None))
+    if limit is not None:
+        query = query.limit(limit)
+    with catalog.engine.connect() as conn:
+        return [PendingItem(int(r.id), r.path, r.frame_ms, r.fingerprint) for r in conn.execute(query)]
+
+
+_WRITE = text(
+    "INSERT INTO captions (image_id, caption, model, fingerprint, created_at) "
+    "SELECT :image_id, :caption, :model, :fingerprint, :created_at "
+    "WHERE EXISTS (SELECT 1 FROM images WHERE id = :image_id AND fingerprint IS :fingerprint) "
+    "ON CONFLICT (image_id) DO UPDATE SET caption = excluded.caption, model = excluded.model, "
+    "fingerprint = excluded.fingerprint, created_at = excluded.created_at"
+)
+
+
+def write_captions(catalog, rows: Sequence[tuple[int, str, str | None]], model: str) -> int:
+    """Store (image_id, caption, fingerprint) rows in one transaction. A row whose image is gone
+    or no longer has that fingerprint is not written. Returns how many were written."""
+    now = utcnow()
+    written = 0
+    with catalog.engine.begin() as conn:
+        for image_id, caption, fingerprint in rows:
+            written += conn.execute(_WRITE, {"image_id": int(image_id), "caption": caption, "model": model,
+                                             "fingerprint": fingerprint, "created_at": now}).rowcount
+    return written
+
+
+def captions_for(catalog, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """image_id -> {"caption", "model", "created_at"} for the ids that have one."""
+    out: dict[int, dict[str, Any]] = {}
+    ids = [int(i) for i in ids]
+    with catalog.engine.connect() as conn:
+        for start in range(0, len(ids), 500):
+            rows = conn.execute(select(captions).where(captions.c.image_id.in_(ids[start:start + 500])))
+            for r in rows.mappings():
+                out[int(r["image_id"])] = {"caption": r["caption"], "model": r["model"], "created_at": r["created_at"]}
+    return out
+
+
+def all_captions(catalog) -> Iterator[dict[str, Any]]:
+    """Every stored caption with its item: {"id", "path", "frame_ms", "label", "caption", "model",
+    "created_at"}, by path then time in the video."""
+    from ..video import format_timestamp
+
+    query = (select(images.c.id, images.c.path, images.c.frame_ms, captions.c.caption, captions.c.model,
+                    captions.c.created_at)
+             .select_from(images.join(captions, captions.c.image_id == images.c.id))
+             .order_by(images.c.path, images.c.frame_ms))
+    with catalog.engine.connect() as conn:
+        for r in conn.execute(query).mappings():
+            label = r["path"] if r["frame_ms"] is None else f"{r['path']}@{format_timestamp(r['frame_ms'])}"
+            yield {"id": int(r["id"]), "path": r["path"], "frame_ms": r["frame_ms"], "label": label,
+                   "caption": r["caption"], "model": r["model"], "created_at": r["created_at"]}
+
+
+def caption_counts(catalog, frames: bool = False) -> dict[str, int]:
+    """{"items": indexed items a run would caption, "with_caption": of them, those with one}."""
+    i, c = images, captions
+    where = [i.c.status == STATUS_INDEXED] + ([] if frames else [i.c.frame_ms.is_(None)])
+    with catalog.engine.connect() as conn:
+        total = conn.execute(select(func.count()).select_from(i).where(*where)).scalar_one()
+        done = conn.execute(
+            select(func.count()).select_from(i.join(c, and_(c.c.image_id == i.c.id))).where(*where)
+        ).scalar_one()
+    return {"items": int(total), "with_caption": int(done)}
+
+
+def clean_caption(raw: str) -> str:
+    return " ".join(raw.split())[:CAPTION_MAX_CHARS]
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+
+def caption_photos(vlm, photos: Sequence[Any], max_new_tokens: int = CAPTION_MAX_NEW_TOKENS) -> list[str]:
+    """One caption per PIL image, generated in one batch (each row holds its own photo)."""
+    if not photos:
+        return []
+    prompt = vlm.prompt(caption_messages())
+    return [clean_caption(t) for t in vlm.generate([prompt] * len(photos), list(photos), max_new_tokens)]
+
+
+def run_captions(
+    index,
+    vlm,
+    *,
+    model: str | None = None,
+    replace: bool = False,
+    frames: bool = False,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    max_new_tokens: int = CAPTION_MAX_NEW_TOKENS,
+    on_progress: Callable[[Progress], None] | None = None,
+    load: Callable[..., Any] = load_photo,
+) -> CaptionSummary:
+    """Caption the items of `index` that need it (see pending_items), one committed batch at a time.
+
+    `vlm`: a loaded VLM, or a callable returning one, called only when something needs a caption
+    (then `model`, the id it will have, is required: it decides what `replace` redoes).
+    KeyboardInterrupt stops after the last committed batch: interrupted=True, nothing committed is
+    lost; running again resumes. Holds the index's caption lock (IndexLockedError if taken)."""
+    model = model or getattr(vlm, "model_id", None)
+    if model is None:
+        raise VLMError("run_captions: pass model= with a VLM loader")
+    summary = CaptionSummary()
+    started = time.monotonic()
+    with caption_lock(index):
+        todo = pending_items(index.catalog, model, replace=replace, frames=frames, limit=limit)
+        summary.pending = len(todo)
+        done = 0
+        try:
+            if todo and not hasattr(vlm, "generate"):  # a loader: load only when there is work
+                vlm = vlm()
+            size = (batch_size or vlm.default_batch_size) if todo else 1
+            for start in range(0, len(todo), size):
+                batch = todo[start:start + size]
+                ready, photos = [], []
+                for item in batch:
+                    try:
+                        photos.append(load(item.path, item.frame_ms))
+                        ready.append(item)
+                    except RetrieverError as exc:
+                        summary.failed += 1
+                        summary.failures.append((item.label, str(getattr(exc, "reason", exc))))
+                texts = caption_photos(vlm, photos, max_new_tokens)
+                summary.captioned += write_captions(
+                    index.catalog, [(item.id, caption, item.fingerprint) for item, caption in zip(ready, texts)], model
+                )
+                done += len(batch)
+                if on_progress:
+                    on_progress(Progress(done, len(todo), summary.failed, time.monotonic() - started))
+        except KeyboardInterrupt:
+            summary.interrupted = True
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+@contextmanager
+def caption_lock(index) -> Iterator[None]:
+    """One caption run per index at a time (flock: released by the kernel if the holder dies)."""
+    import fcntl
+
+    path = index.folder / CAPTION_LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            who = f" (pid {holder.get('pid')} since {holder.get('since')})" if holder else ""
+            raise IndexLockedError(
+                f"another caption run is writing to index {index.name!r}{who}; wait for it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": utcnow()}).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
