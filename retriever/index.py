@@ -22,6 +22,12 @@ HOME_ENV = "RETRIEVER_HOME"
 CATALOG_FILE = "catalog.db"
 VECTORS_FILE = "vectors.faiss"
 LOCK_FILE = "write.lock"
+# Catalog settings for the kind of vector index (written by `retriever optimize`).
+INDEX_KIND_SETTING = "vector_index_kind"  # auto | flat | ivf-sq8 | ivf-pq
+TARGET_RECALL_SETTING = "target_recall"  # recall@10 an IVF index must reach against exact search
+EXACT_MAX_SETTING = "exact_max_vectors"  # auto: exact up to this many vectors
+# An IVF index is trained again once the collection has grown this much since its training.
+GROWTH_BEFORE_RETRAINING = 4
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -174,20 +180,147 @@ class Index:
 
     def vector_index(self):
         """The FAISS index for the catalog's current generation: the saved file when it is current,
-        else rebuilt from the stored vectors (and saved, when this process holds the writer lock)."""
+        else rebuilt from the stored vectors (and saved, when this process holds the writer lock).
+
+        A rebuild makes the kind that suits the count (see `wanted_index_kind`). A stale file of
+        that kind lends its training (IVF lists, codebooks, nprobe) and is refilled from the
+        catalog: none of its vectors is trusted, and nothing is trained again."""
         from .vectors import VectorIndex
 
         generation = self.catalog.generation()
+        stale = None
         try:
             vi, info = VectorIndex.load(self.vectors_path)
-            if info.generation == generation and info.dim == self.dim:
-                return vi
+            if info.dim == self.dim:
+                if info.generation == generation:
+                    return vi
+                stale = vi
         except (FileNotFoundError, ValueError):
             pass
-        vi = VectorIndex.build(self.dim, self.catalog.iter_vectors(self.dim))
+        vi = self._rebuild_vectors(stale)
         if self._lock_fd is not None:
             vi.save(self.vectors_path, generation)
         return vi
+
+    # -- the kind of vector index ---------------------------------------------------------------
+
+    def vector_index_settings(self) -> dict[str, Any]:
+        """kind (auto | flat | ivf-sq8 | ivf-pq), target_recall, exact_max: catalog settings that
+        `retriever optimize` writes, else the defaults of retriever.vectors."""
+        from .vectors import DEFAULT_TARGET_RECALL, default_exact_max
+
+        exact_max = self.catalog.get_setting(EXACT_MAX_SETTING)
+        return {
+            "kind": self.catalog.get_setting(INDEX_KIND_SETTING, "auto"),
+            "target_recall": float(self.catalog.get_setting(TARGET_RECALL_SETTING, DEFAULT_TARGET_RECALL)),
+            "exact_max": default_exact_max(self.dim) if exact_max is None else int(exact_max),
+        }
+
+    def wanted_index_kind(self, count: int, current=None) -> str:
+        """The kind to hold `count` vectors: the one `retriever optimize --kind` pinned, else exact
+        up to exact_max vectors and ivf-sq8 above. An IVF index goes back to exact only below half
+        the threshold, so a collection that hovers around it is not rebuilt back and forth; an
+        exact index that `auto` fell back to (IVF missed the recall target) stays exact until
+        the collection has grown fourfold."""
+        from .vectors import FLAT, choose_kind
+
+        settings = self.vector_index_settings()
+        if settings["kind"] != "auto":
+            return settings["kind"]
+        exact_max = settings["exact_max"]
+        if current is not None and current.is_ivf and count > exact_max // 2:
+            return current.index_type
+        if current is not None and not current.is_ivf and "fallback_at" in current.params:
+            if count < GROWTH_BEFORE_RETRAINING * int(current.params["fallback_at"]):
+                return FLAT
+        return choose_kind(count, exact_max)
+
+    def _suits(self, vi, count: int) -> bool:
+        """Whether `vi` is the wanted kind and, for IVF, trained on a collection of about this size."""
+        if vi.index_type != self.wanted_index_kind(count, vi):
+            return False
+        if vi.is_ivf:
+            trained_on = int(vi.params.get("trained_on") or 0)
+            return trained_on * GROWTH_BEFORE_RETRAINING >= count
+        return True
+
+    def _rebuild_vectors(self, stale=None):
+        count = self.catalog.counts()["stored_vectors"]
+        if stale is not None and self._suits(stale, count):
+            stale.clear()
+            for ids, vecs in self.catalog.iter_vectors(self.dim):
+                stale.add(ids, vecs)
+            return stale
+        vi, _ = self._build_or_exact(count)
+        return vi
+
+    def _build_or_exact(self, count: int):
+        """The recorded kind, or exact when it cannot be built (ivf-pq pinned on a collection that
+        has shrunk under its training minimum): search must always work."""
+        from .vectors import FLAT, VectorIndexError
+
+        try:
+            return self.build_vector_index(None, count)
+        except VectorIndexError:
+            return self.build_vector_index(FLAT, count)
+
+    def build_vector_index(self, kind: str | None = None, count: int | None = None,
+                           target_recall: float | None = None, exact_max: int | None = None):
+        """A new index of `kind` (None: the recorded setting, auto unless pinned) from the stored
+        vectors (no encoder), not saved. target_recall, exact_max: None for the recorded ones.
+        -> (VectorIndex, vectors.BuildReport)."""
+        from .vectors import FLAT, FACTORY_FLAT, BuildReport, VectorIndex, build_tuned
+
+        if count is None:
+            count = self.catalog.counts()["stored_vectors"]
+        settings = self.vector_index_settings()
+        kind = kind or settings["kind"]
+        if count == 0:
+            return VectorIndex(self.dim), BuildReport(FLAT, FACTORY_FLAT, {}, None, None, True, 0)
+        return build_tuned(
+            self.dim,
+            lambda: self.catalog.iter_vectors(self.dim),
+            count,
+            kind,
+            target_recall=settings["target_recall"] if target_recall is None else target_recall,
+            exact_max=settings["exact_max"] if exact_max is None else exact_max,
+        )
+
+    def adapt_vector_index(self, vectors=None):
+        """After an indexing run, with the writer lock: rebuild the FAISS file when the collection
+        has outgrown its kind (exact past the threshold, IVF grown fourfold since training, IVF
+        shrunk below half the threshold). `vectors`: the run's current in-memory index (None when
+        the run changed nothing: then nothing is done). -> the BuildReport, or None."""
+        if vectors is None or self._lock_fd is None or self._suits(vectors, len(vectors)):
+            return None
+        vi, report = self._build_or_exact(len(vectors))
+        vi.save(self.vectors_path, self.catalog.generation())
+        return report
+
+    def optimize(self, kind: str = "auto", target_recall: float | None = None, exact_max: int | None = None):
+        """`retriever optimize`: rebuild from the stored vectors, save, and record the choices
+        (kind, target_recall, exact_max: None keeps the recorded one) for later rebuilds, once the
+        build has succeeded. Needs the writer lock. -> (BuildReport, bytes of the saved file)."""
+        from .vectors import VectorIndexError, check_kind
+
+        if self._lock_fd is None:
+            raise RetrieverError("optimize needs the writer lock (Index.acquire_lock)")
+        check_kind(kind)
+        if target_recall is not None and not 0 < target_recall <= 1:
+            raise VectorIndexError(f"the target recall must be in (0, 1], not {target_recall}")
+        count = self.catalog.counts()["stored_vectors"]
+        if count == 0:
+            raise VectorIndexError(f"index {self.name!r} holds no vectors yet: run `retriever index PATH` first")
+        generation = self.catalog.generation()
+        vi, report = self.build_vector_index(kind, count, target_recall, exact_max)
+        vi.save(self.vectors_path, generation)
+        values: dict[str, Any] = {INDEX_KIND_SETTING: kind}
+        if target_recall is not None:
+            values[TARGET_RECALL_SETTING] = target_recall
+        if exact_max is not None:
+            values[EXACT_MAX_SETTING] = int(exact_max)
+        self.catalog.set_settings(values)
+        return report, self.vectors_path.stat().st_size
 
     def remove_images(self, ids: list[int]) -> None:
         """Drop images (rows and vectors) and bring the FAISS file up to date. Needs the lock."""
@@ -217,10 +350,17 @@ class Index:
             "vectors": info.count if current else counts["stored_vectors"],
             "vector_index": info.kind if info else None,
             "vector_index_current": current,
+            "index_type": info.index_type if info else None,
+            "index_params": _shown_params(info.params) if info else None,
+            "index_recall_at_10": info.recall_at_10 if info else None,
             "failed": counts["failed"],
             "created_at": self.catalog.get_setting("created_at"),
             "last_run": self.catalog.last_run(),
         }
+
+
+def _shown_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k != "factory"}
 
 
 def _same_model_name(asked: str, stored: str) -> bool:

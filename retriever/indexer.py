@@ -378,6 +378,7 @@ class _Run:
         self.summary.seconds = time.monotonic() - self.started
         catalog.finish_run(run_id, status, self.summary.as_dict())
         catalog.set_settings({"last_run_at": catalog.last_run()["finished_at"]})
+        self.index.adapt_vector_index(None if self.summary.interrupted else self.vectors)  # the kind for the size
         return self.summary
 
     def _plan(self) -> tuple[list[_Task], list[KnownFile]]:

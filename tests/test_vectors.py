@@ -92,3 +92,43 @@ def test_k_larger_than_collection_and_empty_index():
     assert sorted(found[0].tolist()) == sorted(ids.tolist())
     with pytest.raises(ValueError):
         vi.add(ids[:1], np.zeros((1, 9), np.float32))
+
+
+def brute_force_within(ids, vecs, queries, k, allowed, exclude=()):
+    """The exact top-k restricted to `allowed` minus `exclude`."""
+    mask = np.isin(ids, list(allowed)) & ~np.isin(ids, list(exclude))
+    return brute_force(ids[mask], vecs[mask], queries, k)
+
+
+@pytest.mark.parametrize("n_allowed", [3, 40, 900])
+def test_allowed_gives_the_exact_top_k_within_the_allowed_ids(n_allowed):
+    ids, vecs = synthetic(2000, 32, seed=11)
+    vi = VectorIndex(32)
+    vi.add(ids, vecs)
+    rng = np.random.default_rng(12)
+    allowed = rng.choice(ids, size=n_allowed, replace=False)
+    queries = l2_normalize(rng.normal(size=(15, 32)))
+    scores, found = vi.search(queries, 10, allowed=allowed)
+    assert found.shape == (15, 10)
+    for q, (ref_scores, ref_ids) in enumerate(brute_force_within(ids, vecs, queries, 10, allowed.tolist())):
+        got = found[q][found[q] != -1]
+        assert len(got) == min(10, n_allowed)  # exactly k whenever k allowed ids exist
+        assert list(got) == list(ref_ids)
+        np.testing.assert_allclose(scores[q][: len(got)], ref_scores, rtol=0, atol=1e-5)
+        assert np.all(np.isneginf(scores[q][len(got):]))
+
+
+def test_allowed_with_exclude_unknown_ids_and_an_empty_set():
+    ids, vecs = synthetic(500, 16, seed=13)
+    vi = VectorIndex(16)
+    vi.add(ids, vecs)
+    allowed = [int(i) for i in ids[:30]] + [-5, 10**12]  # ids that are not in the index are ignored
+    exclude = [int(ids[0]), int(ids[1]), int(ids[400])]
+    queries = vecs[:4]
+    _, found = vi.search(queries, 10, exclude=exclude, allowed=allowed)
+    for q, (_, ref_ids) in enumerate(brute_force_within(ids, vecs, queries, 10, allowed, exclude)):
+        assert list(found[q]) == list(ref_ids)
+    scores, found = vi.search(queries, 10, allowed=[])
+    assert found.shape == (4, 10) and np.all(found == -1) and np.all(np.isneginf(scores))
+    _, found = vi.search(queries, 10, allowed=np.array(ids[:2]))  # numpy arrays too
+    assert sorted(found[0][:2].tolist()) == sorted(ids[:2].tolist()) and np.all(found[:, 2:] == -1)
