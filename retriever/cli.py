@@ -580,6 +580,8 @@ def status(home, index_name, as_json):
         ("images", info["images"]),
         ("vectors", info["vectors"]),
         ("search", _index_kind_text(info)),
+        ("tags", (f"{info['tags']['labels']} labels, {info['tags']['tagged']} images tagged, "
+                  f"{info['tags']['untagged']} not yet (retriever tag)") if info.get("tags") else "none (retriever tag)"),
         ("failed", f"{info['failed']}" + (" (retriever errors)" if info["failed"] else "")),
         ("created", info["created_at"]),
         ("last run", last_text),
@@ -589,7 +591,9 @@ def status(home, index_name, as_json):
 
 
 def _index_kind_text(info: dict[str, Any]) -> str:
-    kind = info.get("index_type") or "exact"
+    kind = info.get("index_type") or "flat"
+    if kind == "flat":
+        return "exact (flat)"
     params = info.get("index_params") or {}
     shown = kind + (" (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
     recall = info.get("index_recall_at_10")

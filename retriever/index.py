@@ -331,6 +331,14 @@ class Index:
         vectors.remove(ids)
         vectors.save(self.vectors_path, self.catalog.generation())
 
+    def _tags_status(self) -> dict[str, Any] | None:
+        """The zero-shot label set and how many images carry tags; None before `retriever tag`."""
+        tag_set = self.catalog.tag_set()
+        if not tag_set:
+            return None
+        return {"labels": len(tag_set.get("labels", [])), "threshold": tag_set.get("threshold"),
+                **self.catalog.tag_coverage()}
+
     def status(self) -> dict[str, Any]:
         from .vectors import read_info
 
@@ -354,6 +362,7 @@ class Index:
             "index_params": _shown_params(info.params) if info else None,
             "index_recall_at_10": info.recall_at_10 if info else None,
             "failed": counts["failed"],
+            "tags": self._tags_status(),
             "created_at": self.catalog.get_setting("created_at"),
             "last_run": self.catalog.last_run(),
         }
