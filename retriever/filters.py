@@ -200,22 +200,29 @@ def build(
 
 
 def matching_ids(catalog, filters: Filters) -> "Any":
-    """Sorted int64 array of the ids of indexed images (with a vector) that pass the catalog
-    conditions of `filters`."""
+    """Sorted int64 array of the ids of indexed items (each has a vector: rows and vectors are
+    committed together) that pass the catalog conditions of `filters`."""
     import numpy as np
-    from sqlalchemy import text as sql
 
     where, params = _where(filters)
+    columns = "images.id, images.gps_lat, images.gps_lon" if filters.near is not None else "images.id"
     query = (
-        "SELECT images.id, images.gps_lat, images.gps_lon FROM images JOIN vectors ON vectors.image_id = images.id "
-        "WHERE images.status = 'indexed'" + "".join(f" AND ({w})" for w in where) + " ORDER BY images.id"
+        f"SELECT {columns} FROM images WHERE images.status = 'indexed'"
+        + "".join(f" AND ({w})" for w in where) + " ORDER BY images.id"
     )
     with catalog.engine.connect() as conn:
-        rows = conn.execute(sql(query), params).all()
-    if filters.near is not None:  # the SQL box is a superset: keep what is within the circle
-        lat0, lon0 = filters.near
-        rows = [r for r in rows if haversine_km(lat0, lon0, r[1], r[2]) <= filters.within_km]
-    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        # The DB-API cursor, not SQLAlchemy's result rows: a broad filter passes every image, and
+        # row objects cost ~1 us each (200 ms at 200,000 images, against ~40 ms).
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            rows = cursor.execute(query, params).fetchall()
+        finally:
+            cursor.close()
+    if filters.near is None:
+        return np.array([r[0] for r in rows], dtype=np.int64)
+    lat0, lon0 = filters.near  # the SQL box is a superset: keep what is within the circle
+    return np.array([r[0] for r in rows if haversine_km(lat0, lon0, r[1], r[2]) <= filters.within_km],
+                    dtype=np.int64)
 
 
 _DATE_SQL = "COALESCE(images.taken_at, strftime('%Y-%m-%dT%H:%M:%S', images.mtime_ns / 1000000000, 'unixepoch', 'localtime'))"
