@@ -600,7 +600,6 @@ def test_a_second_caption_run_is_refused_while_one_runs(small_index, vlms):
 
 
 def test_cli_search_rerank_reorders_the_top_n_by_the_model(offline_index, tiny_folders):
-    from retriever.search import Searcher
     from retriever.vlm.model import load_vlm
     from retriever.vlm.photos import load_photo
     from retriever.vlm.rerank import score_photos
