@@ -94,9 +94,37 @@ def _filters(kwargs: dict[str, Any]):
     """Pops the filter_options values from a command's kwargs; a Filters value."""
     from .filters import build
 
-    names = ("after", "before", "folders", "cameras", "near", "within_km", "formats", "min_size", "tags", "min_score")
-    values = {name: kwargs.pop(name) for name in names}
+    values = {name: kwargs.pop(name) for name in FILTER_NAMES}
     return build(**values)
+
+
+FILTER_NAMES = ("after", "before", "folders", "cameras", "near", "within_km", "formats", "min_size", "tags", "min_score")
+
+
+def _ask_server(home, index_name, top, keywords, verbose, kind, words, filter_values):
+    """Hits from a `retriever serve` running for this index, or None to search here: no server,
+    one that does not answer, or a query it cannot take (image terms in search). A server's
+    refusal of the query itself (a bad date...) is the same error a local search gives."""
+    from .serve.client import RemoteError, RemoteUnsupported, find_server, hits_from_dicts, index_folder, remote_query
+
+    info = find_server(index_folder(home, index_name))
+    if info is None:
+        return None
+    try:
+        hits = hits_from_dicts(remote_query(info, words, top, filter_values, kind=kind, keywords=keywords))
+    except RemoteUnsupported as exc:
+        if verbose:
+            click.echo(f"server not used: {exc}; searching here", err=True)
+        return None
+    except RemoteError as exc:
+        if exc.status is not None and exc.status not in (401, 500, 501):
+            raise
+        if exc.status == 401 or verbose:
+            click.echo(f"the server at {info.url} did not answer ({exc}); searching here", err=True)
+        return None
+    if verbose:
+        click.echo(f"answered by the server at {info.url} (pid {info.pid})", err=True)
+    return hits
 
 
 def _rerank(hits, terms, rerank_with, device, top):
@@ -455,6 +483,7 @@ def search(query, home, index_name, top, as_json, paths_only, null_sep, device, 
 
     from .search import keyword_text_of
 
+    filter_values = {name: kwargs[name] for name in FILTER_NAMES}
     filters = _filters(kwargs)
     terms = parse(query, default="auto")
     if rerank:
@@ -465,7 +494,7 @@ def search(query, home, index_name, top, as_json, paths_only, null_sep, device, 
         check_weights(vlm_spec, device)  # no weights: fail within seconds, before loading anything
     rerank_with = (vlm_spec, rerank_top) if rerank else None
     _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose,
-               keywords=keywords, rerank_with=rerank_with, **kwargs)
+               keywords=keywords, rerank_with=rerank_with, remote=("search", query, filter_values), **kwargs)
 
 
 search.help += QUERY_SYNTAX
@@ -491,29 +520,35 @@ def similar(images, home, index_name, top, as_json, paths_only, null_sep, device
     """
     from .query import parse
 
+    filter_values = {name: kwargs[name] for name in FILTER_NAMES}
     filters = _filters(kwargs)
     terms = parse(images, default="image")
-    _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose, **kwargs)
+    _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose,
+               remote=("similar", images, filter_values), **kwargs)
 
 
 def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose,
-               preview, preview_protocol, html_file, keywords=False, rerank_with=None) -> None:
+               preview, preview_protocol, html_file, keywords=False, rerank_with=None, remote=None) -> None:
     from .query import describe
 
-    idx, searcher = _open_searcher(home, index_name, device)
-    with idx:
-        fetch = max(top, rerank_with[1]) if rerank_with else top
-        hits = searcher.hybrid(terms, fetch, filters=filters) if keywords else searcher.query(terms, fetch, filters=filters)
-        if rerank_with:
-            hits = _rerank(hits, terms, rerank_with, device, top)
-        if verbose:
-            click.echo(f"query: {_shown(describe(terms))}", err=True)
-            for condition in filters.describe():
-                click.echo(f"filter: {_shown(condition)}", err=True)
+    if verbose:
+        click.echo(f"query: {_shown(describe(terms))}", err=True)
+        for condition in filters.describe():
+            click.echo(f"filter: {_shown(condition)}", err=True)
+    hits = None if rerank_with or remote is None else _ask_server(home, index_name, top, keywords, verbose, *remote)
+    empty_index = False
+    if hits is None:
+        idx, searcher = _open_searcher(home, index_name, device)
+        with idx:
+            fetch = max(top, rerank_with[1]) if rerank_with else top
+            hits = (searcher.hybrid(terms, fetch, filters=filters) if keywords
+                    else searcher.query(terms, fetch, filters=filters))
+            if rerank_with:
+                hits = _rerank(hits, terms, rerank_with, device, top)
             strategy = getattr(searcher, "last_strategy", None)
-            if strategy:
+            if verbose and strategy:
                 click.echo(f"filtered search: {strategy}", err=True)
-        empty_index = not hits and idx.catalog.counts()["images"] == 0
+            empty_index = not hits and idx.catalog.counts()["images"] == 0
     if html_file:
         from .render import html_page, write_html
 

@@ -124,3 +124,21 @@ def test_cuda_request_without_gpu_is_a_clear_error(tiny_clip):
 
     with pytest.raises(RetrieverError, match="no CUDA GPU"):
         create_encoder(ModelSpec(tiny_clip["config"], tiny_clip["pt"], device="cuda"))
+
+
+def test_text_queries_skip_the_padding_with_the_same_result(tiny_encoder):
+    """CLIP-style text towers are causal and pool at the end-of-text token: the encoder computes
+    only up to the last EOT of the batch, and must match open_clip's full-context encode_text."""
+    import torch
+
+    from retriever.encoders.openclip import _causal_argmax_text_tower
+
+    model = tiny_encoder.model
+    assert _causal_argmax_text_tower(model)
+    texts = ["a cat", "a dog on the beach at sunset", "x", "word " * 100, "ünïcødé 写真"]
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(model.encode_text(tiny_encoder.tokenizer(texts)), dim=-1).numpy()
+    ours = tiny_encoder.embed_texts(texts)
+    assert np.abs(ours - full).max() < 1e-5
+    for i, text in enumerate(texts):  # alone (a shorter batch) or together: the same vectors
+        assert np.abs(tiny_encoder.embed_texts([text])[0] - full[i]).max() < 1e-5

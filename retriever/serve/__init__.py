@@ -1,0 +1,9 @@
+"""`retriever serve`: an HTTP API and a web page over one index, with the model kept warm.
+
+    engine.py   the warm state: index, Searcher, model lock, reload on new checkpoints, thumbnails
+    app.py      the FastAPI app: JSON API, token check, JSON errors, the page under static/
+    server.py   uvicorn, and the discovery file (serve.json) written while the server is up
+    client.py   standard library only: find a running server, query it (used by the CLI)
+
+fastapi and uvicorn come with the `serve` extra (pip install 'retriever[serve]'); nothing here
+imports them at module level except app.py and server.py, which only `retriever serve` loads."""

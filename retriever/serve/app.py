@@ -1,0 +1,269 @@
+"""The FastAPI app over an Engine: the JSON API under /api, the page at / (static files shipped in
+the package), OpenAPI at /openapi.json.
+
+Every error is JSON, {"error": "...", "status": N}: a RetrieverError is the client's fault (4xx,
+its one-line message), anything else is a 500 whose body says nothing about the code. Handlers
+are plain functions: FastAPI runs them in its thread pool, so requests proceed concurrently and
+only model calls are serialised (see Engine)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import mimetypes
+import os
+from http.cookies import SimpleCookie
+from importlib import resources
+from typing import Any, Iterable
+from urllib.parse import parse_qs
+
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import ImageDecodeError, RetrieverError
+from ..filters import build
+from .client import TOKEN_HEADER
+from .engine import MAX_UPLOAD_BYTES, Engine, NotFound, ServeError
+
+TOKEN_COOKIE = "retriever_token"
+STATIC = resources.files("retriever.serve") / "static"
+CHUNK = 256 << 10
+
+
+def create_app(engine: Engine, *, token: str | None = None, allowed_hosts: Iterable[str] | None = None) -> FastAPI:
+    """token: when set, every request needs it (header X-Retriever-Token, Authorization: Bearer,
+    ?token= or the cookie the page gets). allowed_hosts: Host header values accepted (guards a
+    loopback server against DNS rebinding); None accepts any. A set is kept, not copied: a server
+    on port 0 adds the real port's names once it knows them."""
+    app = FastAPI(title="retriever", version=__version__, docs_url="/docs", redoc_url=None,
+                  description="Search a photo collection by text or by example.")
+    app.state.engine = engine
+    _error_handlers(app)
+    _routes(app, engine)
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    if allowed_hosts is not None and not isinstance(allowed_hosts, set):
+        allowed_hosts = set(allowed_hosts)
+    app.add_middleware(_Guard, token=token, allowed_hosts=allowed_hosts)
+    return app
+
+
+# -- errors -----------------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServeError)
+    def serve_error(request: Request, exc: ServeError):
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(ImageDecodeError)
+    def decode_error(request: Request, exc: ImageDecodeError):
+        message = str(exc)
+        status = 413 if message.startswith(("too large", "refused")) else 415
+        return _error(status, f"not a usable image: {message}")
+
+    @app.exception_handler(RetrieverError)
+    def retriever_error(request: Request, exc: RetrieverError):
+        return _error(400, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        return _error(exc.status_code, "not found" if exc.status_code == 404 else message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    def validation_error(request: Request, exc: RequestValidationError):
+        parts = []
+        for e in exc.errors()[:3]:
+            where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("query", "body", "path"))
+            parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+        return _error(422, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(Exception)
+    def internal_error(request: Request, exc: Exception):
+        return _error(500, "internal error")
+
+
+# -- routes -----------------------------------------------------------------------------------------
+
+
+def _filters(
+    after: str | None = Query(None, description="Taken on or after DATE (2023, 2023-06-15, 30d, ...)"),
+    before: str | None = Query(None, description="Taken before DATE (exclusive)"),
+    folders: list[str] = Query([], alias="in", description="Only photos under this absolute folder (repeatable)"),
+    camera: list[str] = Query([], description="Camera make or model contains TEXT (repeatable: any)"),
+    near: str | None = Query(None, description="LAT,LON"),
+    within: float | None = Query(None, description="km around near (default 1)"),
+    format: list[str] = Query([], description="jpeg, png, heif, ... or video (repeatable: any)"),
+    min_size: str | None = Query(None, description="N or WxH"),
+    tag: list[str] = Query([], description="Tagged LABEL (repeatable: all)"),
+    min_score: float | None = Query(None, description="Drop results scoring below this"),
+):
+    for folder in folders:
+        if not os.path.isabs(os.path.expanduser(folder)):
+            raise ServeError(f"'in' takes an absolute folder, not {folder!r}")
+    return build(after=after, before=before, folders=folders, cameras=camera, near=near, within_km=within,
+                 formats=format, min_size=min_size, tags=tag, min_score=min_score)
+
+
+def _results(hits, **extra: Any) -> dict[str, Any]:
+    return {**extra, "count": len(hits), "results": [h.as_dict() for h in hits]}
+
+
+def _image_id(image_id: str) -> int:
+    if not image_id.isdigit() or len(image_id) > 18:
+        raise NotFound("no such image")
+    return int(image_id)
+
+
+def _routes(app: FastAPI, engine: Engine) -> None:
+    from fastapi import Depends
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(str(STATIC / "index.html"), media_type="text/html",
+                            headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/status", summary="The index, its model and counts, and whether ask is available")
+    def status():
+        return engine.status()
+
+    @app.get("/api/search", summary="Photos matching a query (the CLI's query language, text terms)")
+    def search(q: str | None = Query(None, description="Search-box text: words between + and - form one "
+                                                        "phrase: a cat on a sofa - dog, 'red car' - 0.5*night"),
+               w: list[str] = Query([], description="Or the command-line words exactly (repeatable), as "
+                                                    "retriever search gets them"),
+               k: int = Query(10, description="How many results"),
+               keywords: bool = Query(True, description="Fuse keyword matches in file names and captions"),
+               filters=Depends(_filters)):
+        if q is None and not w:
+            raise ServeError("give q=TEXT (or w=WORD, repeated)", status=422)
+        hits = engine.search(q, k, filters, keywords=keywords, words=w or None)
+        return _results(hits, query=q if q is not None else w, filters=filters.describe())
+
+    @app.get("/api/similar", summary="Photos like catalog images, by id (repeatable: averaged)")
+    def similar(id: list[str] = Query([], description="Catalog id (repeatable)"),
+                path: str | None = Query(None, description="Look up an indexed path in the catalog (never opened)"),
+                size: int | None = Query(None), mtime_ns: int | None = Query(None),
+                k: int = Query(10), filters=Depends(_filters)):
+        ids = [_image_id(i) for i in id]
+        if path is not None:
+            ids.append(engine.id_for_path(path, size, mtime_ns))
+        if not ids:
+            raise ServeError("give id=ID (or upload a photo with POST)")
+        return _results(engine.similar_to_ids(ids, k, filters), ids=ids, filters=filters.describe())
+
+    @app.post("/api/similar", summary="Photos like an uploaded photo")
+    def similar_upload(request: Request, file: UploadFile = File(..., description="An image file"),
+                       k: int = Query(10), filters=Depends(_filters)):
+        content_type = (file.content_type or "application/octet-stream").split(";")[0].strip().lower()
+        if not (content_type.startswith("image/") or content_type == "application/octet-stream"):
+            raise ServeError(f"not an image upload ({content_type})", status=415)
+        data = file.file.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise ServeError(f"upload too large (limit {MAX_UPLOAD_BYTES >> 20} MB)", status=413)
+        hits = engine.similar_to_upload(data, file.filename or "upload", k, filters)
+        return _results(hits, filters=filters.describe())
+
+    @app.get("/api/ask", summary="Answer a question from the best-matching photos (needs serve --vlm)")
+    def ask(q: str = Query(...), k: int = Query(4), filters=Depends(_filters)):
+        return engine.ask(q, k, filters)
+
+    @app.get("/api/images/{image_id}/meta", summary="One photo's metadata, as in search results")
+    def meta(image_id: str):
+        return engine.meta(_image_id(image_id))
+
+    @app.get("/api/images/{image_id}/thumbnail", summary="A JPEG thumbnail of a catalog image")
+    def thumbnail(image_id: str, side: int = Query(384, ge=32, le=1024)):
+        from ..render import ThumbnailError
+
+        try:
+            data = engine.thumbnail_jpeg(_image_id(image_id), side)
+        except ThumbnailError as exc:
+            raise NotFound(f"no thumbnail: {exc.reason}") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/images/{image_id}", summary="The original file of a catalog image")
+    def original(image_id: str):
+        opened = engine.open_original(_image_id(image_id))
+        media_type = mimetypes.guess_type(opened.path)[0] or "application/octet-stream"
+
+        def chunks():
+            with os.fdopen(opened.fd, "rb") as f:  # closed however the response ends (disconnects too)
+                while data := f.read(CHUNK):
+                    yield data
+
+        name = os.path.basename(opened.path).encode("ascii", "replace").decode().replace('"', "_")
+        return StreamingResponse(chunks(), media_type=media_type, headers={
+            "Content-Length": str(opened.size), "Content-Disposition": f'inline; filename="{name}"',
+            "X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"})
+
+
+# -- token and host checks --------------------------------------------------------------------------
+
+
+class _Guard:
+    """Pure ASGI middleware (nothing buffered, streaming untouched): the Host check, the token
+    check, and a Content-Length cap on request bodies (bodies without one are refused)."""
+
+    def __init__(self, app, token: str | None, allowed_hosts: set[str] | None):
+        self.app = app
+        self.token = token
+        self.allowed_hosts = allowed_hosts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.allowed_hosts is not None and headers.get("host", "") not in self.allowed_hosts:
+            return await _send_json(send, 400, "host not allowed")
+        length = headers.get("content-length")
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            # a body of unknown size (chunked) could fill the temp area before any limit applies
+            return await _send_json(send, 411, "a request body needs a Content-Length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_UPLOAD_BYTES + (64 << 10)):
+            return await _send_json(send, 413, f"request too large (limit {MAX_UPLOAD_BYTES >> 20} MB)")
+        set_cookie = None
+        if self.token is not None:
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            given = [headers.get(TOKEN_HEADER.lower()), (query.get("token") or [None])[0]]
+            auth = headers.get("authorization", "")
+            if auth.lower().startswith("bearer "):
+                given.append(auth[7:].strip())
+            cookie = SimpleCookie()
+            try:
+                cookie.load(headers.get("cookie", ""))
+            except Exception:  # a malformed Cookie header is no token
+                pass
+            if TOKEN_COOKIE in cookie:
+                given.append(cookie[TOKEN_COOKIE].value)
+            if not any(g and hmac.compare_digest(g.encode(), self.token.encode()) for g in given):
+                return await _send_json(send, 401, "a token is required: header X-Retriever-Token, "
+                                                   "Authorization: Bearer TOKEN, or ?token=TOKEN",
+                                        {"www-authenticate": "Bearer"})
+            if (query.get("token") or [None])[0] and scope["path"] == "/":
+                # the page was opened with ?token=: its images and API calls carry the cookie
+                set_cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+
+        async def send_with_cookie(message):
+            if set_cookie and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"set-cookie", set_cookie.encode("latin-1"))]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+
+async def _send_json(send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"error": message, "status": status}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

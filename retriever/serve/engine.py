@@ -1,0 +1,348 @@
+"""The warm state behind the HTTP API: one opened index, its encoder loaded once, the FAISS index
+reloaded when an indexing run commits new checkpoints.
+
+Concurrency: the encoder (and a VLM) is not safe for concurrent forward passes, so every call
+into it holds a lock; FAISS searches of a read-only index and catalog reads (SQLAlchemy's pool,
+one SQLite connection per thread) run concurrently. A reload builds the new FAISS index while
+other requests keep using the old Searcher, then swaps it in."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..catalog import STATUS_INDEXED
+from ..errors import RetrieverError
+from ..filters import Filters
+
+MAX_K = 500
+MAX_UPLOAD_BYTES = 32 << 20  # an uploaded query image
+MAX_UPLOAD_PIXELS = 50_000_000  # decoded with the indexing decoder under this pixel limit
+THUMBNAIL_SIDE = 384
+THUMBNAIL_CACHE_BYTES = 64 << 20
+TEXT_CACHE_SIZE = 1024  # query texts whose embeddings are remembered
+
+
+class ServeError(RetrieverError):
+    """A request the server refuses; `status` is the HTTP status it answers with."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class NotFound(ServeError):
+    status = 404
+
+
+class LockedEncoder:
+    """The encoder behind a lock: one forward pass at a time, whatever thread asks. Text
+    embeddings are remembered (LRU): a query asked again (another filter, the next page, the CLI
+    repeating it) skips the forward pass."""
+
+    def __init__(self, encoder, lock: threading.Lock, cache_size: int = TEXT_CACHE_SIZE):
+        self._encoder = encoder
+        self._lock = lock
+        self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
+
+    def embed_texts(self, texts):
+        texts = list(texts)
+        with self._cache_lock:
+            cached = [self._texts.get(t) for t in texts]
+            for t in texts:
+                if t in self._texts:
+                    self._texts.move_to_end(t)
+        missing = [t for t, v in zip(texts, cached) if v is None]
+        if missing:
+            with self._lock:
+                fresh = dict(zip(missing, self._encoder.embed_texts(missing)))
+            with self._cache_lock:
+                for t, v in fresh.items():
+                    self._texts[t] = v
+                while len(self._texts) > self._cache_size:
+                    self._texts.popitem(last=False)
+            cached = [v if v is not None else fresh[t] for t, v in zip(texts, cached)]
+        return np.stack([np.asarray(v) for v in cached]) if cached else self._encoder.embed_texts([])
+
+    def embed_images(self, images):
+        with self._lock:
+            return self._encoder.embed_images(images)
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+
+@dataclass(frozen=True)
+class Original:
+    """An opened original: the file descriptor (opened without following a symlink), its size
+    and the name to serve it under. The caller closes fd."""
+
+    fd: int
+    size: int
+    path: str
+
+
+class Engine:
+    """Searches over one Index for many requests. `vlm`: a loaded vision-language model for ask."""
+
+    def __init__(self, index, *, device: str = "auto", encoder=None, vlm=None, reload_check_s: float = 1.0):
+        from ..search import Searcher
+
+        self.index = index
+        self.device = device
+        self.model_lock = threading.Lock()
+        self.vlm = vlm
+        self.vlm_lock = threading.Lock()
+        self.reload_check_s = reload_check_s
+        self._reload_lock = threading.Lock()
+        self._encoder = LockedEncoder(encoder or index.load_encoder(device), self.model_lock)
+        self._generation = index.catalog.generation()
+        self.searcher = Searcher(index, encoder=self._encoder, device=device)
+        self._last_check = time.monotonic()
+        self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
+        self._thumb_bytes = 0
+        self._thumb_lock = threading.Lock()
+        self.reloads = 0
+
+    # -- warm state and reloads -----------------------------------------------------------------
+
+    def warm(self) -> None:
+        """Load the FAISS index and run one forward pass now, not on the first request."""
+        _ = self.searcher.vectors
+        self._encoder.embed_texts(["warm up"])
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def current(self):
+        """The Searcher to use for one request: a new one when the catalog's generation moved
+        (an indexing run committed). Only one thread rebuilds; the others keep the old one."""
+        now = time.monotonic()
+        if now - self._last_check >= self.reload_check_s:
+            self._last_check = now
+            generation = self.index.catalog.generation()
+            if generation != self._generation and self._reload_lock.acquire(blocking=False):
+                try:
+                    if generation != self._generation:
+                        self._reload(generation)
+                finally:
+                    self._reload_lock.release()
+        return self.searcher
+
+    def _reload(self, generation: int) -> None:
+        from ..search import Searcher
+
+        fresh = Searcher(self.index, encoder=self._encoder, device=self.device)
+        _ = fresh.vectors  # the FAISS file when current, else rebuilt from the catalog
+        self.searcher, self._generation = fresh, generation
+        self.reloads += 1
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def search(self, q: str | None, k: int, filters: Filters, keywords: bool = True,
+               words: list[str] | None = None) -> list:
+        """The CLI's `retriever search`. words: the command-line words exactly (as `retriever
+        search` gets them); q: typed text, read as in a search box (see `words_of`). Image terms
+        are refused: the server never opens a path a client names (use similar)."""
+        from ..query import IMAGE, parse
+
+        _check_k(k)
+        if words is None:
+            words = words_of(q or "")
+        terms = parse(words, default="text")
+        if any(t.kind == IMAGE for t in terms):
+            raise ServeError("image terms are not accepted over HTTP: use /api/similar with an id or an upload")
+        searcher = self.current()
+        return searcher.hybrid(terms, k, filters=filters) if keywords else searcher.query(terms, k, filters=filters)
+
+    def similar_to_ids(self, ids: list[int], k: int, filters: Filters) -> list:
+        """Photos like catalog images (several are averaged, as `retriever similar a b`), themselves
+        left out: their stored vectors, no file is read."""
+        _check_k(k)
+        searcher = self.current()
+        stored = self.index.catalog.vectors_for(ids, self.index.dim)
+        missing = [i for i in ids if i not in stored]
+        if missing:
+            raise NotFound(f"no indexed image with id {missing[0]}")
+        return searcher.by_vector(_mean_direction([stored[i] for i in ids]), k, exclude=ids, filters=filters)
+
+    def id_for_path(self, path: str, size: int | None, mtime_ns: int | None) -> int:
+        """The catalog id of a path a client names, when the catalog holds it indexed with that size
+        and mtime (the client's stat): a look-up by value, the path is never opened here."""
+        row = self.index.catalog.find_by_path(path)
+        if row is None or row["status"] != STATUS_INDEXED:
+            raise NotFound("not in the index")
+        if size is not None and mtime_ns is not None and (row["size"], row["mtime_ns"]) != (size, mtime_ns):
+            raise ServeError("changed since it was indexed: upload it instead", status=409)
+        return int(row["id"])
+
+    def similar_to_upload(self, data: bytes, name: str, k: int, filters: Filters) -> list:
+        from ..images import decode
+
+        _check_k(k)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise ServeError(f"upload too large (limit {MAX_UPLOAD_BYTES >> 20} MB)", status=413)
+        # Only the suffix of the name is used (RAW routing); never as a path.
+        decoded = decode(data, os.path.basename(name or "upload"), max_pixels=MAX_UPLOAD_PIXELS)
+        searcher = self.current()
+        vector = self._encoder.embed_images([decoded.image])[0]
+        return searcher.by_vector(vector, k, filters=filters)
+
+    def ask(self, question: str, k: int, filters: Filters) -> dict[str, Any]:
+        from ..vlm.ask import ask_about
+
+        if self.vlm is None:
+            raise ServeError("no vision-language model: start the server with retriever serve --vlm MODEL", 501)
+        if not question.strip():
+            raise ServeError("empty question")
+        _check_k(k, 16)
+        hits = self.current().text(question, k, filters=filters)
+        if not hits:
+            raise NotFound("no photos to ask about: nothing matches")
+        with self.vlm_lock:
+            return ask_about(self.vlm, question, hits).as_dict()
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def image_row(self, image_id: int) -> dict[str, Any]:
+        row = self.index.catalog.image_rows([image_id]).get(image_id)
+        if row is None or row["status"] != STATUS_INDEXED:
+            raise NotFound(f"no image with id {image_id}")
+        return row
+
+    def meta(self, image_id: int) -> dict[str, Any]:
+        """One image as a search hit would show it (score 0)."""
+        hits = self.searcher._hits([(0.0, image_id)])
+        if not hits:
+            raise NotFound(f"no image with id {image_id}")
+        return hits[0].as_dict()
+
+    def open_original(self, image_id: int) -> Original:
+        """The catalog's file for an id, opened only if it is still the regular file that was
+        indexed (same size and mtime) and not a symlink: no path from the client, no following a
+        link swapped in since indexing."""
+        row = self.image_row(image_id)
+        path = row["path"]
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            raise NotFound(f"the file of image {image_id} is gone or unreadable") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row["size"], row["mtime_ns"]):
+            os.close(fd)
+            raise NotFound(f"the file of image {image_id} changed since it was indexed")
+        return Original(fd, st.st_size, path)
+
+    def thumbnail_jpeg(self, image_id: int, side: int = THUMBNAIL_SIDE) -> bytes:
+        """A JPEG thumbnail through the safe decoder, cached in memory (LRU, bounded in bytes)."""
+        import io
+
+        from ..render import thumbnail
+
+        row = self.image_row(image_id)
+        key = (image_id, row["path"], row["mtime_ns"], row["frame_ms"], side)
+        with self._thumb_lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key]
+        original = self.open_original(image_id)  # the same checks as the original
+        if row["frame_ms"] is None:
+            # decoded from the checked descriptor: nothing swapped in by path after the check
+            image = _thumbnail_from_fd(original, side)
+        else:
+            os.close(original.fd)
+            image = thumbnail(row["path"], row["frame_ms"], max_side=side)
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=85)
+        data = buf.getvalue()
+        with self._thumb_lock:
+            if key not in self._thumbs:
+                self._thumbs[key] = data
+                self._thumb_bytes += len(data)
+            while self._thumb_bytes > THUMBNAIL_CACHE_BYTES and self._thumbs:
+                _, old = self._thumbs.popitem(last=False)
+                self._thumb_bytes -= len(old)
+        return data
+
+    def status(self) -> dict[str, Any]:
+        from .. import __version__
+
+        counts = self.index.catalog.counts()
+        return {
+            "index": self.index.name,
+            "folder": str(self.index.folder),
+            "model_id": self.index.model_id,
+            "images": counts["images"],
+            "vectors": len(self.searcher.vectors),
+            "generation": self._generation,
+            "reloads": self.reloads,
+            "vlm": getattr(self.vlm, "model_id", None) if self.vlm is not None else None,
+            "version": __version__,
+        }
+
+
+def words_of(q: str) -> list[str]:
+    """Search-box text -> query words: split like a shell (quotes group), then the words between
+    the operators + and - joined into one phrase, so `a cat on a sofa - dog` is two terms, the
+    phrase and its negation, as `retriever search "a cat on a sofa" - dog`."""
+    import shlex
+
+    try:
+        split = shlex.split(q)
+    except ValueError as exc:
+        raise ServeError(f"cannot read the query: {exc}") from None
+    words: list[str] = []
+    for word in split:
+        if word in ("+", "-") or not words or words[-1] in ("+", "-"):
+            words.append(word)
+        else:
+            words[-1] = f"{words[-1]} {word}"
+    return words
+
+
+def _thumbnail_from_fd(original: Original, side: int):
+    from PIL import Image
+
+    from ..errors import ImageDecodeError
+    from ..images import MAX_FILE_BYTES, decode
+    from ..render import ThumbnailError
+
+    with os.fdopen(original.fd, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    try:
+        if len(data) > MAX_FILE_BYTES:
+            raise ImageDecodeError("too large to read")
+        image = decode(data, original.path, draft_min_side=side).image
+    except ImageDecodeError as exc:
+        raise ThumbnailError(original.path, str(exc)) from None
+    image.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return image
+
+
+def _check_k(k: int, most: int = MAX_K) -> None:
+    if not 1 <= k <= most:
+        raise ServeError(f"k must be between 1 and {most}")
+
+
+def _mean_direction(vectors: list[np.ndarray]) -> np.ndarray:
+    total = np.zeros_like(np.asarray(vectors[0], dtype=np.float64))
+    for v in vectors:
+        v = np.asarray(v, dtype=np.float64)
+        n = np.linalg.norm(v)
+        total += v / n if n > 0 else v
+    norm = np.linalg.norm(total)
+    return (total / norm if norm > 0 else total).astype(np.float32)

@@ -1,0 +1,581 @@
+"""retriever serve: the JSON API through FastAPI's test client over the offline index (real
+photos), the token and host guards, uploads, traversal attempts, reload after a new checkpoint,
+and the discovery file + client against a real uvicorn server in a thread."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import threading
+import zlib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PHOTOS, copy_photos
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from retriever.serve.app import create_app  # noqa: E402
+from retriever.serve.engine import MAX_UPLOAD_BYTES, Engine  # noqa: E402
+
+
+def names(results):
+    return [Path(r["path"]).name for r in results]
+
+
+@pytest.fixture(scope="module")
+def engine(offline_index, offline_encoder):
+    return Engine(offline_index, encoder=offline_encoder, reload_check_s=0)
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    with TestClient(create_app(engine), raise_server_exceptions=False) as c:
+        yield c
+
+
+def id_of(offline_index, name):
+    return offline_index.catalog.find_by_path(str(PHOTOS / name))["id"]
+
+
+# -- search -----------------------------------------------------------------------------------------
+
+
+def test_search_finds_the_cat_first_with_the_cli_results(client, offline_index, offline_encoder):
+    from retriever.filters import build
+    from retriever.query import parse
+    from retriever.search import Searcher
+
+    r = client.get("/api/search", params={"q": "a cat", "k": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert names(body["results"])[0] == "chelsea.png"
+    first = body["results"][0]
+    assert {"rank", "score", "id", "path", "width", "height", "format", "date", "tags"} <= set(first)
+    # exactly what the CLI's path computes (Searcher.hybrid over the parsed words)
+    local = Searcher(offline_index, encoder=offline_encoder).hybrid(parse(["a cat"], default="auto"), 5, build())
+    assert body["results"] == [h.as_dict() for h in local]
+
+
+def test_search_query_language_and_filters(client):
+    plain = client.get("/api/search", params={"q": "a cat", "k": 15}).json()["results"]
+    pngs = client.get("/api/search", params={"q": "a cat", "k": 15, "format": "png"}).json()
+    assert pngs["filters"] == ["format PNG"]
+    assert pngs["results"] and all(r["format"] == "PNG" for r in pngs["results"])
+    assert len(pngs["results"]) < len(plain)
+    minus = client.get("/api/search", params={"q": "a cat - animal", "k": 15}).json()["results"]
+    assert [r["score"] for r in minus] != [r["score"] for r in plain]
+    from retriever.serve.engine import words_of
+
+    assert words_of("a cat - 0.5*small animal + 'red car'") == ["a cat", "-", "0.5*small animal", "+", "red car"]
+    # w: the command-line words exactly; two words are two terms, not one phrase
+    two = client.get("/api/search", params=[("w", "a"), ("w", "cat"), ("k", 15)]).json()["results"]
+    assert [r["score"] for r in two] != [r["score"] for r in plain]
+    high = client.get("/api/search", params={"q": "a cat", "k": 15, "min_score": plain[0]["score"]}).json()
+    assert names(high["results"]) == ["chelsea.png"]
+    folder = client.get("/api/search", params={"q": "a cat", "in": str(PHOTOS), "k": 3}).json()
+    assert names(folder["results"])[0] == "chelsea.png"
+
+
+@pytest.mark.parametrize("params, status, words", [
+    ({"q": ""}, 400, "empty"),
+    ({"q": "cat", "k": 0}, 400, "k must"),
+    ({"q": "cat", "k": "many"}, 422, "k"),
+    ({"q": "cat", "after": "someday"}, 400, ""),
+    ({"q": "cat", "in": "relative/folder"}, 400, "absolute"),
+    ({"q": "image:/etc/passwd"}, 400, "image terms"),
+    ({"q": "cat +"}, 400, "operator"),
+    ({}, 422, "q"),
+])
+def test_bad_search_requests_get_json_4xx(client, params, status, words):
+    r = client.get("/api/search", params=params)
+    assert r.status_code == status
+    body = r.json()
+    assert body["status"] == status and words in body["error"]
+    assert "Traceback" not in r.text
+
+
+# -- similar ----------------------------------------------------------------------------------------
+
+
+def test_similar_by_id_leaves_the_photo_out_and_matches_the_cli(client, offline_index, offline_encoder):
+    from retriever.search import Searcher
+
+    cat = id_of(offline_index, "chelsea.png")
+    body = client.get("/api/similar", params={"id": cat, "k": 20}).json()
+    assert "chelsea.png" not in names(body["results"]) and len(body["results"]) == 14
+    local = Searcher(offline_index, encoder=offline_encoder).image(str(PHOTOS / "chelsea.png"), k=20)
+    assert body["results"] == [h.as_dict() for h in local]
+
+
+def test_similar_by_path_lookup_needs_the_indexed_size_and_mtime(client, offline_index):
+    path = PHOTOS / "coffee.jpg"
+    st = path.stat()
+    ok = client.get("/api/similar", params={"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    assert ok.status_code == 200 and "coffee.jpg" not in names(ok.json()["results"])
+    changed = client.get("/api/similar", params={"path": str(path), "size": st.st_size + 1,
+                                                 "mtime_ns": st.st_mtime_ns})
+    assert changed.status_code == 409
+    assert client.get("/api/similar", params={"path": "/etc/passwd"}).status_code == 404
+
+
+def test_similar_by_upload_finds_the_original_of_a_copy(client):
+    from PIL import Image
+
+    from tests.conftest import jpeg_bytes
+
+    image = Image.open(PHOTOS / "chelsea.png").convert("RGB").resize((300, 200))
+    r = client.post("/api/similar", files={"file": ("query.jpg", jpeg_bytes(image, quality=80), "image/jpeg")},
+                    params={"k": 3})
+    assert r.status_code == 200
+    assert names(r.json()["results"])[0] == "chelsea.png"
+
+
+def test_similar_errors(client):
+    assert client.get("/api/similar").status_code == 400
+    assert client.get("/api/similar", params={"id": 999999}).json()["status"] == 404
+    assert client.get("/api/similar", params={"id": "1; drop table"}).status_code == 404
+
+
+def png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("payload, content_type, status, words", [
+    (b"hello, I am a text file\n" * 10, "text/plain", 415, "not an image"),
+    (b"hello, I am a text file\n" * 10, "image/png", 415, "not a usable image"),
+    (png_header(60_000, 60_000), "image/png", 413, "too large"),
+    (b"", "image/jpeg", 415, "empty"),
+])
+def test_uploads_that_are_not_usable_images_are_refused(client, payload, content_type, status, words):
+    r = client.post("/api/similar", files={"file": ("x.png", payload, content_type)})
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+
+
+def test_an_oversized_upload_is_refused_before_it_is_read(client):
+    big = b"\xff\xd8" + b"\0" * (MAX_UPLOAD_BYTES + (1 << 20))
+    r = client.post("/api/similar", files={"file": ("big.jpg", big, "image/jpeg")})
+    assert r.status_code == 413 and "too large" in r.json()["error"]
+
+    def chunked():  # no Content-Length: its size is unknown until it has filled the disk
+        yield b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n"
+        yield b"\0" * 1000
+
+    r = client.post("/api/similar", content=chunked(), headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 411
+
+
+# -- images -----------------------------------------------------------------------------------------
+
+
+def test_thumbnail_and_original_by_id(client, offline_index):
+    from PIL import Image
+
+    cat = id_of(offline_index, "chelsea.png")
+    thumb = client.get(f"/api/images/{cat}/thumbnail", params={"side": 64})
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) == 64
+    assert client.get(f"/api/images/{cat}/thumbnail", params={"side": 64}).content == thumb.content  # cached
+    original = client.get(f"/api/images/{cat}")
+    assert original.status_code == 200 and original.headers["content-type"] == "image/png"
+    assert original.content == (PHOTOS / "chelsea.png").read_bytes()
+    meta = client.get(f"/api/images/{cat}/meta").json()
+    assert meta["path"] == str(PHOTOS / "chelsea.png") and meta["format"] == "PNG"
+
+
+@pytest.mark.parametrize("url", [
+    "/api/images/..%2F..%2Fetc%2Fpasswd",
+    "/api/images/..%2F..%2Fetc%2Fpasswd/thumbnail",
+    "/api/images/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/api/images/../../etc/passwd",
+    "/api/images/..%252F..%252Fetc%252Fpasswd",
+    "/api/images/%2Fetc%2Fpasswd",
+    "/api/images/-1",
+    "/api/images/1.5",
+    "/api/images/abc/thumbnail",
+    "/api/images/99999999",
+    "/api/images/99999999999999999999999999",
+    "/static/..%2F..%2F..%2Fetc%2Fpasswd",
+    "/static/../engine.py",
+    "/static/",
+    "/etc/passwd",
+])
+def test_traversal_and_unknown_ids_are_json_404s(client, url):
+    r = client.get(url)
+    assert r.status_code == 404, (url, r.status_code, r.text[:200])
+    assert r.json()["status"] == 404
+    assert "root:" not in r.text
+
+
+def test_a_file_swapped_for_a_symlink_is_not_served(tmp_path, offline_encoder):
+    from retriever.encoders import ModelSpec
+    from retriever.index import Index
+    from retriever.indexer import run_index
+
+    photos = copy_photos(tmp_path / "photos", ["coffee.jpg", "chelsea.png"])
+    index = Index.create(tmp_path / "home", "default", ModelSpec(name="offline"), offline_encoder.model_id,
+                         offline_encoder.dim)
+    index.acquire_lock()
+    run_index(index, offline_encoder, [str(photos)])
+    index.release_lock()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0\n")
+    target = photos / "coffee.jpg"
+    st = target.stat()
+    target.unlink()
+    target.symlink_to(secret)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    with index, TestClient(create_app(Engine(index, encoder=offline_encoder))) as c:
+        image_id = index.catalog.find_by_path(str(target))["id"]
+        for url in (f"/api/images/{image_id}", f"/api/images/{image_id}/thumbnail"):
+            r = c.get(url)
+            assert r.status_code == 404 and "root:" not in r.text
+
+
+# -- status, page, schema, ask ----------------------------------------------------------------------
+
+
+def test_status_page_and_openapi(client):
+    status = client.get("/api/status").json()
+    assert status["images"] == 15 and status["index"] == "default" and status["vlm"] is None
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="q"' in page.text and "https://" not in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/style.css").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert {"/api/search", "/api/similar", "/api/ask", "/api/status", "/api/images/{image_id}",
+            "/api/images/{image_id}/thumbnail"} <= set(schema["paths"])
+
+
+def test_ask_without_a_vlm_is_a_501(client):
+    r = client.get("/api/ask", params={"q": "where is the cat?"})
+    assert r.status_code == 501 and "--vlm" in r.json()["error"]
+
+
+def test_ask_with_a_model_cites_photos(offline_index, offline_encoder, monkeypatch):
+    from retriever.vlm import ask as ask_module
+
+    class FakeVLM:
+        model_id = "fake-vlm"
+
+    def fake_ask(vlm, question, images, max_new_tokens):
+        return ask_module.Answer("The cat is in photo 1.", [1], 10, 0.01)
+
+    monkeypatch.setattr(ask_module, "ask", fake_ask)
+    engine = Engine(offline_index, encoder=offline_encoder, vlm=FakeVLM())
+    with TestClient(create_app(engine)) as c:
+        assert c.get("/api/status").json()["vlm"] == "fake-vlm"
+        body = c.get("/api/ask", params={"q": "a cat", "k": 2}).json()
+    assert body["answer"] == "The cat is in photo 1." and body["citations"] == [1]
+    assert Path(body["cited_paths"][0]).name == "chelsea.png"
+    assert body["photos"][0]["cited"] is True and "id" in body["photos"][0]
+
+
+# -- token and host -----------------------------------------------------------------------------------
+
+
+def test_every_request_needs_the_token_when_one_is_set(engine):
+    with TestClient(create_app(engine, token="s3cret")) as c:
+        for url in ("/", "/api/status", "/api/search?q=cat", "/static/app.js", "/openapi.json", "/api/images/1"):
+            r = c.get(url)
+            assert r.status_code == 401 and r.json()["status"] == 401, url
+        assert c.get("/api/status", headers={"X-Retriever-Token": "wrong"}).status_code == 401
+        assert c.get("/api/status", headers={"X-Retriever-Token": "s3cret"}).status_code == 200
+        assert c.get("/api/status", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/api/status", params={"token": "s3cret"}).status_code == 200
+        page = c.get("/", params={"token": "s3cret"})  # the page's later requests carry the cookie
+        assert page.status_code == 200 and "HttpOnly" in page.headers["set-cookie"]
+        assert c.get("/api/status").status_code == 200
+
+
+def test_a_loopback_server_refuses_foreign_host_headers(engine):
+    with TestClient(create_app(engine, allowed_hosts={"127.0.0.1:8765"}), base_url="http://127.0.0.1:8765") as c:
+        assert c.get("/api/status").status_code == 200
+        r = c.get("/api/status", headers={"Host": "evil.example:8765"})
+        assert r.status_code == 400 and "host" in r.json()["error"]
+
+
+def test_concurrent_requests(client):
+    errors, seen = [], []
+
+    def worker(q):
+        try:
+            for _ in range(3):
+                r = client.get("/api/search", params={"q": q, "k": 3})
+                seen.append((q, names(r.json()["results"])[0]))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(q,)) for q in ("a cat", "a cup of coffee") * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert {name for q, name in seen if q == "a cat"} == {"chelsea.png"}
+    assert {name for q, name in seen if q == "a cup of coffee"} == {"coffee.jpg"}
+
+
+# -- reload -------------------------------------------------------------------------------------------
+
+
+def test_a_new_checkpoint_is_found_without_a_restart(tmp_path, offline_encoder):
+    from retriever.encoders import ModelSpec
+    from retriever.index import Index
+    from retriever.indexer import run_index
+
+    photos = copy_photos(tmp_path / "photos", ["coffee.jpg", "rocket.jpg", "coins.png"])
+    writer = Index.create(tmp_path / "home", "default", ModelSpec(name="offline"), offline_encoder.model_id,
+                          offline_encoder.dim)
+    writer.acquire_lock()
+    run_index(writer, offline_encoder, [str(photos)])
+    reader = Index.open(tmp_path / "home", "default")  # as a separate server process would
+    with reader, TestClient(create_app(Engine(reader, encoder=offline_encoder, reload_check_s=0))) as c:
+        before = c.get("/api/search", params={"q": "a cat", "k": 5}).json()["results"]
+        assert "chelsea.png" not in names(before)
+        copy_photos(photos, ["chelsea.png"])
+        run_index(writer, offline_encoder, [str(photos)])
+        after = c.get("/api/search", params={"q": "a cat", "k": 5}).json()["results"]
+        assert names(after)[0] == "chelsea.png"
+        assert c.get("/api/status").json()["reloads"] == 1
+    writer.close()
+
+
+# -- discovery and the client against a real server ---------------------------------------------------
+
+
+@pytest.fixture
+def live_server(offline_index, offline_encoder):
+    from retriever.serve.server import Server
+
+    server = Server(Engine(offline_index, encoder=offline_encoder), host="127.0.0.1", port=0)
+    info = server.start()
+    yield server, info
+    server.stop()
+
+
+def test_discovery_file_and_remote_query(live_server, offline_index, offline_encoder):
+    from retriever.filters import build
+    from retriever.query import parse
+    from retriever.search import Searcher
+    from retriever.serve.client import DISCOVERY_FILE, find_server, remote_query
+
+    server, info = live_server
+    path = offline_index.folder / DISCOVERY_FILE
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert json.loads(path.read_text())["port"] == info.port != 0
+    found = find_server(offline_index.folder)
+    assert found == info and found.token_required is False
+    hits = remote_query(found, ["a cat"], 5, {"formats": ("png",), "after": None})
+    local = Searcher(offline_index, encoder=offline_encoder).hybrid(
+        parse(["a cat"], default="auto"), 5, build(formats=["png"]))
+    assert hits == [h.as_dict() for h in local]
+    from retriever.render.terminal import hit_line
+    from retriever.serve.client import hits_from_dicts
+
+    remote_hits = hits_from_dicts(hits)  # print exactly as local hits
+    assert [hit_line(h) for h in remote_hits] == [hit_line(h) for h in local]
+    assert [h.as_dict() for h in remote_hits] == hits and [h.label for h in remote_hits] == [h.label for h in local]
+    # similar: an indexed photo by catalog look-up (left out of its results) ...
+    like_cat = remote_query(found, [str(PHOTOS / "chelsea.png")], 20, kind="similar")
+    assert like_cat == [h.as_dict() for h in Searcher(offline_index, encoder=offline_encoder).image(
+        str(PHOTOS / "chelsea.png"), k=20)]
+    server.stop()
+    assert not path.exists()  # removed on exit
+    assert find_server(offline_index.folder) is None
+
+
+def test_remote_similar_uploads_an_outside_photo(live_server, tmp_path):
+    from PIL import Image
+
+    from retriever.serve.client import RemoteUnsupported, find_server, remote_query
+
+    _, info = live_server
+    outside = tmp_path / "mine.jpg"
+    Image.open(PHOTOS / "coffee.jpg").convert("RGB").resize((320, 240)).save(outside, quality=85)
+    hits = remote_query(info, [str(outside)], 3, kind="similar")
+    assert Path(hits[0]["path"]).name == "coffee.jpg"
+    with pytest.raises(RemoteUnsupported):
+        remote_query(info, ["beach", "+", str(outside)], 3)  # image terms: the CLI reads them locally
+    with pytest.raises(RemoteUnsupported):
+        remote_query(info, [str(outside), str(outside)], 3, kind="similar")
+
+
+def test_index_folder_agrees_with_the_index_module(tmp_path, monkeypatch):
+    from retriever.index import resolve_home
+    from retriever.serve.client import index_folder
+
+    assert index_folder(tmp_path / "h", "x") == resolve_home(tmp_path / "h") / "x"
+    monkeypatch.setenv("RETRIEVER_HOME", str(tmp_path / "env"))
+    assert index_folder(None, "default") == resolve_home(None) / "default"
+    monkeypatch.delenv("RETRIEVER_HOME")
+    monkeypatch.chdir(tmp_path)
+    assert index_folder(None, "default") == resolve_home(None) / "default" == tmp_path / "indexes" / "default"
+
+
+def test_a_stale_discovery_file_is_ignored_and_removed(tmp_path):
+    from retriever.serve.client import DISCOVERY_FILE, ServerInfo, find_server, write_discovery
+
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_discovery(tmp_path, ServerInfo(os.getpid(), "127.0.0.1", port, False, "0", "now", str(tmp_path)))
+    assert find_server(tmp_path) is None and not (tmp_path / DISCOVERY_FILE).exists()
+    dead_pid = 2 ** 22 + 12345
+    write_discovery(tmp_path, ServerInfo(dead_pid, "127.0.0.1", port, False, "0", "now", str(tmp_path)))
+    assert find_server(tmp_path) is None and not (tmp_path / DISCOVERY_FILE).exists()
+    (tmp_path / DISCOVERY_FILE).write_text("{not json")
+    assert find_server(tmp_path) is None and not (tmp_path / DISCOVERY_FILE).exists()
+
+
+def test_a_token_server_needs_the_token_from_the_environment(offline_index, offline_encoder, monkeypatch):
+    from retriever.serve.client import RemoteError, find_server, remote_query
+    from retriever.serve.server import Server
+
+    server = Server(Engine(offline_index, encoder=offline_encoder), host="127.0.0.1", port=0, token="tok")
+    server.start()
+    try:
+        info = find_server(offline_index.folder)
+        assert info is not None and info.token_required
+        monkeypatch.delenv("RETRIEVER_TOKEN", raising=False)
+        with pytest.raises(RemoteError, match="RETRIEVER_TOKEN"):
+            remote_query(info, ["a cat"], 3)
+        monkeypatch.setenv("RETRIEVER_TOKEN", "tok")
+        assert Path(remote_query(info, ["a cat"], 3)[0]["path"]).name == "chelsea.png"
+    finally:
+        server.stop()
+
+
+def test_serve_refuses_a_public_address_without_a_token(offline_index):
+    from click.testing import CliRunner
+
+    from retriever.cli import main
+
+    home = str(offline_index.folder.parent)
+    result = CliRunner().invoke(main, ["serve", "--home", home, "--host", "0.0.0.0"])
+    assert result.exit_code == 1 and "--token" in result.output
+
+
+def test_clients_that_disconnect_mid_response_leave_the_server_fine(live_server, offline_index):
+    import socket
+
+    server, info = live_server
+    image_id = id_of(offline_index, "astronaut.jpg")
+    fds_before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for _ in range(10):
+        with socket.create_connection(("127.0.0.1", info.port), timeout=5) as s:
+            s.sendall(f"GET /api/images/{image_id} HTTP/1.1\r\nHost: 127.0.0.1:{info.port}\r\n\r\n".encode())
+            assert s.recv(64).startswith(b"HTTP/1.1 200")
+        # closed with most of the body unread
+    from retriever.serve.client import find_server, remote_query
+
+    assert Path(remote_query(find_server(offline_index.folder), ["a cat"], 1)[0]["path"]).name == "chelsea.png"
+    if fds_before is not None:
+        import time
+
+        deadline = time.monotonic() + 5
+        while len(os.listdir("/proc/self/fd")) > fds_before + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(os.listdir("/proc/self/fd")) <= fds_before + 2  # the originals' descriptors were closed
+
+
+def test_retriever_serve_command_end_to_end(offline_index, tmp_path):
+    """The real command in its own process: discovery file while it runs, gone after SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from retriever.serve.client import DISCOVERY_FILE, find_server, remote_query
+
+    home = offline_index.folder.parent
+    proc = subprocess.Popen([sys.executable, "-m", "retriever", "serve", "--home", str(home), "--port", "0",
+                             "--device", "cpu"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        info = None
+        while info is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            info = find_server(offline_index.folder)
+        assert info is not None and info.pid == proc.pid, proc.stderr.read() if proc.poll() is not None else ""
+        assert Path(remote_query(info, ["a cat"], 3)[0]["path"]).name == "chelsea.png"
+        second = subprocess.run([sys.executable, "-m", "retriever", "serve", "--home", str(home), "--port", "0"],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and "already runs" in second.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert "serving index 'default'" in err and "Traceback" not in err
+    assert not (offline_index.folder / DISCOVERY_FILE).exists()
+
+
+def test_text_embeddings_are_remembered_and_equal_the_encoders(offline_encoder):
+    import numpy as np
+
+    from retriever.serve.engine import LockedEncoder
+
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(offline_encoder, name)
+
+        def embed_texts(self, texts):
+            calls.append(list(texts))
+            return offline_encoder.embed_texts(texts)
+
+    encoder = LockedEncoder(Counting(), threading.Lock(), cache_size=2)
+    first = encoder.embed_texts(["a cat", "a dog"])
+    again = encoder.embed_texts(["a dog", "a cat"])
+    assert calls == [["a cat", "a dog"]]
+    np.testing.assert_array_equal(again, first[::-1])
+    np.testing.assert_allclose(first, offline_encoder.embed_texts(["a cat", "a dog"]), atol=1e-6)
+    encoder.embed_texts(["a cup"])  # evicts the least recently used ("a dog")
+    encoder.embed_texts(["a dog"])
+    assert calls[1:] == [["a cup"], ["a dog"]]
+
+
+def test_the_cli_asks_a_running_server_and_falls_back_when_it_cannot(live_server, offline_index, monkeypatch):
+    """`retriever search`/`similar` on an index with a server answer through it (-v says so), with
+    the same output as a local search; queries the server cannot take run locally."""
+    from click.testing import CliRunner
+
+    from retriever import cli
+    from retriever.cli import main
+
+    home = str(offline_index.folder.parent)
+    runner = CliRunner()
+    args = ["search", "a cat", "--home", home, "-k", "5", "--format", "png", "--json", "-v"]
+    via_server = runner.invoke(main, args)
+    assert via_server.exit_code == 0, via_server.output
+    assert "answered by the server at http://127.0.0.1:" in via_server.stderr
+
+    def no_server(*a, **kw):
+        return None
+
+    monkeypatch.setattr(cli, "_ask_server", no_server)
+    local = runner.invoke(main, args)
+    assert local.exit_code == 0 and "answered by the server" not in local.stderr
+    assert via_server.stdout == local.stdout  # the same hits, printed the same way
+    monkeypatch.undo()
+
+    similar = runner.invoke(main, ["similar", str(PHOTOS / "chelsea.png"), "--home", home, "-k", "3", "-v"])
+    assert similar.exit_code == 0 and "answered by the server" in similar.stderr
+    # An image term in search: the server never opens client paths, so this runs here.
+    mixed = runner.invoke(main, ["search", "a cat", "+", str(PHOTOS / "coffee.jpg"), "--home", home, "-v"])
+    assert mixed.exit_code == 0 and "searching here" in mixed.stderr
+    # A query the server refuses (a bad date) is the same one-line error as locally.
+    bad = runner.invoke(main, ["search", "a cat", "--home", home, "--after", "someday"])
+    assert bad.exit_code == 1 and "cannot read the date" in bad.stderr
