@@ -129,7 +129,7 @@ def _ask_server(home, index_name, top, keywords, verbose, kind, words, filter_va
 
 def _rerank(hits, terms, rerank_with, device, top):
     from .commands.vlm import VLMProgress, load_vlm_for_command
-    from .search import keyword_text_of
+    from .query import keyword_text_of
     from .vlm.rerank import rerank
 
     vlm_spec, rerank_top = rerank_with
@@ -479,9 +479,7 @@ def search(query, home, index_name, top, as_json, paths_only, null_sep, device, 
       retriever search sunset --after 2023-06 --before 2023-09 --camera pixel
       retriever search beach + ~/ref.jpg - people --json | jq .path
     """
-    from .query import parse
-
-    from .search import keyword_text_of
+    from .query import keyword_text_of, parse
 
     filter_values = {name: kwargs[name] for name in FILTER_NAMES}
     filters = _filters(kwargs)

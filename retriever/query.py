@@ -104,6 +104,11 @@ def _looks_like_image_file(word: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES and os.path.isfile(path)
 
 
+def keyword_text_of(terms: Sequence[Term]) -> str:
+    """The words of the positive text terms: what keyword search and reranking read."""
+    return " ".join(t.value for t in terms if t.kind != IMAGE and t.weight > 0)
+
+
 def describe(terms: Sequence[Term]) -> str:
     text = " ".join(t.describe() for t in terms)
     return text[2:] if text.startswith("+ ") else text

@@ -19,7 +19,7 @@ from .catalog import METADATA_FIELDS, STATUS_INDEXED
 from .errors import ImageDecodeError, RetrieverError
 from .files import absolute
 from .filters import Filters
-from .query import IMAGE, QueryError, Term
+from .query import IMAGE, QueryError, Term, keyword_text_of  # noqa: F401  (keyword_text_of: re-exported)
 from .video import format_timestamp
 
 DEFAULT_K = 10
@@ -57,6 +57,7 @@ class Searcher:
         self.index = index
         self.device = device
         self._encoder = encoder
+        self._text_encoder = None
         self._vectors = None
 
     @property
@@ -64,6 +65,20 @@ class Searcher:
         if self._encoder is None:
             self._encoder = self.index.load_encoder(self.device)
         return self._encoder
+
+    @property
+    def text_encoder(self):
+        """What embeds text terms: the index's ONNX text tower when it holds a verified export and
+        onnxruntime is installed (no torch import: see retriever.onnx), unless an encoder was given
+        or a GPU asked for; else `encoder`."""
+        if self._text_encoder is None:
+            if self._encoder is None and self.device in ("auto", "cpu"):
+                from .onnx import text_encoder_for
+
+                self._text_encoder = text_encoder_for(self.index)
+            if self._text_encoder is None:
+                self._text_encoder = self.encoder
+        return self._text_encoder
 
     @property
     def vectors(self):
@@ -75,7 +90,7 @@ class Searcher:
         query = query.strip()
         if not query:
             raise RetrieverError("empty query: say what to look for, e.g. retriever search \"a dog on the beach\"")
-        return self.by_vector(self.encoder.embed_texts([query])[0], k, filters=filters)
+        return self.by_vector(self.text_encoder.embed_texts([query])[0], k, filters=filters)
 
     def image(self, path: str, k: int = DEFAULT_K, filters: Filters | None = None) -> list[Hit]:
         """Photos like the image at `path`, inside the collection or not. An image of the
@@ -124,7 +139,7 @@ class Searcher:
         own_ids: list[int] = []
         texts = [t for t in terms if t.kind != IMAGE]
         if texts:
-            for term, emb in zip(texts, self.encoder.embed_texts([t.value for t in texts])):
+            for term, emb in zip(texts, self.text_encoder.embed_texts([t.value for t in texts])):
                 total += term.weight * _unit(emb)
         for term in terms:
             if term.kind == IMAGE:
@@ -208,11 +223,6 @@ class Searcher:
             meta["tags"] = tags.get(image_id, [])
             hits.append(Hit(rank=len(hits) + 1, score=score, id=image_id, path=row["path"], meta=meta))
         return hits
-
-
-def keyword_text_of(terms: list[Term]) -> str:
-    """The words of the positive text terms: what keyword search and reranking read."""
-    return " ".join(t.value for t in terms if t.kind != IMAGE and t.weight > 0)
 
 
 def search_selector(vectors, query: np.ndarray, k: int, allowed: np.ndarray) -> list[tuple[float, int]]:
