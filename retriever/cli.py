@@ -232,11 +232,14 @@ def _home(home: Path | None) -> Path:
               help="Seconds between the frames sampled from a video (at most 120 frames a video).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching GLOB (repeatable).")
 @click.option("--include-hidden", is_flag=True, help="Also index hidden files/folders and system litter.")
+@click.option("--onnx/--no-onnx", "onnx", default=True, show_default=True,
+              help="When creating an index, export its model to ONNX (checked against PyTorch) so that "
+                   "searches never import torch; skipped without pip install 'retriever[onnx]'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @reports_errors
 def index(paths, home, index_name, model, pretrained, device, batch_size, workers, pool, retry_failed,
-          video_every, exclude, include_hidden, as_json, quiet):
+          video_every, exclude, include_hidden, onnx, as_json, quiet):
     """Add the photos under PATHS (folders, walked recursively, or files) to an index.
 
     Runs are incremental: unchanged files are not read again (no model is even loaded when
@@ -264,7 +267,8 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
     if not Index.exists(home_dir, index_name):
         say(f"creating index {index_name!r} in {home_dir}: loading the model ...")
     idx, encoder, note = open_for_writing(
-        home_dir, index_name, model=model, pretrained=pretrained, device=device, batch_size=batch_size
+        home_dir, index_name, model=model, pretrained=pretrained, device=device, batch_size=batch_size,
+        onnx_export=onnx,
     )
     if note:
         click.echo(note, err=True)
@@ -546,6 +550,10 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
             strategy = getattr(searcher, "last_strategy", None)
             if verbose and strategy:
                 click.echo(f"filtered search: {strategy}", err=True)
+            if verbose and getattr(searcher, "_query_encoder", None) is not None:
+                kind = type(searcher._query_encoder).__name__
+                click.echo("query encoder: " + ("ONNX Runtime, no torch" if kind == "OnnxEncoder" else f"PyTorch ({kind})"),
+                           err=True)
             empty_index = not hits and idx.catalog.counts()["images"] == 0
     if html_file:
         from .render import html_page, write_html
@@ -615,12 +623,23 @@ def status(home, index_name, as_json):
         ("search", _index_kind_text(info)),
         ("tags", (f"{info['tags']['labels']} labels, {info['tags']['tagged']} images tagged, "
                   f"{info['tags']['untagged']} not yet (retriever tag)") if info.get("tags") else "none (retriever tag)"),
+        ("onnx", _onnx_text(info.get("onnx"))),
         ("failed", f"{info['failed']}" + (" (retriever errors)" if info["failed"] else "")),
         ("created", info["created_at"]),
         ("last run", last_text),
     ]
     for key, value in rows:
         click.echo(f"{key:<10} {value}")
+
+
+def _onnx_text(onnx: dict[str, Any] | None) -> str:
+    if not onnx:
+        return "none: queries use PyTorch (retriever optimize exports)"
+    if not onnx.get("ok"):
+        return f"refused: {onnx.get('reason')}; queries use PyTorch"
+    diffs = ", ".join(f"{name} {d:.1e}" for name, d in (onnx.get("max_abs_diff") or {}).items() if d is not None)
+    usable = "" if onnx.get("usable") else " (files missing or another model: not used)"
+    return f"text and image towers, max |diff| against PyTorch {diffs} (opset {onnx.get('opset')}){usable}"
 
 
 def _index_kind_text(info: dict[str, Any]) -> str:

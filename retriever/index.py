@@ -322,6 +322,29 @@ class Index:
         self.catalog.set_settings(values)
         return report, self.vectors_path.stat().st_size
 
+    # -- ONNX export (retriever.onnx) ------------------------------------------------------------
+
+    def export_onnx(self, encoder=None, images=None):
+        """Export the index's encoder (None: load it on the CPU) to ONNX in INDEX/onnx, check it
+        against PyTorch, and record the outcome (setting "onnx"); a refused export leaves search on
+        PyTorch. Needs the writer lock. Raises MissingDependencyError without onnx/onnxruntime.
+        -> onnx.ExportReport."""
+        from .onnx import export_index
+
+        if self._lock_fd is None:
+            raise RetrieverError("export_onnx needs the writer lock (Index.acquire_lock)")
+        return export_index(self, encoder if encoder is not None else self.load_encoder("cpu"), images=images)
+
+    def _onnx_status(self) -> dict[str, Any] | None:
+        from .onnx import ONNX_SETTING, valid_record
+
+        record = self.catalog.get_setting(ONNX_SETTING)
+        if not record:
+            return None
+        return {"usable": valid_record(self) is not None, "ok": record.get("ok"), "reason": record.get("reason"),
+                "opset": record.get("opset"), "onnxruntime": record.get("onnxruntime"),
+                "max_abs_diff": {name: t.get("max_abs_diff") for name, t in (record.get("towers") or {}).items()}}
+
     def remove_images(self, ids: list[int]) -> None:
         """Drop images (rows and vectors) and bring the FAISS file up to date. Needs the lock."""
         if not ids:
@@ -363,6 +386,7 @@ class Index:
             "index_recall_at_10": info.recall_at_10 if info else None,
             "failed": counts["failed"],
             "tags": self._tags_status(),
+            "onnx": self._onnx_status(),
             "created_at": self.catalog.get_setting("created_at"),
             "last_run": self.catalog.last_run(),
         }
@@ -388,6 +412,19 @@ def _same_pretrained(asked: str, stored: str | None) -> bool:
     return Path(asked).expanduser().resolve() == Path(stored).expanduser().resolve()
 
 
+def _with_onnx_export(index: Index, encoder, note: str | None) -> str | None:
+    from .errors import MissingDependencyError
+
+    try:
+        report = index.export_onnx(encoder)
+    except MissingDependencyError:
+        return note
+    if report.ok:
+        return note
+    refused = f"ONNX export refused ({report.reason}): queries will use PyTorch"
+    return f"{note}; {refused}" if note else refused
+
+
 def _read_holder(fd: int) -> dict[str, Any]:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
@@ -404,6 +441,7 @@ def open_for_writing(
     pretrained: str | None,
     device: str = "auto",
     batch_size: int | None = None,
+    onnx_export: bool = True,
 ):
     """-> (Index holding the writer lock, its encoder, a note for the user or None).
 
@@ -411,7 +449,9 @@ def open_for_writing(
     encoder comes back as a callable that loads it, so that a run with nothing to read never
     loads a model. A new index gets the model asked for, or the default (see
     encoders.default_model_spec); its folder is created only once the encoder has loaded, and the
-    lock is taken before the (slow) load so a second writer fails at once."""
+    lock is taken before the (slow) load so a second writer fails at once. A new index also gets
+    its encoder exported to ONNX (onnx_export; skipped when onnxruntime is not installed); a
+    refused export is said in the note and leaves queries on PyTorch."""
     from .encoders import create_encoder, default_model_spec, is_config_path
 
     folder = Path(home) / check_name(name)
@@ -452,4 +492,10 @@ def open_for_writing(
             shutil.rmtree(folder, ignore_errors=True)
         raise
     index._lock_fd, probe._lock_fd = probe._lock_fd, None
+    if onnx_export:
+        try:
+            note = _with_onnx_export(index, encoder, note)
+        except BaseException:  # interrupted: the index stays, on PyTorch, until `optimize` exports it
+            index.close()
+            raise
     return index, encoder, note

@@ -57,7 +57,7 @@ class Searcher:
         self.index = index
         self.device = device
         self._encoder = encoder
-        self._text_encoder = None
+        self._query_encoder = None
         self._vectors = None
 
     @property
@@ -67,18 +67,19 @@ class Searcher:
         return self._encoder
 
     @property
-    def text_encoder(self):
-        """What embeds text terms: the index's ONNX text tower when it holds a verified export and
+    def query_encoder(self):
+        """What embeds query terms: the index's ONNX export when it holds a verified one and
         onnxruntime is installed (no torch import: see retriever.onnx), unless an encoder was given
-        or a GPU asked for; else `encoder`."""
-        if self._text_encoder is None:
+        or a GPU asked for; else `encoder`. Images from outside the collection fall back to
+        `encoder` when the export has no torch-free preprocessing."""
+        if self._query_encoder is None:
             if self._encoder is None and self.device in ("auto", "cpu"):
-                from .onnx import text_encoder_for
+                from .onnx import onnx_encoder_for
 
-                self._text_encoder = text_encoder_for(self.index)
-            if self._text_encoder is None:
-                self._text_encoder = self.encoder
-        return self._text_encoder
+                self._query_encoder = onnx_encoder_for(self.index)
+            if self._query_encoder is None:
+                self._query_encoder = self.encoder
+        return self._query_encoder
 
     @property
     def vectors(self):
@@ -90,7 +91,7 @@ class Searcher:
         query = query.strip()
         if not query:
             raise RetrieverError("empty query: say what to look for, e.g. retriever search \"a dog on the beach\"")
-        return self.by_vector(self.text_encoder.embed_texts([query])[0], k, filters=filters)
+        return self.by_vector(self.query_encoder.embed_texts([query])[0], k, filters=filters)
 
     def image(self, path: str, k: int = DEFAULT_K, filters: Filters | None = None) -> list[Hit]:
         """Photos like the image at `path`, inside the collection or not. An image of the
@@ -139,7 +140,7 @@ class Searcher:
         own_ids: list[int] = []
         texts = [t for t in terms if t.kind != IMAGE]
         if texts:
-            for term, emb in zip(texts, self.text_encoder.embed_texts([t.value for t in texts])):
+            for term, emb in zip(texts, self.query_encoder.embed_texts([t.value for t in texts])):
                 total += term.weight * _unit(emb)
         for term in terms:
             if term.kind == IMAGE:
@@ -171,7 +172,8 @@ class Searcher:
             decoded = load(full)
         except ImageDecodeError as exc:
             raise ImageDecodeError(f"cannot use {path} as a query image: {exc}") from None
-        vector = self.encoder.embed_images([decoded.image])[0]
+        encoder = self.query_encoder if getattr(self.query_encoder, "embeds_images", True) else self.encoder
+        vector = encoder.embed_images([decoded.image])[0]
         return vector, (int(row["id"]) if row is not None else None)
 
     def by_vector(

@@ -474,7 +474,7 @@ def test_clients_that_disconnect_mid_response_leave_the_server_fine(live_server,
     server, info = live_server
     image_id = id_of(offline_index, "astronaut.jpg")
     fds_before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
-    for _ in range(10):
+    for _ in range(30):
         with socket.create_connection(("127.0.0.1", info.port), timeout=5) as s:
             s.sendall(f"GET /api/images/{image_id} HTTP/1.1\r\nHost: 127.0.0.1:{info.port}\r\n\r\n".encode())
             assert s.recv(64).startswith(b"HTTP/1.1 200")
@@ -486,9 +486,11 @@ def test_clients_that_disconnect_mid_response_leave_the_server_fine(live_server,
         import time
 
         deadline = time.monotonic() + 5
-        while len(os.listdir("/proc/self/fd")) > fds_before + 2 and time.monotonic() < deadline:
+        # 30 abandoned responses: a leak would keep 30+ descriptors (socket and file each). A few
+        # may be opened meanwhile by the server's first use of a thread (its SQLite connection).
+        while len(os.listdir("/proc/self/fd")) > fds_before + 8 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(os.listdir("/proc/self/fd")) <= fds_before + 2  # the originals' descriptors were closed
+        assert len(os.listdir("/proc/self/fd")) <= fds_before + 8  # the originals' descriptors were closed
 
 
 def test_retriever_serve_command_end_to_end(offline_index, tmp_path):

@@ -24,9 +24,12 @@ KIND_CHOICES = ["auto", "flat", "ivf-sq8", "ivf-pq"]  # = "auto" + retriever.vec
 @click.option("--exact-max", type=click.IntRange(min=0), default=None, metavar="N",
               help="auto: the most vectors an exact index holds. Recorded for later runs.  "
                    "[default: 10,000,000 / dim: 19,531 at dim 512, 14,204 at 704]")
+@click.option("--onnx/--no-onnx", "onnx", default=True, show_default=True,
+              help="Also export the model's towers to ONNX (checked against PyTorch to 1e-4), so that "
+                   "searches run without torch. Needs pip install 'retriever[onnx]'; skipped without it.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was built as one JSON object.")
 @reports_errors
-def optimize(home, index_name, kind, target_recall, exact_max, as_json):
+def optimize(home, index_name, kind, target_recall, exact_max, onnx, as_json):
     """Rebuild the vector index from the stored vectors (no re-encoding, no model loaded).
 
     Up to a size threshold search is exact; above it an IVF index with 8-bit codes is trained
@@ -45,6 +48,7 @@ def optimize(home, index_name, kind, target_recall, exact_max, as_json):
         idx.acquire_lock()
         report, size = idx.optimize(kind, target_recall=target_recall, exact_max=exact_max)
         count = report.count
+        onnx_result = _export_onnx(idx) if onnx else None
     result = {
         "index": index_name,
         "index_type": report.index_type,
@@ -60,14 +64,37 @@ def optimize(home, index_name, kind, target_recall, exact_max, as_json):
         "tune_seconds": round(report.tune_s, 3),
         "bytes": size,
         "bytes_per_vector": round(size / count, 1) if count else None,
+        "onnx": onnx_result,
     }
     if as_json:
         click.echo(json.dumps(result))
     else:
         click.echo(_describe(result), err=True)
+        if onnx_result is not None:
+            click.echo(_describe_onnx(onnx_result), err=True)
     if not report.reached:
         click.echo(f"warning: recall@10 {report.recall_at_10} is under the target {report.target_recall} even "
                    f"scanning every list; `retriever optimize --kind flat` gives exact search", err=True)
+
+
+def _export_onnx(idx) -> dict:
+    """The index's model exported to ONNX and checked; {"ok": False, "reason": ...} when refused or
+    when onnx/onnxruntime are not installed (searches then stay on PyTorch)."""
+    from ..errors import MissingDependencyError
+
+    try:
+        report = idx.export_onnx()
+    except MissingDependencyError as exc:
+        return {"ok": False, "reason": str(exc)}
+    return {"ok": report.ok, "reason": report.reason, "opset": report.opset,
+            "max_abs_diff": {name: t.max_abs_diff for name, t in report.towers.items()}}
+
+
+def _describe_onnx(r: dict) -> str:
+    if not r["ok"]:
+        return f"ONNX export refused: {r['reason']}; queries use PyTorch"
+    diffs = " / ".join(f"{name} {d:.1e}" for name, d in r["max_abs_diff"].items() if d is not None)
+    return f"ONNX: text.onnx, image.onnx checked against PyTorch (max |diff| {diffs}, opset {r['opset']})"
 
 
 def _describe(r: dict) -> str:
