@@ -128,13 +128,13 @@ def _ask_server(home, index_name, top, keywords, verbose, kind, words, filter_va
 
 
 def _rerank(hits, terms, rerank_with, device, top):
-    from .commands.vlm import VLMProgress, load_vlm_for_command
+    from .commands.vlm import load_vlm_for_command
     from .query import keyword_text_of
     from .vlm.rerank import rerank
 
     vlm_spec, rerank_top = rerank_with
     vlm = load_vlm_for_command(vlm_spec, device, lambda m: click.echo(m, err=True))
-    progress = VLMProgress("reranking", unit="photo")
+    progress = ProgressReporter(verb="reranking", past="reranked", unit="photo")
     try:
         reranked = rerank(vlm, keyword_text_of(terms), hits, top_n=rerank_top, on_progress=progress.callback)
     finally:
@@ -280,7 +280,7 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
             return load()
 
     with idx:
-        reporter = _ProgressReporter(enabled=not quiet)
+        reporter = ProgressReporter(enabled=not quiet)
         options = IndexOptions(include_hidden=include_hidden, exclude=exclude, workers=workers, pool=pool,
                                retry_failed=retry_failed, video_every_s=video_every)
         try:
@@ -312,27 +312,34 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-class _ProgressReporter:
-    """A progress bar with images/s and ETA on a terminal; a plain log line every few seconds otherwise."""
+class ProgressReporter:
+    """Progress of a long job on stderr (indexing, captioning, reranking): a bar with the rate and
+    ETA on a terminal, a plain log line every few seconds otherwise. `update` takes a
+    retriever.indexer.Progress (done, total, failed, rate)."""
 
     LOG_EVERY_S = 5.0
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool = True, *, verb: str = "indexing", past: str = "indexed", unit: str = "img"):
         self.enabled = enabled
+        self.verb, self.past, self.unit = verb, past, unit
         self.tty = sys.stderr.isatty()
         self.bar = None
         self.last_log = 0.0
         self.last_done = 0
 
+    @property
+    def callback(self):
+        return self.update if self.enabled else None
+
     def run(self, job):
-        return job(self.update if self.enabled else None)
+        return job(self.callback)
 
     def update(self, p) -> None:
         if self.tty:
             if self.bar is None:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=p.total, unit="img", desc="indexing", file=sys.stderr, dynamic_ncols=True)
+                self.bar = tqdm(total=p.total, unit=self.unit, desc=self.verb, file=sys.stderr, dynamic_ncols=True)
             self.bar.update(p.done - self.last_done)
             if p.failed:
                 self.bar.set_postfix(failed=p.failed)
@@ -343,8 +350,8 @@ class _ProgressReporter:
             self.last_log = now
             eta = (p.total - p.done) / p.rate if p.rate > 0 else float("nan")
             click.echo(
-                f"indexed {p.done}/{p.total} ({100 * p.done / max(p.total, 1):.0f}%), {p.failed} failed, "
-                f"{p.rate:.1f} img/s, ETA {_duration(eta)}",
+                f"{self.past} {p.done}/{p.total} ({100 * p.done / max(p.total, 1):.0f}%), {p.failed} failed, "
+                f"{p.rate:.1f} {self.unit}/s, ETA {_duration(eta)}",
                 err=True,
             )
 

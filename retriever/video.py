@@ -8,6 +8,8 @@ time and decoding forward to it: a long video is never decoded whole.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,33 @@ def format_timestamp(ms: int) -> str:
 
 def sample_frames(path: str, every_s: float = DEFAULT_EVERY_S, max_frames: int = MAX_FRAMES) -> tuple[list[Frame], dict]:
     """-> (frames, metadata: width, height, format, duration_ms). Raises ImageDecodeError."""
+    with _opened(path) as (container, stream):
+        duration = _duration_s(container, stream)
+        step = max(every_s, duration / max_frames) if duration else every_s
+        targets = [i * step for i in range(max_frames) if i * step <= max(duration, 0.0)] or [0.0]
+        frames = _frames_at(container, stream, targets)
+        meta = {"width": stream.codec_context.width, "height": stream.codec_context.height,
+                "format": (container.format.name or "video").split(",")[0],
+                "duration_ms": int(duration * 1000) if duration else None}
+    if not frames:
+        raise ImageDecodeError("no decodable video frame")
+    return frames, meta
+
+
+def frame_at(path: str, frame_ms: int):
+    """The first frame at or after frame_ms as an RGB PIL image, found the way sample_frames found
+    it (seek to the keyframe before, decode forward): the frame that was embedded."""
+    with _opened(path) as (container, stream):
+        frames = _frames_at(container, stream, [max(frame_ms, 0) / 1000])
+    if not frames:
+        raise ImageDecodeError(f"no frame at {format_timestamp(frame_ms)} (the video is shorter)")
+    return frames[0].image
+
+
+@contextmanager
+def _opened(path: str):
+    """(container, first video stream), with the checks every reader needs; any PyAV or I/O
+    failure, inside the with-block too, becomes an ImageDecodeError with a one-line reason."""
     try:
         import av
     except ImportError:
@@ -51,19 +80,11 @@ def sample_frames(path: str, every_s: float = DEFAULT_EVERY_S, max_frames: int =
             width, height = stream.codec_context.width, stream.codec_context.height
             if width * height > MAX_FRAME_PIXELS:
                 raise ImageDecodeError(f"video frames too large: {width}x{height}")
-            duration = _duration_s(container, stream)
-            step = max(every_s, duration / max_frames) if duration else every_s
-            targets = [i * step for i in range(max_frames) if i * step <= max(duration, 0.0)] or [0.0]
-            frames = _frames_at(container, stream, targets)
-            meta = {"width": width, "height": height, "format": (container.format.name or "video").split(",")[0],
-                    "duration_ms": int(duration * 1000) if duration else None}
+            yield container, stream
     except ImageDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, IndexError, MemoryError) as exc:
         raise ImageDecodeError(f"cannot decode video: {' '.join(str(exc).split())[:200]}") from None
-    if not frames:
-        raise ImageDecodeError("no decodable video frame")
-    return frames, meta
 
 
 def _duration_s(container, stream) -> float:

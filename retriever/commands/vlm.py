@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Callable
 
 import click
 
 from ..cli import (
     EXIT_INTERRUPTED,
+    ProgressReporter,
     _duration,
     _filters,
     _home,
@@ -29,44 +29,6 @@ def vlm_option(fn: Callable) -> Callable:
              "taken from the local cache, else downloaded if the hub answers within 3 s.  "
              "[default: HuggingFaceTB/SmolVLM-256M-Instruct on CPU, HuggingFaceTB/SmolVLM-Instruct on CUDA]",
     )(fn)
-
-
-class VLMProgress:
-    """Progress of a VLM job on stderr: a bar on a terminal, a line every few seconds otherwise.
-    `update` takes a retriever.indexer.Progress (done, total, failed, rate)."""
-
-    LOG_EVERY_S = 5.0
-
-    def __init__(self, verb: str, enabled: bool = True, unit: str = "photo"):
-        self.verb, self.enabled, self.unit = verb, enabled, unit
-        self.tty = sys.stderr.isatty()
-        self.bar = None
-        self.last_log = 0.0
-        self.last_done = 0
-
-    @property
-    def callback(self):
-        return self.update if self.enabled else None
-
-    def update(self, p) -> None:
-        if self.tty:
-            if self.bar is None:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=p.total, unit=self.unit, desc=self.verb, file=sys.stderr, dynamic_ncols=True)
-            self.bar.update(p.done - self.last_done)
-            self.last_done = p.done
-            return
-        now = time.monotonic()
-        if now - self.last_log >= self.LOG_EVERY_S or p.done == p.total:
-            self.last_log = now
-            eta = (p.total - p.done) / p.rate if p.rate > 0 else float("nan")
-            click.echo(f"{self.verb} {p.done}/{p.total}, {p.failed} failed, {p.rate:.2f} {self.unit}/s, "
-                       f"ETA {_duration(eta)}", err=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def load_vlm_for_command(vlm_spec: str | None, device: str, say: Callable[[str], None]):
@@ -223,7 +185,7 @@ def caption(home, index_name, vlm_spec, device, limit, batch_size, max_new_token
         if todo:
             say(f"{todo} photos to caption")
         _stop_on_sigterm()
-        progress = VLMProgress("captioning", enabled=not quiet)
+        progress = ProgressReporter(enabled=not quiet, verb="captioning", past="captioned", unit="photo")
         try:
             summary = run_captions(idx, lambda: load_vlm_for_command(model_id, device, say), model=model_id,
                                    replace=replace, frames=frames, limit=limit, batch_size=batch_size,

@@ -48,33 +48,10 @@ def thumbnail(path: str, frame_ms: int | None = None, max_side: int = DEFAULT_SI
 
 
 def _video_frame(path: str, frame_ms: int):
-    """The first frame at or after frame_ms, found the way the indexer found it (video._frames_at:
-    seek to the keyframe before, decode forward), so the thumbnail is the frame that was embedded."""
-    try:
-        import av
-    except ImportError:
-        raise ImageDecodeError("video support needs: pip install 'retriever[video]' (PyAV)") from None
-    from ..video import MAX_FRAME_PIXELS, _frames_at, format_timestamp
+    """The frame the indexer embedded at frame_ms (video.frame_at)."""
+    from ..video import frame_at
 
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise ImageDecodeError("no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            width, height = stream.codec_context.width, stream.codec_context.height
-            if width * height > MAX_FRAME_PIXELS:
-                raise ImageDecodeError(f"video frames too large: {width}x{height}")
-            frames = _frames_at(container, stream, [max(frame_ms, 0) / 1000])
-    except ImageDecodeError:
-        raise
-    except OSError as exc:  # av.FFmpegError is one, and carries FFmpeg's message as strerror
-        raise ImageDecodeError(f"cannot read video: {exc.strerror or exc}") from None
-    except (ValueError, IndexError, MemoryError) as exc:
-        raise ImageDecodeError(f"cannot decode video: {exc}") from None
-    if not frames:
-        raise ImageDecodeError(f"no frame at {format_timestamp(frame_ms)} (the video is shorter)")
-    return frames[0].image
+    return frame_at(path, frame_ms)
 
 
 def display_text(text: str) -> str:
