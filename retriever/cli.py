@@ -554,11 +554,10 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
                     else searcher.query(terms, fetch, filters=filters))
             if rerank_with:
                 hits = _rerank(hits, terms, rerank_with, device, top)
-            strategy = getattr(searcher, "last_strategy", None)
-            if verbose and strategy:
-                click.echo(f"filtered search: {strategy}", err=True)
-            if verbose and getattr(searcher, "_query_encoder", None) is not None:
-                kind = type(searcher._query_encoder).__name__
+            if verbose and searcher.last_strategy:
+                click.echo(f"filtered search: {searcher.last_strategy}", err=True)
+            if verbose and searcher.loaded_query_encoder is not None:
+                kind = type(searcher.loaded_query_encoder).__name__
                 click.echo("query encoder: " + ("ONNX Runtime, no torch" if kind == "OnnxEncoder" else f"PyTorch ({kind})"),
                            err=True)
             empty_index = not hits and idx.catalog.counts()["images"] == 0

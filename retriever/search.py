@@ -59,6 +59,12 @@ class Searcher:
         self._encoder = encoder
         self._query_encoder = None
         self._vectors = None
+        self.last_strategy: str | None = None  # how the last filtered search ran: "selector" | "overfetch"
+
+    @property
+    def loaded_query_encoder(self):
+        """The query encoder if a query has needed one so far (for messages), else None."""
+        return self._query_encoder
 
     @property
     def encoder(self):
