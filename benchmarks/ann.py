@@ -61,25 +61,11 @@ K = 10
 CHUNK = 50_000
 
 
+from benchmarks.speed import cpu_name, loadavg  # noqa: E402  (the same environment figures)
+
+
 def log(msg: str) -> None:
     print(f"[ann] {msg}", file=sys.stderr, flush=True)
-
-
-def loadavg() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):
-        return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def load_rss_growth(path: Path) -> int:

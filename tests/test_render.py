@@ -171,20 +171,10 @@ def hit(rank, path, score=0.5, **meta) -> Hit:
 
 
 def make_video(path, colors=((220, 30, 30), (30, 30, 220)), seconds_each=1, fps=5, size=(64, 48)):
-    av = pytest.importorskip("av")
-    container = av.open(str(path), "w")
-    stream = container.add_stream("libx264", rate=fps)
-    stream.width, stream.height = size
-    stream.pix_fmt = "yuv420p"
-    for color in colors:
-        frame = av.VideoFrame.from_image(Image.new("RGB", size, color))
-        for _ in range(seconds_each * fps):
-            for packet in stream.encode(frame):
-                container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+    pytest.importorskip("av")
+    from tests.test_video import make_video as encode_video
+
+    return encode_video(path, scenes=colors, seconds_each=seconds_each, fps=fps, size=size)
 
 
 # -- thumbnails -----------------------------------------------------------------------------------

@@ -18,12 +18,16 @@ SCENES = ["chelsea.png", "coffee.jpg", "rocket.jpg"]  # 6 s each
 
 
 def make_video(path, scenes=SCENES, seconds_each=6, fps=5, codec="libx264", size=(224, 168)):
+    """A real encoded video: each scene (an example photo's name, or an RGB colour) for
+    seconds_each seconds."""
     container = av.open(str(path), "w")
     stream = container.add_stream(codec, rate=fps)
     stream.width, stream.height = size
     stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-    for name in scenes:
-        frame = av.VideoFrame.from_image(Image.open(PHOTOS / name).convert("RGB").resize(size))
+    for scene in scenes:
+        image = (Image.new("RGB", size, scene) if isinstance(scene, tuple)
+                 else Image.open(PHOTOS / scene).convert("RGB").resize(size))
+        frame = av.VideoFrame.from_image(image)
         for _ in range(seconds_each * fps):
             for packet in stream.encode(frame):
                 container.mux(packet)
