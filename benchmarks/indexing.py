@@ -3,6 +3,7 @@
     python benchmarks/indexing.py                                   # 200 photos, ViT-B-32 + offline
     python benchmarks/indexing.py --cache ~/.cache/retriever-bench  # keep/reuse the 12-MP files
     python benchmarks/indexing.py --model offline --n 64 --workers 2
+    python benchmarks/indexing.py --modes retriever,onnx --cache /tmp/rb-cache   # ONNX Runtime vs PyTorch
 
 For each model (ViT-B-32 with seeded random weights from a local .pt file unless --pretrained,
 and the offline encoder), in the same run and on the same files:
@@ -13,6 +14,9 @@ and the offline encoder), in the same run and on the same files:
   retriever  `run_index(index, encoder, files, IndexOptions(workers=--workers))` into a fresh
              temporary index: walk, read, fingerprint, decode (draft) and preprocess in workers,
              forward passes, catalog commits, the FAISS file.
+  onnx       the same as retriever, with ONNX Runtime running the image tower (the index's ONNX
+             export, checked against PyTorch at creation; `--backend onnx`): images/s against
+             retriever's PyTorch run, same files (issue 8's target: at least 1.25x).
   decode     one worker process like retriever's (forkserver, one torch thread, the pickled
              preprocessor, no model): images/s of a full decode and of a draft decode
              (`decode(data, draft_min_side=DRAFT_FACTOR * encoder.input_size)`), with and without
@@ -73,6 +77,7 @@ from speed import rnd, stdout_to_stderr, subprocess_env  # noqa: E402
 DEFAULT_MODELS = ("ViT-B-32", "offline")
 PLANNED_DRAFT_FACTOR = 2  # used when retriever.indexer has no DRAFT_FACTOR yet
 TARGET_SPEEDUP = 2.0
+TARGET_ONNX_SPEEDUP = 1.25  # issue 8: ONNX Runtime indexing images/s against PyTorch eager, same files
 TARGET_DECODE_RATE = 2000  # images/s of decoding: how many workers would that take?
 NAIVE_BATCH = 32
 
@@ -286,8 +291,12 @@ def child_retriever(args: argparse.Namespace, files: list[str]) -> dict[str, Any
         indexer_module.DRAFT_FACTOR = args.pipeline_draft_factor
 
     home = Path(args.home)
+    # "retriever": PyTorch eager; "onnx": the same pipeline with ONNX Runtime running the image
+    # tower (the index's export, checked against PyTorch when the index is created)
+    backend = "onnx" if args.child == "onnx" else "pytorch"
     idx, encoder, _ = open_for_writing(home, "indexing-bench", model=args.model, pretrained=args.weights,
-                                       device="cpu", batch_size=NAIVE_BATCH)
+                                       device="cpu", batch_size=NAIVE_BATCH, onnx_export=backend == "onnx",
+                                       backend=backend)
     try:
         _warm_up(encoder)
         rss_loaded = _current_rss_kib()
@@ -338,6 +347,8 @@ def child_retriever(args: argparse.Namespace, files: list[str]) -> dict[str, Any
             "workers": args.workers or default_workers(),
             "pool": getattr(options, "pool", None),
             "draft_factor": getattr(indexer_module, "DRAFT_FACTOR", None),
+            "backend": summary.backend,
+            "onnx_measured_at_export": (idx.catalog.get_setting("onnx") or {}).get("indexing"),
             **memory_figures(sampler, rss_loaded, cpu),
         }
     finally:
@@ -437,7 +448,7 @@ def _measure_decode(preprocess, input_size: int, files: list[str], draft_factor:
     }
 
 
-CHILDREN = {"naive": child_naive, "retriever": child_retriever, "decode": child_decode}
+CHILDREN = {"naive": child_naive, "retriever": child_retriever, "onnx": child_retriever, "decode": child_decode}
 
 
 def run_child(mode: str, model: str, weights: str | None, files_list: Path, work: Path,
@@ -524,11 +535,15 @@ def run(args: argparse.Namespace, work: Path, cache: Path) -> dict[str, Any]:
         m: dict[str, Any] = {"pretrained": note or weights}
         for mode in args.modes:
             m[mode] = run_child(mode, model, weights, files_list, work, args)
+        if "retriever" in m and "onnx" in m and m["retriever"]["images_per_s"]:
+            m["onnx_speedup"] = rnd(m["onnx"]["images_per_s"] / m["retriever"]["images_per_s"], 2)
+            m["onnx_meets_target"] = m["onnx_speedup"] >= TARGET_ONNX_SPEEDUP
         if "naive" in m and "retriever" in m and m["naive"]["images_per_s"]:
             m["speedup"] = rnd(m["retriever"]["images_per_s"] / m["naive"]["images_per_s"], 2)
             m["meets_target"] = m["speedup"] >= TARGET_SPEEDUP
         result["models"][model] = m
     result["target_speedup"] = TARGET_SPEEDUP
+    result["target_onnx_speedup"] = TARGET_ONNX_SPEEDUP
     result["env"] = env_info(load_start)
     return result
 
@@ -540,11 +555,13 @@ def table(r: dict[str, Any]) -> str:
     rows: list[tuple[str, ...]] = []
     head = ("model", "figure", "value", "notes")
     for model, m in r["models"].items():
-        for mode in ("naive", "retriever"):
+        for mode in ("naive", "retriever", "onnx"):
             if mode not in m:
                 continue
             x = m[mode]
-            extra = f", {x['workers']} {x.get('pool') or ''} workers".replace("  ", " ") if mode == "retriever" else ""
+            extra = f", {x['workers']} {x.get('pool') or ''} workers".replace("  ", " ") if mode != "naive" else ""
+            if mode != "naive" and x.get("backend"):
+                extra += f", {x['backend']}"
             rows.append((model, f"{mode} indexing", f"{x['images_per_s']} img/s",
                          f"{x['images']} images in {x['seconds']:.1f} s; forward passes {x['forward_s']:.1f} s "
                          f"({100 * x['forward_share']:.0f} %){extra}"))
@@ -563,6 +580,12 @@ def table(r: dict[str, Any]) -> str:
         if "speedup" in m:
             rows.append((model, "retriever / naive", f"{m['speedup']:.2f}x",
                          f"target >= {r['target_speedup']:.0f}x: {'ok' if m['meets_target'] else 'MISSED'}"))
+        if "onnx_speedup" in m:
+            measured = m["onnx"].get("onnx_measured_at_export") or {}
+            rows.append((model, "onnx / retriever (PyTorch)", f"{m['onnx_speedup']:.2f}x",
+                         f"target >= {r['target_onnx_speedup']}x: {'ok' if m['onnx_meets_target'] else 'MISSED'}; "
+                         f"at export the towers alone: ONNX {measured.get('onnx_images_per_s')} vs PyTorch "
+                         f"{measured.get('pytorch_images_per_s')} img/s, auto chooses {measured.get('backend')}"))
         if "decode" in m:
             d = m["decode"]
             rows.append((model, "1 worker: full decode", f"{d['full_decode_images_per_s']} img/s",

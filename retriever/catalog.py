@@ -12,6 +12,7 @@ applied once, in its own transaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -42,6 +43,7 @@ from sqlalchemy import (
     update,
 )
 
+from .catalog_reader import METADATA_FIELDS, SCHEMA_MIGRATIONS, vector_arrays  # noqa: F401  (re-exported)
 from .errors import CatalogError
 from .files import path_from_text, path_to_text
 
@@ -133,9 +135,7 @@ TAG_SET_KEY = "tag_set"  # settings key: the label set, its templates, threshold
 
 # Columns a caller may set on an image row (everything but id).
 IMAGE_FIELDS = tuple(c.name for c in images.columns if c.name != "id")
-METADATA_FIELDS = (
-    "width", "height", "format", "taken_at", "camera_make", "camera_model", "gps_lat", "gps_lon", "frame_ms",
-)
+assert set(METADATA_FIELDS) <= set(IMAGE_FIELDS)
 
 
 def _m001_initial(conn: Connection) -> None:
@@ -208,6 +208,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("002_tags", _m002_tags),
     ("003_captions", _m003_captions),
 ]
+assert tuple(name for name, _ in MIGRATIONS) == SCHEMA_MIGRATIONS, "catalog_reader.SCHEMA_MIGRATIONS lags"
 
 
 def utcnow() -> str:
@@ -266,6 +267,17 @@ class Catalog:
                 conn.execute(insert(migrations_table).values(name=name, applied_at=utcnow()))
             applied_now.append(name)
         return applied_now
+
+    @contextlib.contextmanager
+    def cursor(self) -> Iterator[Any]:
+        """A DB-API cursor on a pooled connection: for SQL where SQLAlchemy's row objects would
+        cost too much (filters over every image) and that catalog_reader.CatalogReader shares."""
+        with self.engine.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
 
     def applied_migrations(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -414,9 +426,8 @@ class Catalog:
                 ).all()
             if not rows:
                 return
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
-            yield ids, vecs.astype(np.float32, copy=False)
+            ids, vecs = vector_arrays(rows, dim)
+            yield ids, vecs
             last = int(ids[-1])
 
     def vectors_for(self, ids: Sequence[int], dim: int) -> dict[int, np.ndarray]:

@@ -159,6 +159,24 @@ def view_options(fn: Callable) -> Callable:
     return fn
 
 
+def daemon_options(fn: Callable) -> Callable:
+    """--daemon/--no-daemon and --daemon-idle of search and similar (retriever.daemon)."""
+    fn = click.option("--daemon-idle", type=click.FloatRange(min=1), envvar="RETRIEVER_DAEMON_IDLE", show_envvar=True,
+                      metavar="SECONDS",
+                      help="Seconds the warm daemon waits for the next query before it exits.  [default: 300]")(fn)
+    fn = click.option("--daemon/--no-daemon", "daemon", default=None,
+                      help="Answer through a warm background process for this index (started after the first "
+                           "local search, gone after --daemon-idle seconds without queries).  "
+                           "[default: on, unless RETRIEVER_NO_DAEMON=1]")(fn)
+    return fn
+
+
+# Set only inside a warm daemon (retriever.daemon): (index folder, device, idle seconds) -> its
+# loaded Searcher, so that a search or similar run there uses the warm model and index. It raises
+# what the daemon turns into "run this locally" when the command names another index or device.
+warm_searcher: Callable[..., Any] | None = None
+
+
 def reports_errors(fn: Callable) -> Callable:
     """Library errors become one-line messages and exit 1; Ctrl-C exits 130 without a traceback."""
 
@@ -235,11 +253,23 @@ def _home(home: Path | None) -> Path:
 @click.option("--onnx/--no-onnx", "onnx", default=True, show_default=True,
               help="When creating an index, export its model to ONNX (checked against PyTorch) so that "
                    "searches never import torch; skipped without pip install 'retriever[onnx]'.")
+@click.option("--backend", type=click.Choice(["auto", "onnx", "pytorch"]), default="auto", show_default=True,
+              help="What runs the model on the CPU. auto: ONNX Runtime when the ONNX export measured it "
+                   "faster than PyTorch for this model (`retriever status` shows the figures), else "
+                   "PyTorch; PyTorch always on CUDA.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where files are decoded and encoded: this machine's pools, or a Ray cluster "
+                   "(pip install 'retriever[distributed]'); the catalog and checkpoints stay here.")
+@click.option("--address", metavar="ADDRESS",
+              help="With --engine ray: the cluster to join ('auto': the one `ray start` runs here; "
+                   "ray://HOST:10001).  [default: start Ray on this machine]")
+@click.option("--ray-actors", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="With --engine ray: encoder actors; 0 = one per GPU, or one per 8 CPUs without GPUs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @reports_errors
 def index(paths, home, index_name, model, pretrained, device, batch_size, workers, pool, retry_failed,
-          video_every, exclude, include_hidden, onnx, as_json, quiet):
+          video_every, exclude, include_hidden, onnx, backend, engine, address, ray_actors, as_json, quiet):
     """Add the photos under PATHS (folders, walked recursively, or files) to an index.
 
     Runs are incremental: unchanged files are not read again (no model is even loaded when
@@ -252,13 +282,24 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
     again to resume. The model is chosen when the index is created and kept for good.
     Formats: JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC/HEIF, AVIF; camera RAW with the [raw]
     extra; videos (mp4, mov, webm, mkv, ...) with the [video] extra, as frames every few seconds.
+
+    PATHS may be URLs (s3://bucket/photos, gs://..., file:///mnt/share) read through fsspec
+    (the [distributed] extra, plus s3fs or gcsfs); the catalog keeps each file's URL as its path.
+    --engine ray decodes and encodes on a Ray cluster (see the README's scaling section).
     """
     from .index import open_for_writing
     from .indexer import IndexOptions, run_index
+    from .remote import is_url
 
     home_dir = _home(home)
+    if engine != "ray" and (address or ray_actors):
+        raise RetrieverError("--address and --ray-actors go with --engine ray")
+    if engine == "ray":
+        from .distributed import import_ray
+
+        import_ray()  # before any model is loaded: a missing extra is said at once
     for p in paths:
-        if not Path(p).expanduser().exists():
+        if not is_url(p) and not Path(p).expanduser().exists():
             raise RetrieverError(f"no such file or folder: {p}")
     _stop_on_sigterm()
     from .index import Index
@@ -268,7 +309,7 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
         say(f"creating index {index_name!r} in {home_dir}: loading the model ...")
     idx, encoder, note = open_for_writing(
         home_dir, index_name, model=model, pretrained=pretrained, device=device, batch_size=batch_size,
-        onnx_export=onnx,
+        onnx_export=onnx, backend=backend, on_backend=lambda why: say(f"image encoder: {why}"),
     )
     if note:
         click.echo(note, err=True)
@@ -284,7 +325,15 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
         options = IndexOptions(include_hidden=include_hidden, exclude=exclude, workers=workers, pool=pool,
                                retry_failed=retry_failed, video_every_s=video_every)
         try:
-            summary = reporter.run(lambda cb: run_index(idx, encoder, list(paths), options, on_progress=cb))
+            if engine == "ray":
+                from .distributed import RayOptions, run_index_ray
+
+                ray_options = RayOptions(address=address, actors=ray_actors)
+                summary = reporter.run(lambda cb: run_index_ray(idx, encoder, list(paths), options, ray_options,
+                                                                on_progress=cb, device=device,
+                                                                batch_size=batch_size))
+            else:
+                summary = reporter.run(lambda cb: run_index(idx, encoder, list(paths), options, on_progress=cb))
         finally:
             reporter.close()
         status = idx.status()
@@ -375,6 +424,8 @@ def _duration(seconds: float) -> str:
 
 def _print_index_summary(summary, status: dict[str, Any]) -> None:
     rate = f", {summary.indexed / summary.seconds:.1f} img/s" if summary.seconds > 0 and summary.indexed else ""
+    if rate and summary.backend:
+        rate += f" on {summary.backend}"
     click.echo(
         f"indexed {summary.indexed} (added {summary.added}, updated {summary.updated}), "
         f"moved {summary.moved}, unchanged {summary.unchanged}, removed {summary.removed}, "
@@ -422,12 +473,29 @@ def remove(paths, home, index_name, as_json):
 # -- search / similar -------------------------------------------------------------------------------
 
 
-def _open_searcher(home, index_name, device):
-    from .index import Index
+def _open_searcher(home, index_name, device, daemon_idle=None):
+    """(a context manager giving the Index, its Searcher): the warm daemon's when this runs in one
+    (the index stays open), else opened here."""
+    from .index import Index, check_name
+
+    if warm_searcher is not None:
+        import contextlib
+
+        searcher = warm_searcher(_home(home) / check_name(index_name), device, daemon_idle)
+        return contextlib.nullcontext(searcher.index), searcher
     from .search import Searcher
 
-    idx = Index.open(_home(home), index_name)
-    return idx, Searcher(idx, device=device)
+    # one query, then exit: the catalog read without SQLAlchemy, ONNX sessions that start fast
+    idx = Index.open(_home(home), index_name, read_only=True)
+    return idx, Searcher(idx, device=device, one_shot=True)
+
+
+def _start_daemon(home, index_name, idle) -> None:
+    """After a local search: a warm daemon for the next one (unless one runs, or this is one)."""
+    from .daemon_client import start_daemon
+    from .locations import index_folder
+
+    start_daemon(index_folder(home, index_name), idle)
 
 
 def _shown(text: str) -> str:
@@ -479,6 +547,7 @@ QUERY_SYNTAX = """
               help="Vision-language model for --rerank: a local folder or a Hugging Face id.  "
                    "[default: HuggingFaceTB/SmolVLM-256M-Instruct on CPU, HuggingFaceTB/SmolVLM-Instruct on CUDA]")
 @view_options
+@daemon_options
 @reports_errors
 def search(query, home, index_name, top, as_json, paths_only, null_sep, device, verbose, keywords, rerank,
            rerank_top, vlm_spec, **kwargs):
@@ -516,6 +585,7 @@ search.help += QUERY_SYNTAX
 @filter_options
 @device_option
 @view_options
+@daemon_options
 @reports_errors
 def similar(images, home, index_name, top, as_json, paths_only, null_sep, device, verbose, **kwargs):
     """Photos that look like IMAGES (files inside or outside the collection).
@@ -537,18 +607,26 @@ def similar(images, home, index_name, top, as_json, paths_only, null_sep, device
 
 
 def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose,
-               preview, preview_protocol, html_file, keywords=False, rerank_with=None, remote=None) -> None:
+               preview, preview_protocol, html_file, keywords=False, rerank_with=None, remote=None,
+               daemon=None, daemon_idle=None) -> None:
     from .query import describe
 
     if verbose:
         click.echo(f"query: {_shown(describe(terms))}", err=True)
         for condition in filters.describe():
             click.echo(f"filter: {_shown(condition)}", err=True)
-    hits = None if rerank_with or remote is None else _ask_server(home, index_name, top, keywords, verbose, *remote)
+    in_daemon = warm_searcher is not None
+    if in_daemon and (rerank_with or preview or preview_protocol or html_file):
+        from .daemon_client import RunLocally
+
+        raise RunLocally("--rerank, --preview and --html run in the client's process")
+    asked_server = not (rerank_with or remote is None or in_daemon)
+    hits = _ask_server(home, index_name, top, keywords, verbose, *remote) if asked_server else None
     empty_index = False
+    searched_here = hits is None and not in_daemon
     if hits is None:
-        idx, searcher = _open_searcher(home, index_name, device)
-        with idx:
+        idx, searcher = _open_searcher(home, index_name, device, daemon_idle)
+        with idx as idx:
             fetch = max(top, rerank_with[1]) if rerank_with else top
             hits = (searcher.hybrid(terms, fetch, filters=filters) if keywords
                     else searcher.query(terms, fetch, filters=filters))
@@ -557,9 +635,12 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
             if verbose and searcher.last_strategy:
                 click.echo(f"filtered search: {searcher.last_strategy}", err=True)
             if verbose and searcher.loaded_query_encoder is not None:
-                kind = type(searcher.loaded_query_encoder).__name__
+                encoder = searcher.loaded_query_encoder
+                kind = getattr(encoder, "text_backend", None) or type(encoder).__name__
                 click.echo("query encoder: " + ("ONNX Runtime, no torch" if kind == "OnnxEncoder" else f"PyTorch ({kind})"),
                            err=True)
+            if verbose and in_daemon:
+                click.echo(f"answered by the warm daemon (pid {os.getpid()})", err=True)
             empty_index = not hits and idx.catalog.counts()["images"] == 0
     if html_file:
         from .render import html_page, write_html
@@ -592,6 +673,129 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
             click.echo("no results: nothing passes " + "; ".join(filters.describe()), err=True)
         else:
             click.echo("no results", err=True)
+    if searched_here and not rerank_with:
+        from .daemon_client import daemon_disabled
+
+        if daemon or (daemon is None and not daemon_disabled()):
+            _start_daemon(home, index_name, daemon_idle)
+
+
+# -- daemon -----------------------------------------------------------------------------------------
+
+
+@main.group()
+def daemon() -> None:
+    """The warm query daemon of an index (see `retriever search --help`).
+
+    The first `retriever search` or `similar` of an index starts a background process that keeps
+    its model and vectors loaded; the next queries are sent to it over a Unix socket in the index
+    folder and answer in a few tens of milliseconds, with the same output. It exits after
+    --daemon-idle seconds without a query (default 300). Turn it off with --no-daemon or
+    RETRIEVER_NO_DAEMON=1.
+    """
+
+
+def _daemon_info(folder) -> dict[str, Any] | None:
+    from .daemon_client import DaemonUnavailable, ask
+
+    try:
+        info = ask(folder, {"op": "status"}, timeout=10)
+    except DaemonUnavailable:
+        return None
+    return info if info.get("status") == "ok" else None
+
+
+@daemon.command("status")
+@index_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@reports_errors
+def daemon_status(home, index_name, as_json):
+    """Whether a daemon runs for the index: pid, socket, uptime, queries answered."""
+    from .daemon_client import build_id, socket_path
+    from .locations import index_folder
+
+    folder = index_folder(home, index_name)
+    info = _daemon_info(folder)
+    if as_json:
+        out = {"running": info is not None, "folder": str(folder), "socket": socket_path(folder)}
+        if info is not None:
+            out.update({k: v for k, v in info.items() if k != "status"}, current_build=info.get("build") == build_id())
+        click.echo(json.dumps(out))
+        return
+    if info is None:
+        click.echo(f"no daemon runs for index {index_name!r} ({folder})")
+        return
+    same = info.get("build") == build_id()
+    rows = [
+        ("pid", info["pid"]),
+        ("index", info["folder"]),
+        ("socket", info["socket"]),
+        ("model id", info.get("model_id")),
+        ("encoder", "ONNX Runtime, no torch" if info.get("query_encoder") == "OnnxEncoder"
+         else f"PyTorch ({info.get('query_encoder')})"),
+        ("version", info["version"] + ("" if same else " (another build: replaced at the next search)")),
+        ("started", f"{info['started_at']} ({_duration(info['uptime_s'])} ago)"),
+        ("queries", info["requests"]),
+        ("idle", f"{_duration(info['idle_s'])} of {_duration(info['idle_timeout_s'])}"),
+        ("memory", f"{info['rss_mb']:.0f} MB resident" if info.get("rss_mb") else "?"),
+    ]
+    for key, value in rows:
+        click.echo(f"{key:<9} {value}")
+
+
+@daemon.command("stop")
+@index_options
+@reports_errors
+def daemon_stop(home, index_name):
+    """Stop the daemon of the index (the next search starts a new one)."""
+    from .daemon_client import DaemonUnavailable, ask, is_running
+    from .locations import index_folder
+
+    folder = index_folder(home, index_name)
+    try:
+        answer = ask(folder, {"op": "stop"}, timeout=30)
+    except DaemonUnavailable:
+        click.echo(f"no daemon runs for index {index_name!r}", err=True)
+        return
+    deadline = time.monotonic() + 10
+    while is_running(folder) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    click.echo(f"stopped the daemon of index {index_name!r} (pid {answer.get('pid')})", err=True)
+
+
+@daemon.command("start")
+@index_options
+@click.option("--idle", "idle_s", type=click.FloatRange(min=1), envvar="RETRIEVER_DAEMON_IDLE", show_envvar=True,
+              metavar="SECONDS", help="Exit after SECONDS without a query.  [default: 300]")
+@click.option("--foreground", is_flag=True, help="Run in this process until stopped (for a service manager).")
+@reports_errors
+def daemon_start(home, index_name, idle_s, foreground):
+    """Start the daemon of the index now (searches start it by themselves)."""
+    from .daemon_client import DEFAULT_IDLE_S, start_daemon
+    from .index import Index, check_name
+
+    home_dir = _home(home)
+    Index.open(home_dir, index_name).close()  # a missing index fails here, with its message
+    folder = home_dir / check_name(index_name)
+    if foreground:
+        from .daemon import run_daemon
+
+        reason = run_daemon(folder, idle_s or DEFAULT_IDLE_S, log=lambda m: click.echo(m, err=True))
+        click.echo(f"stopped: {reason}", err=True)
+        return
+    if not start_daemon(folder, idle_s):
+        info = _daemon_info(folder)
+        click.echo(f"a daemon runs already for index {index_name!r}" + (f" (pid {info['pid']})" if info else ""),
+                   err=True)
+        return
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        info = _daemon_info(folder)
+        if info is not None:
+            click.echo(f"started the daemon of index {index_name!r} (pid {info['pid']})", err=True)
+            return
+        time.sleep(0.1)
+    raise RetrieverError(f"the daemon did not start in 2 minutes: see {folder / 'daemon.log'}")
 
 
 # -- status / errors / models -----------------------------------------------------------------------
@@ -645,7 +849,13 @@ def _onnx_text(onnx: dict[str, Any] | None) -> str:
         return f"refused: {onnx.get('reason')}; queries use PyTorch"
     diffs = ", ".join(f"{name} {d:.1e}" for name, d in (onnx.get("max_abs_diff") or {}).items() if d is not None)
     usable = "" if onnx.get("usable") else " (files missing or another model: not used)"
-    return f"text and image towers, max |diff| against PyTorch {diffs} (opset {onnx.get('opset')}){usable}"
+    text = f"text and image towers, max |diff| against PyTorch {diffs} (opset {onnx.get('opset')}){usable}"
+    measured = onnx.get("indexing")
+    if measured:
+        text += (f"; indexing on the CPU: {'ONNX Runtime' if measured['backend'] == 'onnx' else 'PyTorch'} "
+                 f"({measured['onnx_images_per_s']} against PyTorch's {measured['pytorch_images_per_s']} images/s "
+                 f"at export)")
+    return text
 
 
 def _index_kind_text(info: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Iterator
 
 from .errors import RetrieverError
 from .images import supported_suffixes
+from .remote import is_url, normalize_url, walk_url
 from .video import VIDEO_SUFFIXES
 
 # Every suffix images.decode handles or explains (HEIC/AVIF/RAW included even when their decoder
@@ -38,7 +39,11 @@ def _hidden(name: str) -> bool:
 
 
 def absolute(path: str | os.PathLike) -> str:
-    return os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    """A local path made absolute and normalised; a URL (s3://, file://, ...) in its canonical spelling."""
+    path = os.fspath(path)
+    if isinstance(path, str) and is_url(path):
+        return normalize_url(path)
+    return os.path.normpath(os.path.abspath(os.path.expanduser(path)))
 
 
 def walk(
@@ -132,6 +137,11 @@ def walk(
 
     for root in roots:
         root = absolute(root)
+        if is_url(root):  # remote or shared storage, through fsspec (see remote.py)
+            for url, size, mtime_ns in walk_url(root, include_hidden=include_hidden, exclude=patterns,
+                                                on_error=on_error, wanted=is_image_name, hidden=_hidden):
+                yield FileEntry(path=url, size=size, mtime_ns=mtime_ns)
+            continue
         try:
             os.stat(root)
         except (FileNotFoundError, NotADirectoryError):  # a dangling link included

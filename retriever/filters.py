@@ -210,14 +210,10 @@ def matching_ids(catalog, filters: Filters) -> "Any":
         f"SELECT {columns} FROM images WHERE images.status = 'indexed'"
         + "".join(f" AND ({w})" for w in where) + " ORDER BY images.id"
     )
-    with catalog.engine.connect() as conn:
-        # The DB-API cursor, not SQLAlchemy's result rows: a broad filter passes every image, and
-        # row objects cost ~1 us each (200 ms at 200,000 images, against ~40 ms).
-        cursor = conn.connection.dbapi_connection.cursor()
-        try:
-            rows = cursor.execute(query, params).fetchall()
-        finally:
-            cursor.close()
+    # The DB-API cursor, not SQLAlchemy's result rows: a broad filter passes every image, and
+    # row objects cost ~1 us each (200 ms at 200,000 images, against ~40 ms).
+    with catalog.cursor() as cursor:
+        rows = cursor.execute(query, params).fetchall()
     if filters.near is None:
         return np.array([r[0] for r in rows], dtype=np.int64)
     lat0, lon0 = filters.near  # the SQL box is a superset: keep what is within the circle

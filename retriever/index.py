@@ -11,14 +11,16 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from .catalog import Catalog, utcnow
 from .encoders.base import ModelSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .catalog import Catalog
 from .errors import CatalogError, IndexLockedError, IndexNotFoundError, ModelMismatchError, RetrieverError
+from .locations import HOME_ENV, resolve_home  # noqa: F401  (stdlib only: shared with the CLI's clients)
 
 DEFAULT_INDEX = "default"
-HOME_ENV = "RETRIEVER_HOME"
 CATALOG_FILE = "catalog.db"
 VECTORS_FILE = "vectors.faiss"
 LOCK_FILE = "write.lock"
@@ -26,15 +28,10 @@ LOCK_FILE = "write.lock"
 INDEX_KIND_SETTING = "vector_index_kind"  # auto | flat | ivf-sq8 | ivf-pq
 TARGET_RECALL_SETTING = "target_recall"  # recall@10 an IVF index must reach against exact search
 EXACT_MAX_SETTING = "exact_max_vectors"  # auto: exact up to this many vectors
+ON_DISK_SETTING = "vector_index_on_disk"  # true: IVF lists on disk (retriever.ondisk), kept until --in-memory
 # An IVF index is trained again once the collection has grown this much since its training.
 GROWTH_BEFORE_RETRAINING = 4
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def resolve_home(home: str | os.PathLike | None = None) -> Path:
-    """--home, else $RETRIEVER_HOME, else ./indexes."""
-    chosen = home or os.environ.get(HOME_ENV) or "indexes"
-    return Path(chosen).expanduser().resolve()
 
 
 def check_name(name: str) -> str:
@@ -46,7 +43,7 @@ def check_name(name: str) -> str:
 class Index:
     """An opened index. Create with `Index.create`, open with `Index.open`."""
 
-    def __init__(self, folder: Path, catalog: Catalog):
+    def __init__(self, folder: Path, catalog: "Catalog"):
         self.folder = folder
         self.name = folder.name
         self.catalog = catalog
@@ -55,12 +52,15 @@ class Index:
     # -- lifecycle ------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, home: Path, name: str) -> "Index":
+    def open(cls, home: Path, name: str, read_only: bool = False) -> "Index":
+        """read_only: for a process that only searches and exits (a CLI search): the catalog is
+        read through sqlite3 (catalog_reader.CatalogReader), without importing SQLAlchemy; an
+        index whose catalog needs migrating opens as usual."""
         folder = Path(home) / check_name(name)
         if not (folder / CATALOG_FILE).is_file():
             where = f" in {home}" if name == DEFAULT_INDEX else f" {name!r} in {home}"
             raise IndexNotFoundError(f"no index{where}: run `retriever index PATH` first")
-        catalog = Catalog(folder / CATALOG_FILE)
+        catalog = _open_catalog(folder / CATALOG_FILE, read_only)
         if catalog.get_setting("model") is None:
             catalog.close()
             raise CatalogError(f"{folder} holds a catalog without a model: not a retriever index (delete it?)")
@@ -79,6 +79,8 @@ class Index:
             # Built under a temporary name and renamed: a kill during creation never leaves a
             # catalog without its model.
             tmp = folder / f".{CATALOG_FILE}.{os.getpid()}.tmp"
+            from .catalog import Catalog, utcnow
+
             catalog = Catalog(tmp, create=True)
             catalog.set_settings(
                 {
@@ -91,6 +93,8 @@ class Index:
             )
             catalog.close()  # the last connection's close folds the WAL into the file
             os.replace(tmp, final)
+        from .catalog import Catalog
+
         return cls(folder, Catalog(final))
 
     def close(self) -> None:
@@ -144,12 +148,24 @@ class Index:
             )
         return encoder
 
+    def indexing_encoder(self, device: str = "auto", batch_size: int | None = None, backend: str = "auto"):
+        """-> (encoder for an indexing run, why that backend in words): the ONNX Runtime image tower
+        on the CPU when the export measured it faster (or --backend onnx), else the PyTorch model.
+        ONNX Runtime indexing imports no torch and no open_clip (seconds at start)."""
+        from .onnx import indexing_encoder_for
+
+        onnx, why = indexing_encoder_for(self, backend, device, batch_size)
+        return (onnx if onnx is not None else self.load_encoder(device, batch_size)), why
+
     # -- writer lock ----------------------------------------------------------------------------
 
     def acquire_lock(self) -> None:
         """One writer per index. flock is released by the kernel when a holder dies, so a lock left
         by a killed process never blocks the next run."""
         import fcntl
+
+        if getattr(self.catalog, "read_only", False):
+            raise RetrieverError(f"index {self.name!r} was opened read-only (Index.open(read_only=True)): no writing")
 
         path = self.folder / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -161,6 +177,8 @@ class Index:
             who = f" by pid {holder.get('pid')} since {holder.get('since')}" if holder else ""
             raise IndexLockedError(f"index {self.name!r} is being written{who}; wait for it to finish") from None
         os.ftruncate(fd, 0)
+        from .catalog import utcnow
+
         os.write(fd, json.dumps({"pid": os.getpid(), "since": utcnow()}).encode())
         self._lock_fd = fd
 
@@ -185,11 +203,20 @@ class Index:
         A rebuild makes the kind that suits the count (see `wanted_index_kind`). A stale file of
         that kind lends its training (IVF lists, codebooks, nprobe) and is refilled from the
         catalog: none of its vectors is trusted, and nothing is trained again."""
-        from .vectors import VectorIndex
+        from .ondisk import is_ondisk
+        from .vectors import VectorIndex, read_info
 
         generation = self.catalog.generation()
+        info = read_info(self.vectors_path)
+        on_disk = (info is not None and is_ondisk(info.index_type)) or self.on_disk_wanted()
+        if on_disk:
+            ondisk = self._ondisk_vector_index(generation)
+            if ondisk is not None:
+                return ondisk
         stale = None
         try:
+            if info is not None and is_ondisk(info.index_type):  # unusable on-disk files: never opened read-write
+                raise FileNotFoundError(self.vectors_path)
             vi, info = VectorIndex.load(self.vectors_path)
             if info.dim == self.dim:
                 if info.generation == generation:
@@ -201,6 +228,68 @@ class Index:
         if self._lock_fd is not None:
             vi.save(self.vectors_path, generation)
         return vi
+
+    def on_disk_wanted(self) -> bool:
+        """Whether `retriever optimize --on-disk` put the index on disk (until --in-memory)."""
+        return bool(self.catalog.get_setting(ON_DISK_SETTING, False))
+
+    def _ondisk_vector_index(self, generation: int):
+        """The on-disk index when it is current; else the build vectors.faiss names, its delta and
+        tombstones made again from the catalog (saved, with the lock); else, with the lock, a new
+        on-disk build. None when none can be had (no lock and no usable build: the caller builds
+        in memory, so that search always works)."""
+        from .ondisk import OnDiskVectorIndex
+
+        for _ in range(2):  # a concurrent optimize may swap the files between two reads: look again
+            try:
+                vi, info = OnDiskVectorIndex.load(self.vectors_path)
+            except (FileNotFoundError, ValueError):
+                continue
+            if info.dim == self.dim and info.generation == generation:
+                return vi
+            break
+        try:
+            vi = OnDiskVectorIndex.open_main(self.vectors_path)
+        except (FileNotFoundError, ValueError):
+            vi = None
+        if vi is not None and vi.dim == self.dim:
+            vi.resync(self.catalog.iter_vectors(self.dim))
+            if self._lock_fd is not None:
+                vi.save(self.vectors_path, generation)
+            return vi
+        count = self.catalog.counts()["stored_vectors"]
+        if self._lock_fd is None or count == 0 or not self.on_disk_wanted():
+            return None
+        from .vectors import VectorIndexError
+
+        try:
+            vi, _ = self._build_ondisk(None, count)
+        except VectorIndexError:  # e.g. ivf-pq on a collection shrunk under its training minimum
+            return None
+        vi.save(self.vectors_path, generation)
+        return vi
+
+    def _build_ondisk(self, kind: str | None, count: int, target_recall: float | None = None,
+                      workers: int | None = None, shard_size: int | None = None, progress=None):
+        """A new on-disk index (not yet saved) of `kind` (None: the recorded kind when it is an IVF
+        one, else ivf-sq8) from the stored vectors. -> (OnDiskVectorIndex, BuildReport)."""
+        from .ondisk import DEFAULT_SHARD_SIZE, build_ondisk, ondisk_kind
+        from .vectors import IVF_PQ, IVF_SQ8
+
+        settings = self.vector_index_settings()
+        if kind is None:
+            kind = settings["kind"] if settings["kind"] in (IVF_SQ8, IVF_PQ) else IVF_SQ8
+        return build_ondisk(
+            self.dim,
+            lambda: self.catalog.iter_vectors(self.dim),
+            count,
+            self.vectors_path,
+            ondisk_kind(kind),
+            target_recall=settings["target_recall"] if target_recall is None else target_recall,
+            workers=workers,
+            shard_size=shard_size or DEFAULT_SHARD_SIZE,
+            progress=progress,
+        )
 
     # -- the kind of vector index ---------------------------------------------------------------
 
@@ -290,37 +379,82 @@ class Index:
         """After an indexing run, with the writer lock: rebuild the FAISS file when the collection
         has outgrown its kind (exact past the threshold, IVF grown fourfold since training, IVF
         shrunk below half the threshold). `vectors`: the run's current in-memory index (None when
-        the run changed nothing: then nothing is done). -> the BuildReport, or None."""
-        if vectors is None or self._lock_fd is None or self._suits(vectors, len(vectors)):
+        the run changed nothing: then nothing is done). -> the BuildReport, or None.
+
+        An on-disk index stays on disk: its delta grows until `retriever optimize` folds it in."""
+        from .ondisk import is_ondisk
+
+        if vectors is None or self._lock_fd is None:
+            return None
+        if is_ondisk(vectors.index_type):
+            return None
+        if self.on_disk_wanted() and len(vectors):  # an in-memory stand-in (the on-disk files were lost)
+            from .vectors import VectorIndexError
+
+            try:
+                vi, report = self._build_ondisk(None, len(vectors))
+            except VectorIndexError:  # cannot be built (too few vectors for ivf-pq): stays in memory
+                vi = None
+            if vi is not None:
+                vi.save(self.vectors_path, self.catalog.generation())
+                return report
+        if self._suits(vectors, len(vectors)):
             return None
         vi, report = self._build_or_exact(len(vectors))
         vi.save(self.vectors_path, self.catalog.generation())
         return report
 
-    def optimize(self, kind: str = "auto", target_recall: float | None = None, exact_max: int | None = None):
+    def optimize(self, kind: str | None = "auto", target_recall: float | None = None, exact_max: int | None = None,
+                 on_disk: bool | None = None, workers: int | None = None, shard_size: int | None = None,
+                 progress=None):
         """`retriever optimize`: rebuild from the stored vectors, save, and record the choices
-        (kind, target_recall, exact_max: None keeps the recorded one) for later rebuilds, once the
-        build has succeeded. Needs the writer lock. -> (BuildReport, bytes of the saved file)."""
+        (kind, target_recall, exact_max: None keeps the recorded one; on_disk) for later rebuilds,
+        once the build has succeeded. Needs the writer lock. -> (BuildReport, bytes of the saved
+        files).
+
+        on_disk: True builds an on-disk IVF index (retriever.ondisk; kind ivf-sq8 or ivf-pq, None
+        or auto: the recorded IVF kind, else ivf-sq8) from `workers` parallel shards of at most
+        `shard_size` vectors; False builds in memory; None keeps an on-disk index on disk when no
+        kind is given (folding its delta and tombstones into a fresh build), else in memory.
+        `progress(stage, done, total)` hears how an on-disk build goes."""
+        from .ondisk import build_size, remove_ondisk_files
         from .vectors import VectorIndexError, check_kind
 
         if self._lock_fd is None:
             raise RetrieverError("optimize needs the writer lock (Index.acquire_lock)")
-        check_kind(kind)
+        if on_disk is None:
+            on_disk = kind is None and self.on_disk_wanted()
+        if on_disk:
+            if kind == "auto":
+                kind = None
+            if kind is not None:
+                check_kind(kind)
+        else:
+            kind = kind or "auto"
+            check_kind(kind)
         if target_recall is not None and not 0 < target_recall <= 1:
             raise VectorIndexError(f"the target recall must be in (0, 1], not {target_recall}")
         count = self.catalog.counts()["stored_vectors"]
         if count == 0:
             raise VectorIndexError(f"index {self.name!r} holds no vectors yet: run `retriever index PATH` first")
         generation = self.catalog.generation()
-        vi, report = self.build_vector_index(kind, count, target_recall, exact_max)
-        vi.save(self.vectors_path, generation)
-        values: dict[str, Any] = {INDEX_KIND_SETTING: kind}
+        if on_disk:
+            vi, report = self._build_ondisk(kind, count, target_recall, workers, shard_size, progress)
+            vi.save(self.vectors_path, generation)
+            values: dict[str, Any] = {INDEX_KIND_SETTING: vi.main.index_type, ON_DISK_SETTING: True}
+            size = build_size(vi)
+        else:
+            vi, report = self.build_vector_index(kind, count, target_recall, exact_max)
+            vi.save(self.vectors_path, generation)
+            remove_ondisk_files(self.vectors_path)  # an on-disk index it replaces
+            values = {INDEX_KIND_SETTING: kind, ON_DISK_SETTING: False}
+            size = self.vectors_path.stat().st_size
         if target_recall is not None:
             values[TARGET_RECALL_SETTING] = target_recall
         if exact_max is not None:
             values[EXACT_MAX_SETTING] = int(exact_max)
         self.catalog.set_settings(values)
-        return report, self.vectors_path.stat().st_size
+        return report, size
 
     # -- ONNX export (retriever.onnx) ------------------------------------------------------------
 
@@ -343,7 +477,8 @@ class Index:
             return None
         return {"usable": valid_record(self) is not None, "ok": record.get("ok"), "reason": record.get("reason"),
                 "opset": record.get("opset"), "onnxruntime": record.get("onnxruntime"),
-                "max_abs_diff": {name: t.get("max_abs_diff") for name, t in (record.get("towers") or {}).items()}}
+                "max_abs_diff": {name: t.get("max_abs_diff") for name, t in (record.get("towers") or {}).items()},
+                "indexing": record.get("indexing")}
 
     def remove_images(self, ids: list[int]) -> None:
         """Drop images (rows and vectors) and bring the FAISS file up to date. Needs the lock."""
@@ -363,12 +498,14 @@ class Index:
                 **self.catalog.tag_coverage()}
 
     def status(self) -> dict[str, Any]:
+        from .ondisk import ondisk_status
         from .vectors import read_info
 
         counts = self.catalog.counts()
         info = read_info(self.vectors_path)
         current = info is not None and info.generation == self.catalog.generation()
         model = self.catalog.get_setting("model")
+        on_disk = ondisk_status(self.vectors_path, info)
         return {
             "home": str(self.folder.parent),
             "index": self.name,
@@ -381,9 +518,10 @@ class Index:
             "vectors": info.count if current else counts["stored_vectors"],
             "vector_index": info.kind if info else None,
             "vector_index_current": current,
-            "index_type": info.index_type if info else None,
-            "index_params": _shown_params(info.params) if info else None,
+            "index_type": (on_disk["shown_kind"] if on_disk else info.index_type) if info else None,
+            "index_params": (on_disk["shown_params"] if on_disk else _shown_params(info.params)) if info else None,
             "index_recall_at_10": info.recall_at_10 if info else None,
+            "on_disk": on_disk["files"] if on_disk else None,
             "failed": counts["failed"],
             "tags": self._tags_status(),
             "onnx": self._onnx_status(),
@@ -394,6 +532,19 @@ class Index:
 
 def _shown_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k != "factory"}
+
+
+def _open_catalog(path: Path, read_only: bool):
+    if read_only:
+        from .catalog_reader import CatalogReader, SchemaMismatch
+
+        try:
+            return CatalogReader(path)
+        except SchemaMismatch:
+            pass  # an older catalog: the full one migrates it
+    from .catalog import Catalog
+
+    return Catalog(path)
 
 
 def _same_model_name(asked: str, stored: str) -> bool:
@@ -442,6 +593,8 @@ def open_for_writing(
     device: str = "auto",
     batch_size: int | None = None,
     onnx_export: bool = True,
+    backend: str = "auto",
+    on_backend: Callable[[str], None] | None = None,
 ):
     """-> (Index holding the writer lock, its encoder, a note for the user or None).
 
@@ -451,7 +604,10 @@ def open_for_writing(
     encoders.default_model_spec); its folder is created only once the encoder has loaded, and the
     lock is taken before the (slow) load so a second writer fails at once. A new index also gets
     its encoder exported to ONNX (onnx_export; skipped when onnxruntime is not installed); a
-    refused export is said in the note and leaves queries on PyTorch."""
+    refused export is said in the note and leaves queries on PyTorch.
+
+    backend ("auto", "onnx", "pytorch"): what runs the image tower on the CPU (see
+    Index.indexing_encoder); `on_backend` hears the choice, in words, when it is made."""
     from .encoders import create_encoder, default_model_spec, is_config_path
 
     folder = Path(home) / check_name(name)
@@ -460,7 +616,14 @@ def open_for_writing(
         try:
             index.check_model_request(model, pretrained)
             index.acquire_lock()
-            return index, lambda: index.load_encoder(device, batch_size), None
+
+            def load():
+                encoder, why = index.indexing_encoder(device, batch_size, backend)
+                if on_backend is not None:
+                    on_backend(why)
+                return encoder
+
+            return index, load, None
         except BaseException:
             index.close()
             raise
@@ -498,4 +661,16 @@ def open_for_writing(
         except BaseException:  # interrupted: the index stays, on PyTorch, until `optimize` exports it
             index.close()
             raise
+    if backend != "pytorch":
+        from .onnx import indexing_encoder_for
+
+        try:
+            onnx, why = indexing_encoder_for(index, backend, device, batch_size)
+        except BaseException:
+            index.close()
+            raise
+        if onnx is not None:
+            encoder = onnx  # the PyTorch model is dropped: ONNX Runtime indexes
+        if on_backend is not None:
+            on_backend(why)
     return index, encoder, note

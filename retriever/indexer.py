@@ -21,14 +21,16 @@ import time
 from collections import deque
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from .catalog import STATUS_FAILED, STATUS_INDEXED, KnownFile
 from .errors import ImageDecodeError
 from .files import absolute, fingerprint_bytes, fingerprint_file, is_under, walk
-from .images import NEEDS_INSTALL, decode, optional_decoders, read_file
+from .images import MAX_FILE_BYTES, NEEDS_INSTALL, decode, optional_decoders, read_file
+from .remote import is_url, read_url
+from .remote import vanished as _url_vanished
 from .video import DEFAULT_EVERY_S, is_video_name, sample_frames
 
 # JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale as long as both sides stay at least
@@ -97,6 +99,8 @@ class RunSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of this run
     warnings: list[str] = field(default_factory=list)  # folders that could not be listed, ...
     tuning: dict[str, Any] | None = None  # torch threads tried beside decode threads, and the choice
+    engine: str = "local"  # where files were decoded and encoded: "local" (this process's pools) or "ray"
+    backend: str | None = None  # what ran the image tower: "onnxruntime" or "pytorch (cpu|cuda)"; None: no model
 
     @property
     def indexed(self) -> int:
@@ -115,6 +119,8 @@ class RunSummary:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.indexed / self.seconds, 2) if self.seconds > 0 and self.indexed else None,
             "interrupted": self.interrupted,
+            "engine": self.engine,
+            **({"backend": self.backend} if self.backend else {}),
             **({"tuning": self.tuning} if self.tuning else {}),
         }
 
@@ -138,10 +144,13 @@ class _Prepared:
     pixels: np.ndarray | None = None  # encoder input when decoded
     frames: list[tuple[int, np.ndarray]] | None = None  # a video's (timestamp ms, encoder input)
     error: str | None = None  # one line, when the file failed
+    # (1, dim), a video's (frames, dim): set when an engine encoded the file elsewhere (Ray's
+    # encoder actors), which then drops the encoder input (pixels None, frames' arrays None).
+    vectors: np.ndarray | None = None
 
     @property
     def decoded(self) -> bool:
-        return self.pixels is not None or self.frames is not None
+        return self.pixels is not None or self.frames is not None or self.vectors is not None
 
 
 def prepare(
@@ -157,7 +166,7 @@ def prepare(
     if is_video_name(task.path):
         return _prepare_video(task, preprocessor, known_content, force, video_every_s)
     try:
-        data = read_file(task.path)
+        data = read_url(task.path, max_bytes=MAX_FILE_BYTES) if is_url(task.path) else read_file(task.path)
     except ImageDecodeError as exc:
         return _Prepared(task, error=str(exc))
     fp = fingerprint_bytes(data)
@@ -180,6 +189,8 @@ def _content_known(task: _Task, fp: str, known_content: frozenset[str]) -> bool:
 
 def _prepare_video(task: _Task, preprocessor, known_content, force: bool, every_s: float) -> _Prepared:
     """Videos are fingerprinted while streamed (they can be gigabytes), then sampled."""
+    if is_url(task.path):
+        return _Prepared(task, error="videos are indexed from local paths only (not from a URL)")
     try:
         fp = fingerprint_file(task.path)
     except OSError as exc:
@@ -311,31 +322,56 @@ class _ThreadTuner:
 # -- the main side ----------------------------------------------------------------------------------
 
 
+class Engine(Protocol):
+    """Reads, decodes and encodes files somewhere other than this process's pools (see
+    retriever.distributed.RayEngine). Planning and every checkpoint stay with the run: the
+    engine only turns tasks into results."""
+
+    name: str  # recorded in the run's summary
+
+    def prepare(self, tasks: list[_Task], encoder, draft_min_side: int | None, known_content: frozenset[str],
+                options: IndexOptions) -> Iterator[list[_Prepared]]:
+        """Yields batches of results, in any order, one per task: failed (error set), content
+        already known (fingerprint only, as `prepare` returns it), or encoded (vectors set). The
+        run commits a checkpoint after each batch. `encoder` is the run's, loaded here."""
+        ...
+
+
+def encoder_backend(encoder) -> str:
+    """What runs `encoder`'s image tower, for run summaries: "onnxruntime" or "pytorch (DEVICE)"."""
+    if type(encoder).__name__ == "OnnxEncoder":
+        return "onnxruntime"
+    return f"pytorch ({getattr(encoder, 'device', 'cpu')})"
+
+
 def run_index(
     index,
     encoder,
     roots: Sequence[str],
     options: IndexOptions | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    engine: Engine | None = None,
 ) -> RunSummary:
     """Index `roots` into `index`, which must hold the writer lock. `encoder` is an Encoder or a
-    callable returning one: it is loaded only when some file needs reading.
+    callable returning one: it is loaded only when some file needs reading. `engine`: None to
+    decode and encode here, or an Engine (e.g. Ray's) feeding the same plan and checkpoints.
 
     KeyboardInterrupt stops at the last checkpoint: the summary says interrupted=True and nothing
     committed is lost; running again resumes."""
     options = options or IndexOptions()
-    return _Run(index, encoder, roots, options, on_progress).run()
+    return _Run(index, encoder, roots, options, on_progress, engine).run()
 
 
 class _Run:
-    def __init__(self, index, encoder, roots, options: IndexOptions, on_progress):
+    def __init__(self, index, encoder, roots, options: IndexOptions, on_progress, engine: Engine | None = None):
         self.index = index
+        self.engine = engine
         self.catalog = index.catalog
         self._encoder = encoder
         self.roots = [absolute(r) for r in roots]
         self.options = options
         self.on_progress = on_progress
-        self.summary = RunSummary()
+        self.summary = RunSummary(engine=engine.name if engine is not None else "local")
         self.started = time.monotonic()
         self.pending: list[dict[str, Any]] = []  # rows of the next checkpoint
         self.pending_remove: list[int] = []  # items the next checkpoint drops (a video's old frames)
@@ -355,6 +391,7 @@ class _Run:
     def encoder(self):
         if not hasattr(self._encoder, "embed_preprocessed"):  # a loader, called on first need
             self._encoder = self._encoder()
+        self.summary.backend = encoder_backend(self._encoder)
         return self._encoder
 
     def run(self) -> RunSummary:
@@ -424,7 +461,9 @@ class _Run:
             if g.fingerprint and g.status == STATUS_INDEXED:
                 self.gone_by_fp.setdefault(g.fingerprint, []).append(g)
         self.total = len(tasks)
-        if tasks:
+        if tasks and self.engine is not None:
+            self._receive(tasks)
+        elif tasks:
             self._read_all(tasks)
         self._flush(force=True)
         leftover = [i for items in self.gone_by_fp.values() for g in items for i in g.ids]
@@ -493,6 +532,24 @@ class _Run:
                     self.tuner.restore()
                     self.tuner = None
 
+    def _receive(self, tasks: list[_Task]) -> None:
+        """Results of another engine, committed here: one checkpoint per batch received."""
+        encoder = self.encoder
+        self.draft = DRAFT_FACTOR * encoder.input_size if self.options.draft else None
+        batches = self.engine.prepare(tasks, encoder, self.draft, frozenset(self.gone_by_fp), self.options)
+        try:
+            for batch in batches:
+                for prepared in batch:
+                    self.taken += 1
+                    self._handle(prepared)
+                self._flush(force=True)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:  # a generator: stops the engine's pipeline now, not at garbage collection
+                close()
+            if getattr(self.engine, "backend", None):  # what encoded there, not the driver's encoder
+                self.summary.backend = self.engine.backend
+
     def _handle(self, p: _Prepared) -> None:
         task = p.task
         base = {"path": task.path, "size": task.size, "mtime_ns": task.mtime_ns}
@@ -528,6 +585,9 @@ class _Run:
             if p.error is not None:
                 self._handle(p)
                 return
+        if p.vectors is not None:  # encoded by the engine
+            self._add_encoded(p, p.vectors)
+            return
         if p.frames is not None:
             self._encode_video(p)
             return
@@ -548,22 +608,26 @@ class _Run:
         if self.tuner is not None:
             self.tuner.batch_done(self.taken + sum(1 for _, f in self.in_flight if f.done()))
         for p, vector in zip(batch, vectors):
-            self._count_new(p.task)
-            row = {"path": p.task.path, "size": p.task.size, "mtime_ns": p.task.mtime_ns, **(p.meta or {}),
-                   "fingerprint": p.fingerprint, "status": STATUS_INDEXED, "error": None, "frame_ms": None,
-                   "vector": vector, "_in_index": p.task.known is not None}
-            self._queue([row])
+            self._add_encoded(p, vector[None])
         self._flush(force=True)
 
     def _encode_video(self, p: _Prepared) -> None:
         """All frames of a video are encoded and committed together: a crash never leaves a
         video with some of its frames."""
         vectors = self.encoder.embed_preprocessed([pixels for _, pixels in p.frames])
+        self._add_encoded(p, vectors)
+        self._flush(force=True)
+
+    def _add_encoded(self, p: _Prepared, vectors: np.ndarray) -> None:
+        """One encoded file into the next checkpoint: a still image's one row (vectors (1, dim)),
+        or a video's frames (one row each)."""
         self._count_new(p.task)
         base = {"path": p.task.path, "size": p.task.size, "mtime_ns": p.task.mtime_ns, **(p.meta or {}),
                 "fingerprint": p.fingerprint, "status": STATUS_INDEXED, "error": None}
-        self._replace(p.task, [{**base, "frame_ms": ms, "vector": v} for (ms, _), v in zip(p.frames, vectors)])
-        self._flush(force=True)
+        if p.frames is None:
+            self._queue([{**base, "frame_ms": None, "vector": vectors[0], "_in_index": p.task.known is not None}])
+        else:
+            self._replace(p.task, [{**base, "frame_ms": ms, "vector": v} for (ms, _), v in zip(p.frames, vectors)])
 
     def _replace(self, task: _Task, rows: list[dict[str, Any]]) -> None:
         """A file's items replaced by `rows` in one checkpoint (its old items, e.g. a video's
@@ -609,6 +673,8 @@ class _Run:
 def _vanished(path: str) -> bool:
     """Gone for certain. A file we merely cannot reach now (permissions, an I/O error, an
     unmounted share) is kept: nothing that exists is ever dropped."""
+    if is_url(path):
+        return _url_vanished(path)
     try:
         os.stat(path)
     except FileNotFoundError:

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .catalog import METADATA_FIELDS, STATUS_INDEXED
+from .catalog_reader import METADATA_FIELDS, STATUS_INDEXED
 from .errors import ImageDecodeError, RetrieverError
 from .files import absolute
 from .filters import Filters
@@ -53,9 +53,12 @@ class Searcher:
     """Answers text and image queries over one opened Index. The encoder and the FAISS index are
     loaded on first use and kept, so a long-lived Searcher answers many queries cheaply."""
 
-    def __init__(self, index, *, encoder=None, device: str = "auto"):
+    def __init__(self, index, *, encoder=None, device: str = "auto", one_shot: bool = False):
+        """one_shot: this Searcher answers one query and goes (a CLI search without a daemon):
+        its ONNX sessions start faster and run a little slower (see onnx.make_session)."""
         self.index = index
         self.device = device
+        self.one_shot = one_shot
         self._encoder = encoder
         self._query_encoder = None
         self._vectors = None
@@ -82,7 +85,7 @@ class Searcher:
             if self._encoder is None and self.device in ("auto", "cpu"):
                 from .onnx import onnx_encoder_for
 
-                self._query_encoder = onnx_encoder_for(self.index)
+                self._query_encoder = onnx_encoder_for(self.index, one_shot=self.one_shot)
             if self._query_encoder is None:
                 self._query_encoder = self.encoder
         return self._query_encoder

@@ -214,6 +214,7 @@ class VectorIndex:
         k: int,
         exclude: Iterable[int] = (),
         allowed: Iterable[int] | np.ndarray | None = None,
+        dropped=None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """queries (q, dim) -> (scores (q, k'), ids (q, k')), best first, k' = min(k, len(self)).
 
@@ -224,7 +225,10 @@ class VectorIndex:
         An IVF index scans more lists the more selective the filter (so that about as many allowed
         vectors are compared as without one) and the larger k, and scans every list for a row that
         still comes back short: the results are then exact within the allowed set (up to the 8-bit
-        codes)."""
+        codes).
+
+        `dropped`: a ready FAISS IDSelector of ids to leave out as well (the tombstones of an
+        on-disk index, retriever.ondisk), kept by the caller."""
         import faiss
 
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -243,6 +247,9 @@ class VectorIndex:
             excluded = faiss.IDSelectorBatch(exclude_ids)
             keep.append(excluded)
             selector = faiss.IDSelectorNot(excluded) if selector is None else _and_not(selector, excluded, keep)
+            keep.append(selector)
+        if dropped is not None:
+            selector = faiss.IDSelectorNot(dropped) if selector is None else _and_not(selector, dropped, keep)
             keep.append(selector)
 
         if not self.is_ivf:
@@ -379,34 +386,9 @@ def build_tuned(
 
 
 def _build_ivf(dim, chunks, count, kind, target_recall, nlist, pq_m, n_queries, seed):
-    import faiss
-
     rng = np.random.default_rng(seed)
-    nlist = nlist or choose_nlist(count)
-    pq_m = pq_m or default_pq_m(dim)
-    factory = factory_string(kind, dim, nlist, pq_m)
-    n_train = min(count, nlist * TRAIN_POINTS_PER_LIST)
-    if kind == IVF_PQ:
-        if count < PQ_MIN_VECTORS:
-            raise VectorIndexError(f"ivf-pq needs at least {PQ_MIN_VECTORS:,} vectors to train its codebooks "
-                                   f"(256 centroids per sub-quantizer); this index holds {count:,}: use ivf-sq8")
-        n_train = max(n_train, PQ_MIN_VECTORS)
-    n_queries = min(n_queries, count)
-
     started = time.perf_counter()
-    train, seeds = _sample(chunks(), count, n_train, n_queries, rng)
-    if len(train) < nlist * MIN_POINTS_PER_LIST:  # fewer vectors than counted (e.g. removed since)
-        nlist = choose_nlist(len(train))
-        factory = factory_string(kind, dim, nlist, pq_m)
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    # A collection under 39 vectors a list (only when a kind is forced on a tiny collection):
-    # train anyway, without FAISS's warning on stderr.
-    ivf = faiss.extract_index_ivf(index)
-    ivf.cp.min_points_per_centroid = min(MIN_POINTS_PER_LIST, len(train) // nlist)
-    if kind == IVF_PQ:
-        faiss.downcast_index(ivf).do_polysemous_training = False  # for Hamming pre-filtering, unused here
-    index.train(train)
-    del train
+    index, factory, nlist, pq_m, seeds = sample_and_train(dim, chunks, count, kind, nlist, pq_m, n_queries, rng)
     train_s = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -431,6 +413,39 @@ def _build_ivf(dim, chunks, count, kind, target_recall, nlist, pq_m, n_queries, 
     report = BuildReport(kind, factory, dict(vi.params), vi.recall_at_10, target_recall,
                          recall >= target_recall, len(vi), train_s, add_s, tune_s, curve)
     return vi, report
+
+
+def sample_and_train(dim: int, chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], count: int,
+                     kind: str, nlist: int | None, pq_m: int | None, n_queries: int, rng: np.random.Generator):
+    """One pass over `chunks()` for a training sample and tuning-query seeds, then an empty IVF
+    index of `kind` trained on the sample. -> (index, factory, nlist, pq_m, seeds). Shared by the
+    in-memory build and the on-disk one (retriever.ondisk), so both train alike."""
+    import faiss
+
+    nlist = nlist or choose_nlist(count)
+    pq_m = pq_m or default_pq_m(dim)
+    factory = factory_string(kind, dim, nlist, pq_m)
+    n_train = min(count, nlist * TRAIN_POINTS_PER_LIST)
+    if kind == IVF_PQ:
+        if count < PQ_MIN_VECTORS:
+            raise VectorIndexError(f"ivf-pq needs at least {PQ_MIN_VECTORS:,} vectors to train its codebooks "
+                                   f"(256 centroids per sub-quantizer); this index holds {count:,}: use ivf-sq8")
+        n_train = max(n_train, PQ_MIN_VECTORS)
+    n_queries = min(n_queries, count)
+
+    train, seeds = _sample(chunks(), count, n_train, n_queries, rng)
+    if len(train) < nlist * MIN_POINTS_PER_LIST:  # fewer vectors than counted (e.g. removed since)
+        nlist = choose_nlist(len(train))
+        factory = factory_string(kind, dim, nlist, pq_m)
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    # A collection under 39 vectors a list (only when a kind is forced on a tiny collection):
+    # train anyway, without FAISS's warning on stderr.
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.min_points_per_centroid = min(MIN_POINTS_PER_LIST, len(train) // nlist)
+    if kind == IVF_PQ:
+        faiss.downcast_index(ivf).do_polysemous_training = False  # for Hamming pre-filtering, unused here
+    index.train(train)
+    return index, factory, nlist, pq_m, seeds
 
 
 def tuning_queries(seeds: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -15,6 +15,9 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# No search in a test (nor a `retriever` subprocess it starts) leaves a warm daemon behind;
+# tests/test_daemon.py starts its own, with short idle timeouts, and stops them.
+os.environ["RETRIEVER_NO_DAEMON"] = "1"
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO / "examples" / "photos"

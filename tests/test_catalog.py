@@ -133,3 +133,88 @@ def test_not_a_catalog_is_a_clear_error(tmp_path):
         Catalog(bad)
     with pytest.raises(CatalogError):
         Catalog(tmp_path / "missing.db")
+
+
+# ---- the read-only reader of the one-shot query path (catalog_reader.py) ---------------------
+
+
+def test_reader_reads_what_the_catalog_reads(tmp_path):
+    from retriever.catalog_reader import CatalogReader
+
+    cat = Catalog(tmp_path / "c.db", create=True)
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(5, 8)).astype(np.float32)
+    odd = "/photos/caf\udce9.jpg"  # a file name that is not UTF-8 (bytes 0xe9), as os.walk gives it
+    ids = cat.write_batch([
+        row("/photos/a.jpg", vector=vecs[0], width=640, height=480, format="JPEG", taken_at="2023-06-15T18:30:00",
+            gps_lat=48.85, gps_lon=2.35, camera_make="Canon"),
+        row(odd, vector=vecs[1]),
+        row("/photos/clip.mp4", frame_ms=5000, vector=vecs[2]),
+        row("/photos/clip.mp4", frame_ms=0, vector=vecs[3]),
+        row("/photos/broken.jpg", status="failed", error="truncated", vector=None),
+        row("/photos/e.png", vector=vecs[4]),
+    ])
+    cat.write_tags([ids[0], ids[1]], [(ids[0], "dog", 0.9), (ids[0], "beach", 0.4), (ids[1], "cat", 0.7)])
+    cat.set_settings({"generation_note": {"x": [1, 2]}})
+    reader = CatalogReader(tmp_path / "c.db")
+    try:
+        assert reader.settings() == cat.settings()
+        assert reader.get_setting("generation_note") == {"x": [1, 2]} and reader.get_setting("nope", 7) == 7
+        assert reader.generation() == cat.generation() and reader.counts() == cat.counts()
+        assert reader.image_rows(ids) == cat.image_rows(ids)
+        assert reader.image_rows(ids)[ids[1]]["path"] == odd
+        for path in ("/photos/a.jpg", odd, "/photos/clip.mp4", "/photos/none.jpg"):
+            assert reader.find_by_path(path) == cat.find_by_path(path)
+        assert reader.find_by_path("/photos/clip.mp4")["frame_ms"] == 0
+        assert reader.tags_for(ids) == cat.tags_for(ids) == {ids[0]: ["dog", "beach"], ids[1]: ["cat"]}
+        got, want = reader.vectors_for(ids, 8), cat.vectors_for(ids, 8)
+        assert set(got) == set(want) and all(np.array_equal(got[i], want[i]) for i in got)
+        for (a_ids, a_vecs), (b_ids, b_vecs) in zip(reader.iter_vectors(8, chunk=2), cat.iter_vectors(8, chunk=2),
+                                                    strict=True):
+            np.testing.assert_array_equal(a_ids, b_ids)
+            np.testing.assert_array_equal(a_vecs, b_vecs)
+    finally:
+        reader.close()
+        cat.close()
+
+
+def test_reader_refuses_a_catalog_at_another_schema(tmp_path):
+    from sqlalchemy import delete
+
+    from retriever.catalog_reader import CatalogReader, SchemaMismatch
+
+    cat = Catalog(tmp_path / "c.db", create=True)
+    with cat.engine.begin() as conn:  # as if written before the last migration
+        conn.execute(delete(migrations_table).where(migrations_table.c.name == catalog_mod.MIGRATIONS[-1][0]))
+    cat.close()
+    with pytest.raises(SchemaMismatch):
+        CatalogReader(tmp_path / "c.db")
+    (tmp_path / "empty.db").write_bytes(b"")  # an SQLite file with no tables at all
+    with pytest.raises(SchemaMismatch):
+        CatalogReader(tmp_path / "empty.db")
+
+
+def test_a_read_only_index_falls_back_to_the_catalog_and_never_writes(tmp_path, monkeypatch):
+    from retriever import catalog_reader
+    from retriever.encoders import ModelSpec
+    from retriever.errors import RetrieverError
+    from retriever.index import Index
+
+    Index.create(tmp_path, "i", ModelSpec(name="offline"), "m/1", 4).close()
+    index = Index.open(tmp_path, "i", read_only=True)
+    try:
+        assert type(index.catalog).__name__ == "CatalogReader" and index.model_id == "m/1"
+        with pytest.raises(RetrieverError, match="read-only"):
+            index.acquire_lock()
+    finally:
+        index.close()
+    # a retriever with one more migration than this catalog has: opened (and migrated) as usual
+    calls = []
+    monkeypatch.setattr(catalog_mod, "MIGRATIONS", catalog_mod.MIGRATIONS + [("999_test", calls.append)])
+    monkeypatch.setattr(catalog_reader, "SCHEMA_MIGRATIONS", catalog_reader.SCHEMA_MIGRATIONS + ("999_test",))
+    index = Index.open(tmp_path, "i", read_only=True)
+    try:
+        assert type(index.catalog).__name__ == "Catalog" and len(calls) == 1
+        assert index.catalog.applied_migrations()[-1] == "999_test"
+    finally:
+        index.close()

@@ -179,7 +179,7 @@ def test_without_a_preprocessing_twin_images_go_through_pytorch(onnx_index, offl
     assert not no_twin.embeds_images
     with pytest.raises(OnnxExportError, match="no torch-free image preprocessing"):
         no_twin.embed_images(_photos(1))
-    monkeypatch.setattr(retriever.onnx, "onnx_encoder_for", lambda index: no_twin)
+    monkeypatch.setattr(retriever.onnx, "onnx_encoder_for", lambda index, **options: no_twin)
     searcher = Searcher(onnx_index, device="cpu")
     monkeypatch.setattr(type(onnx_index), "load_encoder", lambda self, device="auto", batch_size=None: offline_encoder)
     outside = tmp_path / "q.png"
@@ -288,6 +288,7 @@ try:
 except SystemExit as exc:
     assert not exc.code, exc.code
 print("TORCH", "torch" in sys.modules, file=sys.stderr)
+print("SQLALCHEMY", "sqlalchemy" in sys.modules, file=sys.stderr)
 """
 
 
@@ -314,5 +315,108 @@ def test_search_in_a_subprocess_never_imports_torch(onnx_index, offline_encoder,
 def test_cli_search_never_imports_torch(onnx_index):
     done = _run(CLI_SEARCH, str(onnx_index.folder.parent), "a cat")
     assert "TORCH False" in done.stderr, done.stderr
+    assert "SQLALCHEMY False" in done.stderr, done.stderr  # a one-shot search reads the catalog with sqlite3
     hits = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(hits) == 3 and hits[0]["rank"] == 1
+
+
+# ---- indexing on ONNX Runtime ----------------------------------------------------------------
+
+CLI_INDEX = """
+import sys
+from retriever.cli import main
+try:
+    main(["index", "--home", sys.argv[1], "--index", sys.argv[2], "--backend", sys.argv[3], "--json", "-q", sys.argv[4]])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print("TORCH", "torch" in sys.modules, "open_clip" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_export_measures_the_indexing_backend_and_keeps_weights_beside_the_graph(onnx_index):
+    from retriever.onnx import ONNX_SETTING
+
+    record = onnx_index.catalog.get_setting(ONNX_SETTING)
+    measured = record["indexing"]
+    assert measured["backend"] in ("onnx", "pytorch")
+    assert measured["onnx_images_per_s"] > 0 and measured["pytorch_images_per_s"] > 0
+    expected = "onnx" if measured["speedup"] >= measured["min_speedup"] else "pytorch"
+    assert measured["backend"] == expected
+    folder = onnx_index.folder / "onnx"
+    for tower in record["towers"].values():
+        graph, data = folder / tower["file"], folder / tower["data"]
+        assert data.stat().st_size > 10 * graph.stat().st_size  # the weights are in the data file
+    assert sorted(p.name for p in folder.glob("*.data")) == sorted(t["data"] for t in record["towers"].values())
+
+
+def _png_copies(dest: Path) -> Path:
+    """The example photos as PNGs: the same pixels, other files (so they are embedded again)."""
+    from PIL import Image
+
+    dest.mkdir()
+    for path in sorted(PHOTOS.iterdir()):
+        if path.suffix.lower() in (".jpg", ".png"):
+            Image.open(path).convert("RGB").save(dest / f"{path.stem}.png")
+    return dest
+
+
+def test_indexing_on_onnx_runtime_matches_pytorch_and_imports_no_torch(onnx_index, offline_encoder, tmp_path):
+    from retriever.index import Index
+    from retriever.indexer import run_index
+
+    import shutil
+
+    photos = _png_copies(tmp_path / "png")
+    home = tmp_path / "home"  # a copy of the index with its export: the fixture's stays as it is
+    shutil.copytree(onnx_index.folder, home / "default", ignore=shutil.ignore_patterns("write.lock"))
+    # ONNX Runtime, asked for: a fresh process that must never import torch
+    done = _run(CLI_INDEX, str(home), "default", "onnx", str(photos))
+    assert "TORCH False False" in done.stderr, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["backend"] == "onnxruntime" and summary["indexed"] == len(list(photos.iterdir()))
+    with Index.open(home, "default") as copy:
+        got = {row.path: row for row in _vectors_under(copy, photos)}
+    # the same files through PyTorch, in another index holding the same model
+    other = Index.create(tmp_path / "h2", "default", onnx_index.model_spec(), offline_encoder.model_id,
+                         offline_encoder.dim)
+    try:
+        other.acquire_lock()
+        assert run_index(other, offline_encoder, [str(photos)]).backend == "pytorch (cpu)"
+        want = {row.path: row for row in _vectors_under(other, photos)}
+    finally:
+        other.close()
+    assert set(got) == set(want) and len(got) >= 10
+    diff = max(float(np.abs(got[p].vector - want[p].vector).max()) for p in got)
+    assert diff < 1e-4, diff
+
+
+def _vectors_under(index, folder: Path):
+    from types import SimpleNamespace
+
+    ids = index.catalog.ids_under(str(folder))
+    vectors = index.catalog.vectors_for(ids, index.dim)
+    rows = index.catalog.image_rows(ids)
+    return [SimpleNamespace(path=rows[i]["path"], vector=vectors[i]) for i in ids]
+
+
+def test_backend_choice_follows_the_measurement(onnx_index, monkeypatch):
+    from retriever.onnx import ONNX_SETTING, indexing_encoder_for
+
+    record = onnx_index.catalog.get_setting(ONNX_SETTING)
+    fast = {**record["indexing"], "backend": "onnx", "onnx_images_per_s": 30.0, "pytorch_images_per_s": 10.0}
+    slow = {**record["indexing"], "backend": "pytorch", "onnx_images_per_s": 10.0, "pytorch_images_per_s": 30.0}
+    try:
+        onnx_index.catalog.set_settings({ONNX_SETTING: {**record, "indexing": fast}})
+        encoder, why = indexing_encoder_for(onnx_index, "auto", "cpu")
+        assert type(encoder).__name__ == "OnnxEncoder" and "30.0" in why
+        assert indexing_encoder_for(onnx_index, "pytorch", "cpu")[0] is None
+        onnx_index.catalog.set_settings({ONNX_SETTING: {**record, "indexing": slow}})
+        encoder, why = indexing_encoder_for(onnx_index, "auto", "cpu")
+        assert encoder is None and why.startswith("PyTorch: faster")
+        assert type(indexing_encoder_for(onnx_index, "onnx", "cpu")[0]).__name__ == "OnnxEncoder"
+        onnx_index.catalog.set_settings({ONNX_SETTING: {**record, "image_preprocess": None}})
+        assert indexing_encoder_for(onnx_index, "auto", "cpu")[0] is None
+        with pytest.raises(RetrieverError, match="torch-free preprocessing"):
+            indexing_encoder_for(onnx_index, "onnx", "cpu")
+    finally:
+        onnx_index.catalog.set_settings({ONNX_SETTING: record})

@@ -4,6 +4,7 @@ the collection (or the one asked for), with its recall measured against exact se
 from __future__ import annotations
 
 import json
+import time
 
 import click
 
@@ -14,10 +15,21 @@ KIND_CHOICES = ["auto", "flat", "ivf-sq8", "ivf-pq"]  # = "auto" + retriever.vec
 
 @click.command()
 @index_options
-@click.option("--kind", type=click.Choice(KIND_CHOICES), default="auto", show_default=True,
+@click.option("--kind", type=click.Choice(KIND_CHOICES), default=None,
               help="auto: exact (flat) up to --exact-max vectors, ivf-sq8 above (exact again if IVF "
                    "cannot reach the target recall). Another kind is kept for good, through later "
-                   "indexing runs, until `optimize --kind auto`.")
+                   "indexing runs, until `optimize --kind auto`. With --on-disk: ivf-sq8 (auto) or "
+                   "ivf-pq. Without --on-disk, a kind brings an on-disk index back into memory.  "
+                   "[default: auto; on an on-disk index, its own kind]")
+@click.option("--on-disk/--in-memory", "on_disk", default=None,
+              help="--on-disk: an IVF index whose inverted lists live in a file, memory-mapped by "
+                   "searches (for collections beyond memory); built from parallel shards. It stays on "
+                   "disk: indexing runs add to a small in-memory delta, and a plain `optimize` folds "
+                   "the delta in. --in-memory goes back.  [default: as the index is now]")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="--on-disk: shards filled in parallel.  [default: one per core]")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None, metavar="N",
+              help="--on-disk: vectors a shard holds in memory before it is written.  [default: 250,000]")
 @click.option("--target-recall", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="R",
               help="recall@10 against exact search that an IVF index must reach; nprobe is the smallest "
                    "that does, measured on held-out queries. Recorded for later rebuilds.  [default: 0.95]")
@@ -29,7 +41,7 @@ KIND_CHOICES = ["auto", "flat", "ivf-sq8", "ivf-pq"]  # = "auto" + retriever.vec
                    "searches run without torch. Needs pip install 'retriever[onnx]'; skipped without it.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was built as one JSON object.")
 @reports_errors
-def optimize(home, index_name, kind, target_recall, exact_max, onnx, as_json):
+def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers, shard_size, onnx, as_json):
     """Rebuild the vector index from the stored vectors (no re-encoding, no model loaded).
 
     Up to a size threshold search is exact; above it an IVF index with 8-bit codes is trained
@@ -41,12 +53,15 @@ def optimize(home, index_name, kind, target_recall, exact_max, onnx, as_json):
       retriever optimize                       the kind that suits the size
       retriever optimize --kind ivf-sq8 --target-recall 0.98
       retriever optimize --kind flat           exact search, whatever the size
+      retriever optimize --on-disk             IVF lists on disk, memory-mapped (beyond memory)
+      retriever optimize --in-memory           back into memory
     """
     from ..index import Index
 
     with Index.open(_home(home), index_name) as idx:
         idx.acquire_lock()
-        report, size = idx.optimize(kind, target_recall=target_recall, exact_max=exact_max)
+        report, size = idx.optimize(kind, target_recall=target_recall, exact_max=exact_max, on_disk=on_disk,
+                                    workers=workers, shard_size=shard_size, progress=_Progress())
         count = report.count
         onnx_result = _export_onnx(idx) if onnx else None
     result = {
@@ -97,6 +112,25 @@ def _describe_onnx(r: dict) -> str:
     return f"ONNX: text.onnx, image.onnx checked against PyTorch (max |diff| {diffs}, opset {r['opset']})"
 
 
+class _Progress:
+    """An on-disk build's stages on stderr: a line per stage, and the fill every 10 %."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.last: tuple[str, int] | None = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        step = (stage, 10 * done // total if total else 0)
+        if step == self.last:
+            return
+        self.last = step
+        what = {"sample": "sampling and training", "fill": f"filling shards: {done:,}/{total:,} vectors",
+                "merge": f"merging {total} shards into the on-disk lists", "tune": "tuning nprobe"}.get(stage, stage)
+        if stage in ("merge", "tune", "sample") and done:
+            return
+        click.echo(f"[{time.monotonic() - self.started:6.1f}s] {what}", err=True)
+
+
 def _describe(r: dict) -> str:
     params = r["params"]
     if r["index_type"] == "flat":
@@ -106,6 +140,9 @@ def _describe(r: dict) -> str:
     else:
         what = (f"{r['index_type']} ({r['factory']}, nprobe {params['nprobe']}): recall@10 {r['recall_at_10']} "
                 f"against exact (target {r['target_recall']})")
+    if r["index_type"].endswith("-ondisk"):
+        what = what.replace(r["index_type"], r["index_type"][: -len("-ondisk")] + " on disk", 1)
+        what += f", {params.get('shards')} shards merged"
     size_mb = r["bytes"] / 1e6
     return (f"index {r['index']!r}: {what}; {r['vectors']:,} vectors, built in {r['build_seconds']:.1f}s, "
             f"{size_mb:.1f} MB on disk ({r['bytes_per_vector']} B/vector)")

@@ -105,6 +105,19 @@ def to_device(batch: Sequence[Any], device: str):
     return tensor
 
 
+NVIDIA_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version")
+
+
+def surely_cpu(device: str) -> bool:
+    """True when `device` can only mean the CPU: 'cpu', or 'auto' on a machine with no NVIDIA
+    driver (no device files), decided without importing torch (2-3 s). False: ask torch."""
+    import os
+
+    if device == "cpu":
+        return True
+    return device == "auto" and not any(os.path.exists(p) for p in NVIDIA_DEVICE_FILES)
+
+
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'. 'cuda' without a GPU is an error."""
     import torch

@@ -18,7 +18,7 @@ This module imports neither torch nor onnxruntime at its top; exporting imports 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,13 +28,19 @@ from ..encoders.base import Encoder
 from ..errors import MissingDependencyError, RetrieverError
 
 __all__ = ["OPSET", "TOLERANCE", "ONNX_SETTING", "ExportReport", "TowerReport", "OnnxExportError",
-           "OnnxEncoder", "export_index", "onnx_encoder_for", "valid_record", "make_session"]
+           "OnnxEncoder", "export_index", "onnx_encoder_for", "valid_record", "make_session",
+           "BACKENDS", "measure_indexing", "indexing_encoder_for"]
 
 OPSET = 17  # LayerNormalization is a single op from 17; every onnxruntime >= 1.14 runs it
 TOLERANCE = 1e-4  # max abs difference of unit embeddings, ONNX Runtime vs PyTorch
 ONNX_SETTING = "onnx"  # catalog setting: the last export's ExportReport.as_setting()
 ONNX_FOLDER = "onnx"
 TEXT_FILE, IMAGE_FILE = "text.onnx", "image.onnx"
+BACKENDS = ("auto", "onnx", "pytorch")  # retriever index --backend
+# ONNX Runtime indexes when its image tower ran at least this much faster than PyTorch's at export
+INDEXING_MIN_SPEEDUP = 1.05
+MEASURE_BATCH = 8  # images per timed call at export (about 5 s in all for ViT-B-32 on 2 cores)
+ORDER = ("pytorch", "onnx", "onnx", "pytorch", "onnx", "pytorch", "pytorch", "onnx")
 
 
 class OnnxExportError(RetrieverError):
@@ -46,6 +52,7 @@ class TowerReport:
     file: str
     max_abs_diff: float  # against PyTorch, unit embeddings, on the fixed check batch
     seconds: float  # export + check
+    data: str | None = None  # the weights' file beside the graph (ONNX external data)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,9 @@ class ExportReport:
     # the PIL + numpy twin of the encoder's image preprocessing (preprocess.py) and its max abs
     # difference on the check images; None: no twin, image queries stay on PyTorch
     image_preprocess: dict[str, Any] | None = None
+    # which backend indexing uses on the CPU, measured at export (see measure_indexing); None:
+    # not measured (no image twin, or the export ran on CUDA): indexing stays on PyTorch
+    indexing: dict[str, Any] | None = None
 
     def as_setting(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,15 +86,24 @@ def _require_onnxruntime():
     return onnxruntime
 
 
-def make_session(path: str | os.PathLike, threads: int | None = None):
+def make_session(path: str | os.PathLike, threads: int | None = None, one_shot: bool = False,
+                 spinning: bool = True):
     """An ONNX Runtime CPU session, quiet, with every graph optimisation on. threads: intra-op
-    threads (None: onnxruntime's default, one per physical core)."""
+    threads (None: onnxruntime's default, one per physical core). one_shot: for a process that
+    runs the model once or twice (a CLI search): the weights are not repacked for the matrix
+    kernels, which halves the session's start (ViT-B-32 text: 0.14 s of CPU, not 0.28) for
+    a slower run (+20-30 ms). spinning False: idle intra-op threads sleep instead of spinning,
+    leaving the cores to other work between runs (indexing: the decode workers)."""
     ort = _require_onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: a library does not print; failures raise anyway
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+    if one_shot:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
@@ -95,7 +114,8 @@ class OnnxEncoder(Encoder):
 
     device = "cpu"
 
-    def __init__(self, folder: str | os.PathLike, record: dict[str, Any], threads: int | None = None):
+    def __init__(self, folder: str | os.PathLike, record: dict[str, Any], threads: int | None = None,
+                 batch_size: int | None = None, one_shot: bool = False, spinning: bool = True):
         from .preprocess import preprocessor_from
         from .text_tokens import ClipBpe, WordPiece
 
@@ -108,7 +128,10 @@ class OnnxEncoder(Encoder):
         else:
             raise OnnxExportError(f"unknown tokenizer kind {tok['kind']!r} in the ONNX record")
         self._threads = threads
-        self._text_session = make_session(self.folder / record["towers"]["text"]["file"], threads)
+        self._one_shot = one_shot  # see make_session
+        self._spinning = spinning
+        self._text_file = record["towers"]["text"]["file"]
+        self._text_session = None  # made on first use: indexing needs only the image tower
         self._image_session = None
         self._image_file = (record["towers"].get("image") or {}).get("file")
         twin = record.get("image_preprocess")
@@ -117,7 +140,7 @@ class OnnxEncoder(Encoder):
         self.input_size = int(twin["size"]) if self.embeds_images else 0
         self.model_id = record["model_id"]
         self.dim = int(record["dim"])
-        self.batch_size = 32
+        self.batch_size = int(batch_size or 32)
 
     def preprocessor(self):
         if self._preprocess is None:
@@ -128,11 +151,13 @@ class OnnxEncoder(Encoder):
         if self._image_session is None:
             if self._image_file is None:
                 raise OnnxExportError("this ONNX export has no image tower")
-            self._image_session = make_session(self.folder / self._image_file, self._threads)
+            self._image_session = make_session(self.folder / self._image_file, self._threads, self._one_shot, self._spinning)
         pixels = np.stack([np.asarray(x, dtype=np.float32) for x in batch])
         return self._image_session.run(["embedding"], {"pixels": pixels})[0]
 
     def _embed_text_batch(self, texts: Sequence[str]) -> np.ndarray:
+        if self._text_session is None:
+            self._text_session = make_session(self.folder / self._text_file, self._threads, self._one_shot, self._spinning)
         return self._text_session.run(["embedding"], self.tokenizer(list(texts)))[0]
 
 
@@ -143,20 +168,21 @@ def valid_record(index) -> dict[str, Any] | None:
     if not record or not record.get("ok") or record.get("model_id") != index.model_id:
         return None
     folder = Path(index.folder) / ONNX_FOLDER
-    files = [t["file"] for t in record.get("towers", {}).values()] + [(record.get("tokenizer") or {}).get("file", "")]
+    files = [f for t in record.get("towers", {}).values() for f in (t["file"], t.get("data")) if f is not None]
+    files.append((record.get("tokenizer") or {}).get("file", ""))
     if "text" not in record.get("towers", {}) or not all(f and (folder / f).is_file() for f in files):
         return None
     return record
 
 
-def onnx_encoder_for(index, threads: int | None = None) -> OnnxEncoder | None:
+def onnx_encoder_for(index, threads: int | None = None, one_shot: bool = False) -> OnnxEncoder | None:
     """The ONNX encoder of `index` when it holds a valid export and onnxruntime (and, for MiniLM,
-    tokenizers) is installed; else None (the caller uses PyTorch)."""
+    tokenizers) is installed; else None (the caller uses PyTorch). one_shot: see make_session."""
     record = valid_record(index)
     if record is None:
         return None
     try:
-        return OnnxEncoder(Path(index.folder) / ONNX_FOLDER, record, threads)
+        return OnnxEncoder(Path(index.folder) / ONNX_FOLDER, record, threads, one_shot=one_shot)
     except (MissingDependencyError, ImportError, OSError):
         return None
 
@@ -180,5 +206,82 @@ def export_index(index, encoder, images: Sequence[Any] | None = None, tolerance:
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)
+    elif report.image_preprocess is not None and encoder.device == "cpu":
+        onnx = OnnxEncoder(folder, report.as_setting())
+        report = replace(report, indexing=measure_indexing(encoder, onnx, images))
     index.catalog.set_settings({ONNX_SETTING: report.as_setting()})
     return report
+
+
+def measure_indexing(encoder, onnx: OnnxEncoder, images: Sequence[Any] | None = None,
+                     batch: int = MEASURE_BATCH) -> dict[str, Any]:
+    """Time the image tower on the CPU, PyTorch (`encoder`) against ONNX Runtime (`onnx`), on one
+    batch of preprocessed photos (`images`, repeated to `batch`; else the export's check images):
+    two warm-up calls each, then calls in the order P O O P O P P O, which cancels a steady drift
+    of the machine's speed. -> {"backend": "onnx" | "pytorch", images/s of each, the speed-up, the rule}.
+    ONNX Runtime is chosen when it is at least INDEXING_MIN_SPEEDUP times as fast."""
+    import time
+
+    if images is None:
+        from .export import check_images
+
+        images = check_images()
+    images = list(images)
+    pixels = [onnx.preprocess(images[i % len(images)]) for i in range(batch)]
+    runners = {"pytorch": encoder.embed_preprocessed, "onnx": onnx.embed_preprocessed}
+    seconds = {name: 0.0 for name in runners}
+    for name in (*runners, *runners):
+        runners[name](pixels)  # warm-up: lazy session creation, first-call allocations, oneDNN's kernels
+    for name in ORDER:
+        start = time.perf_counter()
+        runners[name](pixels)
+        seconds[name] += time.perf_counter() - start
+    rates = {name: ORDER.count(name) * batch / max(s, 1e-9) for name, s in seconds.items()}
+    speedup = rates["onnx"] / rates["pytorch"]
+    return {"backend": "onnx" if speedup >= INDEXING_MIN_SPEEDUP else "pytorch",
+            "onnx_images_per_s": round(rates["onnx"], 2), "pytorch_images_per_s": round(rates["pytorch"], 2),
+            "speedup": round(speedup, 3), "batch": batch, "min_speedup": INDEXING_MIN_SPEEDUP}
+
+
+def indexing_encoder_for(index, backend: str = "auto", device: str = "auto",
+                         batch_size: int | None = None) -> tuple[OnnxEncoder | None, str]:
+    """The ONNX encoder to index `index` with, or None for PyTorch; and why, in words.
+
+    backend "pytorch": None. On CUDA: None (PyTorch runs fp16 there). "auto": ONNX Runtime when
+    the export measured it faster (ExportReport.indexing). "onnx": ONNX Runtime whenever the
+    export has an image tower and a torch-free preprocessing, else OnnxExportError. The CPU is
+    recognised without importing torch when the machine has no NVIDIA driver."""
+    from ..encoders.base import resolve_device, surely_cpu
+
+    if backend not in BACKENDS:
+        raise OnnxExportError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend == "pytorch":
+        return None, "PyTorch, as asked (--backend pytorch)"
+    if not surely_cpu(device) and resolve_device(device) != "cpu":
+        if backend == "onnx":
+            raise OnnxExportError("--backend onnx runs on the CPU only: add --device cpu")
+        return None, "PyTorch on CUDA"
+    record = valid_record(index)
+    usable = record is not None and (record.get("towers") or {}).get("image") and record.get("image_preprocess")
+    if not usable:
+        why = "no valid ONNX export with an image tower and a torch-free preprocessing"
+        if backend == "onnx":
+            raise OnnxExportError(f"--backend onnx: {why} (run `retriever optimize --onnx`)")
+        return None, f"PyTorch: {why}"
+    measured = record.get("indexing") or {}
+    if backend == "auto" and measured.get("backend") != "onnx":
+        if not measured:
+            return None, "PyTorch: ONNX Runtime not measured for this model (`retriever optimize --onnx` measures it)"
+        return None, (f"PyTorch: faster at export ({measured['pytorch_images_per_s']} against ONNX Runtime's "
+                      f"{measured['onnx_images_per_s']} images/s)")
+    try:
+        # no spinning: between batches the cores belong to the decode workers
+        encoder = OnnxEncoder(Path(index.folder) / ONNX_FOLDER, record, batch_size=batch_size, spinning=False)
+    except (MissingDependencyError, ImportError, OSError) as exc:
+        if backend == "onnx":
+            raise OnnxExportError(f"--backend onnx: {exc}") from exc
+        return None, f"PyTorch: ONNX Runtime cannot load ({exc})"
+    if backend == "onnx":
+        return encoder, "ONNX Runtime, as asked (--backend onnx)"
+    return encoder, (f"ONNX Runtime: faster at export ({measured['onnx_images_per_s']} against PyTorch's "
+                     f"{measured['pytorch_images_per_s']} images/s)")

@@ -167,7 +167,12 @@ def _split(path: str) -> tuple[str, str]:
 def file_url(path: str, frame_ms: int | None = None) -> str | None:
     """file:// URL of a local path, percent-encoded from the path's exact bytes (a name that is not
     UTF-8 keeps its bytes); a video frame adds a media fragment (#t=seconds), which browsers
-    honour when they open the video. None for a path that cannot be made absolute."""
+    honour when they open the video. None for a path that cannot be made absolute. A path that
+    is already a URL (a photo indexed from s3://, gs://, file://...) is its own link."""
+    from ..remote import is_url
+
+    if is_url(path):
+        return path if path.split("://", 1)[0].lower() in ("http", "https", "file") else None
     try:
         full = os.path.abspath(path)
         if os.name == "nt":

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import RetrieverError
+from ..locations import index_folder as _index_folder
 
 DISCOVERY_FILE = "serve.json"
 TOKEN_ENV = "RETRIEVER_TOKEN"
@@ -94,10 +95,9 @@ class ServerInfo:
 
 
 def index_folder(home: str | os.PathLike | None, index_name: str) -> Path:
-    """Where an index lives, as retriever.index.resolve_home finds it (--home, else
-    $RETRIEVER_HOME, else ./indexes), without importing the catalog (SQLAlchemy, numpy)."""
-    chosen = home or os.environ.get("RETRIEVER_HOME") or "indexes"
-    return Path(chosen).expanduser().resolve() / index_name
+    """Where an index lives (retriever.locations: --home, else $RETRIEVER_HOME, else ./indexes),
+    without importing the catalog (SQLAlchemy, numpy)."""
+    return _index_folder(home, index_name)
 
 
 def write_discovery(index_folder: str | os.PathLike, info: ServerInfo) -> Path:

@@ -80,8 +80,56 @@ class LockedEncoder:
         with self._lock:
             return self._encoder.embed_images(images)
 
+    @property
+    def text_backend(self) -> str:
+        """The class that embeds texts (for messages)."""
+        return getattr(self._encoder, "text_backend", None) or type(self._encoder).__name__
+
     def __getattr__(self, name):
         return getattr(self._encoder, name)
+
+
+class QueryEncoder:
+    """Embeds queries the way a local `retriever search` does, as one encoder: the index's ONNX
+    export for texts (and for images when it holds torch-free preprocessing), else PyTorch,
+    loaded only when first needed (retriever.search.Searcher.query_encoder decides). The warm
+    daemon uses it so that its answers are a local run's, digit for digit.
+
+    one_shot: the ONNX session options of a one-shot CLI search (see retriever.onnx.make_session),
+    which move embeddings by ~1e-7: the daemon takes the local search's, so the scores it prints
+    are the local run's to the last digit. threads: intra-op threads of the ONNX sessions (None:
+    onnxruntime's default). The result does not depend on it (matrix products are split by rows
+    and columns, each sum stays in one thread), the latency does: one query at a time on a busy
+    CPU is faster on one thread."""
+
+    def __init__(self, index, device: str = "auto", *, threads: int | None = None, one_shot: bool = False):
+        from ..search import Searcher
+
+        self._local = Searcher(index, device=device, one_shot=one_shot)
+        self._onnx = None
+        if threads is not None and device in ("auto", "cpu"):
+            from ..onnx import onnx_encoder_for
+
+            self._onnx = onnx_encoder_for(index, threads=threads, one_shot=one_shot)
+        self.model_id = index.model_id
+        self.dim = index.dim
+
+    def _query_encoder(self):
+        return self._onnx or self._local.query_encoder
+
+    @property
+    def text_backend(self) -> str:
+        """The class that embeds texts (OnnxEncoder when torch is not used)."""
+        return type(self._query_encoder()).__name__
+
+    def embed_texts(self, texts):
+        return self._query_encoder().embed_texts(texts)
+
+    def embed_images(self, images):
+        encoder = self._query_encoder()
+        if not getattr(encoder, "embeds_images", True):
+            encoder = self._local.encoder
+        return encoder.embed_images(images)
 
 
 @dataclass(frozen=True)
@@ -141,6 +189,12 @@ class Engine:
                 finally:
                     self._reload_lock.release()
         return self.searcher
+
+    def reload(self) -> None:
+        """Rebuild the Searcher now, whatever the generation (the FAISS file was replaced by
+        `retriever optimize`, which keeps the generation)."""
+        with self._reload_lock:
+            self._reload(self.index.catalog.generation())
 
     def _reload(self, generation: int) -> None:
         from ..search import Searcher

@@ -21,7 +21,6 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Collection, Sequence
 
-from sqlalchemy import text
 
 NAME_WEIGHT = 2.0  # BM25 weight of the file-name column against the caption column (1.0)
 RRF_K = 60  # the rank offset of reciprocal rank fusion (the value of the original paper)
@@ -47,10 +46,9 @@ def fts_query(words: Sequence[str]) -> str:
 
 
 def has_keyword_index(catalog) -> bool:
-    with catalog.engine.connect() as conn:
-        return conn.execute(
-            text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keywords'")
-        ).first() is not None
+    with catalog.cursor() as cursor:
+        return cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keywords'").fetchone() \
+            is not None
 
 
 def keyword_search(
@@ -67,15 +65,15 @@ def keyword_search(
     allowed_set = None if allowed is None else set(int(i) for i in allowed)
     excluded = set(int(i) for i in exclude)
     filtered = allowed_set is not None or bool(excluded)
-    sql = text(
+    sql = (
         "SELECT k.rowid, bm25(keywords, :name_weight, 1.0) AS rank FROM keywords k "
         "JOIN images i ON i.id = k.rowid "
         "WHERE keywords MATCH :match AND i.status = 'indexed' ORDER BY rank"
         + ("" if filtered else " LIMIT :limit")
     )
     found: list[tuple[int, float]] = []
-    with catalog.engine.connect() as conn:
-        rows = conn.execute(sql, {"match": fts_query(words), "name_weight": NAME_WEIGHT, "limit": limit})
+    with catalog.cursor() as cursor:
+        rows = cursor.execute(sql, {"match": fts_query(words), "name_weight": NAME_WEIGHT, "limit": limit})
         for image_id, rank in rows:  # streamed: when filtering, read only until `limit` pass
             if (allowed_set is not None and int(image_id) not in allowed_set) or int(image_id) in excluded:
                 continue

@@ -1,0 +1,779 @@
+"""Sharded, on-disk IVF indexes, for collections beyond memory. Knows nothing of SQL.
+
+    build_ondisk        trains an IVF index (SQ8 or PQ codes) on a sample, fills shards in
+                        parallel (threads, each a `faiss.clone_index` of the trained empty index,
+                        written to a shard file whenever it holds `shard_size` vectors, so memory
+                        holds a few shards' codes, never the collection), merges the shards into
+                        one file of inverted lists (`faiss.contrib.ondisk.merge_ondisk`, in a
+                        short-lived subprocess: it leaks the shards' lists), and tunes nprobe as
+                        the in-memory IVF does (retriever.vectors.tune_nprobe).
+    OnDiskVectorIndex   the merged index with its lists memory-mapped read-only, plus what changed
+                        since it was built: an in-memory exact *delta* of vectors added, and
+                        *tombstones* for ids removed or replaced (the lists are read-only).
+                        Searches both and merges the top k. `retriever optimize` folds both into
+                        a fresh build.
+
+Files, beside the catalog (TOKEN names one build; only vectors.faiss, the sidecar, the delta and
+the tombstones are ever replaced, each by an atomic rename):
+
+    vectors.faiss                the trained index; its inverted lists live in the .ivfdata
+    vectors.faiss.json           sidecar (vectors.IndexInfo): generation, token, counts, nprobe, recall
+    vectors.TOKEN.ivfdata        inverted lists (codes and ids), memory-mapped by searches
+    vectors.TOKEN.ids            the ids the .ivfdata holds, sorted (raw int64, memory-mapped):
+                                 FAISS has no cheap id lookup on on-disk lists
+    vectors.TOKEN.hashes         a 64-bit hash of each of those vectors (raw uint64): which stored
+                                 vectors changed since, when the sidecar lags the catalog
+    vectors.TOKEN.build.json     the build's parameters, nprobe and recall
+    vectors.TOKEN.delta.faiss    vectors added since the build (IDMap2,Flat)
+    vectors.TOKEN.tombstones.npy ids of the .ivfdata no longer live (removed, or replaced by the delta)
+
+The sidecar is written last and is the commit point. A build writes everything under the new
+TOKEN (and a temporary shard folder) before vectors.faiss and its sidecar are replaced, so a
+crash or an error mid-build leaves the previous index as it was; the next successful save
+deletes what another TOKEN left behind. When the sidecar and the files disagree (a kill between
+two renames) or lag the catalog, `OnDiskVectorIndex.open_main` reopens the build that
+vectors.faiss names, and `resync` rebuilds its delta and tombstones from the catalog's vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .vectors import (
+    DEFAULT_TARGET_RECALL,
+    IVF_PQ,
+    IVF_SQ8,
+    RECALL_K,
+    RECALL_MARGIN,
+    TUNING_QUERIES,
+    BuildReport,
+    IndexInfo,
+    VectorIndex,
+    VectorIndexError,
+    _atomic_write,
+    _clean,
+    _ExactTopK,
+    _padded,
+    _sidecar,
+    read_info,
+    sample_and_train,
+    tune_nprobe,
+    tuning_queries,
+)
+
+ONDISK_SUFFIX = "-ondisk"
+IVF_SQ8_ONDISK = IVF_SQ8 + ONDISK_SUFFIX
+IVF_PQ_ONDISK = IVF_PQ + ONDISK_SUFFIX
+ONDISK_KINDS = (IVF_SQ8_ONDISK, IVF_PQ_ONDISK)
+# Vectors a shard holds before it is written out: its codes stay in memory until then, one shard
+# per worker, up to twice their size as FAISS's lists grow (~(dim + 8) B a vector for SQ8: 130 MB
+# at dim 512). Shards of 1M took the 5M build to 2.5 GB RSS (benchmarks/ondisk.py).
+DEFAULT_SHARD_SIZE = 250_000
+BUILD_DIR_PREFIX = ".ondisk-build-"
+PREFETCH_THREADS = 0  # see _read_main
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total): "sample", "fill", "merge", "tune"
+
+
+class OnDiskIndexError(VectorIndexError):
+    """An on-disk index cannot be built or opened."""
+
+
+def is_ondisk(index_type: str | None) -> bool:
+    return bool(index_type) and index_type in ONDISK_KINDS
+
+
+def ondisk_kind(kind: str) -> str:
+    """ivf-sq8 / ivf-pq (or auto: ivf-sq8) -> its on-disk kind."""
+    if kind in ONDISK_KINDS:
+        return kind
+    if kind == "auto":
+        return IVF_SQ8_ONDISK
+    if kind in (IVF_SQ8, IVF_PQ):
+        return kind + ONDISK_SUFFIX
+    raise OnDiskIndexError(f"an on-disk index is ivf-sq8 or ivf-pq, not {kind!r}")
+
+
+def base_kind(kind: str) -> str:
+    return kind[: -len(ONDISK_SUFFIX)] if kind.endswith(ONDISK_SUFFIX) else kind
+
+
+# -- file names ------------------------------------------------------------------------------------
+
+
+class _Files:
+    """The files of one build, named after the main file (vectors.faiss) and the build's token."""
+
+    def __init__(self, main: Path, token: str):
+        self.main = Path(main)
+        self.token = token
+        stem = self.main.name.rsplit(".", 1)[0]  # vectors
+        base = self.main.parent / f"{stem}.{token}"
+        self.ivfdata = base.with_name(base.name + ".ivfdata")
+        self.ids = base.with_name(base.name + ".ids")
+        self.hashes = base.with_name(base.name + ".hashes")
+        self.build = base.with_name(base.name + ".build.json")
+        self.delta = base.with_name(base.name + ".delta.faiss")
+        self.tombstones = base.with_name(base.name + ".tombstones.npy")
+        self.staged_main = self.main.parent / f".{stem}.{token}.faiss.tmp"  # before the swap
+
+    def owned(self) -> list[Path]:
+        return [self.ivfdata, self.ids, self.hashes, self.build, self.delta, self.tombstones, self.staged_main]
+
+    @staticmethod
+    def token_of_ivfdata(main: Path, ivfdata_name: str) -> str:
+        stem = Path(main).name.rsplit(".", 1)[0] + "."
+        name = Path(ivfdata_name).name
+        if not (name.startswith(stem) and name.endswith(".ivfdata")):
+            raise ValueError(f"{main} names inverted lists {name!r}, not of this index")
+        return name[len(stem) : -len(".ivfdata")]
+
+
+def remove_ondisk_files(main: Path, keep_token: str | None = None) -> None:
+    """Delete every on-disk build's files beside `main` except `keep_token`'s (None: all), and any
+    shard folder a killed build left. A search that has them open keeps reading them (POSIX)."""
+    main = Path(main)
+    stem = main.name.rsplit(".", 1)[0]
+    for path in main.parent.iterdir():
+        name = path.name
+        if name.startswith(BUILD_DIR_PREFIX) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        for prefix in (f"{stem}.", f".{stem}."):
+            if not name.startswith(prefix) or name in (main.name, _sidecar(main).name):
+                continue
+            token = name[len(prefix) :].split(".", 1)[0]
+            if token != keep_token and name.endswith((".ivfdata", ".ids", ".hashes", ".build.json", ".delta.faiss",
+                                                      ".tombstones.npy", ".faiss.tmp", ".faiss.tmp.part")):
+                path.unlink(missing_ok=True)
+
+
+def vector_hashes(vecs: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each float32 row (its bytes): equal rows hash equal; rows that differ
+    collide with probability ~2^-64 (a multiply-add over the row's 64-bit words with random odd
+    multipliers: a difference in one word never cancels). ~25 ms for 20,000 x 512."""
+    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+    words = vecs.view(np.uint64) if vecs.shape[1] % 2 == 0 else vecs.view(np.uint32).astype(np.uint64)
+    mult = np.random.default_rng(0x5EED).integers(1, 2**63, size=words.shape[1], dtype=np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        h = (words * mult).sum(axis=1, dtype=np.uint64)
+        h ^= h >> np.uint64(29)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(32)
+    return h
+
+
+# -- building ----------------------------------------------------------------------------------------
+
+
+def build_ondisk(
+    dim: int,
+    chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    count: int,
+    main: Path,
+    kind: str = IVF_SQ8,
+    *,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    nlist: int | None = None,
+    pq_m: int | None = None,
+    workers: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    n_queries: int = TUNING_QUERIES,
+    seed: int = 0,
+    trained=None,
+    progress: Progress | None = None,
+) -> tuple["OnDiskVectorIndex", BuildReport]:
+    """A new on-disk index of `kind` (ivf-sq8, ivf-pq, or their -ondisk names) over the (ids,
+    vectors) that `chunks()` yields; called twice (sample, then fill), as in vectors.build_tuned.
+    Its files are written under a new token beside `main`; nothing in use is replaced until the
+    result's `save(main, generation)`. `trained`: an already trained empty IVF index to fill
+    instead of training one (the tests compare with an in-memory index of the same training).
+    Ids must be unique. Raises OnDiskIndexError; on any error the new files are removed."""
+    import faiss
+
+    kind = base_kind(ondisk_kind(kind))
+    if count <= 0:
+        raise OnDiskIndexError("no vectors to index")
+    workers = max(1, workers or os.cpu_count() or 1)
+    notify = progress or (lambda stage, done, total: None)
+    main = Path(main)
+    files = _Files(main, uuid.uuid4().hex[:12])
+    build_dir = main.parent / f"{BUILD_DIR_PREFIX}{files.token}"
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    try:
+        notify("sample", 0, count)
+        if trained is None:
+            trained, factory, nlist, pq_m, seeds = sample_and_train(dim, chunks, count, kind, nlist, pq_m,
+                                                                    n_queries, rng)
+        else:
+            from .vectors import _sample
+
+            ivf = faiss.extract_index_ivf(trained)
+            nlist = int(ivf.nlist)
+            pq_m = int(faiss.downcast_index(ivf).pq.M) if kind == IVF_PQ else None
+            factory = f"IVF{nlist},SQ8" if kind == IVF_SQ8 else f"IVF{nlist},PQ{pq_m}"
+            _, seeds = _sample(chunks(), count, 0, min(n_queries, count), rng)
+        if trained.ntotal:
+            raise OnDiskIndexError("the trained index to fill must be empty")
+        train_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        build_dir.mkdir()
+        queries = tuning_queries(seeds, rng)
+        truth = _ExactTopK(queries, RECALL_K)
+        shards, total = _fill_shards(trained, chunks, build_dir, files, workers, shard_size, truth,
+                                     lambda done: notify("fill", done, count))
+        if total == 0:
+            raise OnDiskIndexError("no vectors to index")
+        notify("merge", 0, len(shards))
+        trained_path = build_dir / "trained.faiss"
+        faiss.write_index(trained, str(trained_path))
+        _merge_in_subprocess(trained_path, shards, files.ivfdata, files.staged_main)
+        _fsync(files.ivfdata)
+        shutil.rmtree(build_dir, ignore_errors=True)
+        notify("merge", len(shards), len(shards))
+        add_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        notify("tune", 0, 1)
+        index = _read_main(files.staged_main, files)
+        params = {"factory": factory, "nlist": nlist, "trained_on": int(total), "shards": len(shards)}
+        if kind == IVF_PQ:
+            params["pq_m"] = pq_m
+        main_vi = VectorIndex(dim, index, index_type=kind, params=params)
+        nprobe, recall, curve = tune_nprobe(main_vi, queries, truth.ids(), target_recall + RECALL_MARGIN)
+        main_vi.set_nprobe(nprobe)
+        main_vi.recall_at_10 = round(recall, 4)
+        main_vi.params["target_recall"] = target_recall
+        build = {"index_type": kind + ONDISK_SUFFIX, "params": dict(main_vi.params),
+                 "recall_at_10": main_vi.recall_at_10, "count": int(total)}
+        _atomic_write(files.build, lambda tmp: tmp.write_text(json.dumps(build)))
+        tune_s = time.perf_counter() - started
+        notify("tune", 1, 1)
+    except BaseException as exc:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        for path in files.owned():
+            path.unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, VectorIndexError):
+            raise OnDiskIndexError(f"on-disk build failed: {exc}") from exc
+        raise
+    vi = OnDiskVectorIndex(dim, main_vi, files, _mmap_ids(files.ids, total))
+    report = BuildReport(kind + ONDISK_SUFFIX, factory, dict(vi.params), vi.recall_at_10, target_recall,
+                         recall >= target_recall, int(total), train_s, add_s, tune_s, curve)
+    return vi, report
+
+
+def _fill_shards(trained, chunks, build_dir: Path, files: _Files, workers: int, shard_size: int,
+                 truth: _ExactTopK, on_progress: Callable[[int], None]) -> tuple[list[Path], int]:
+    """Reads the chunks in this thread (ids and hashes to their files, the tuning queries' exact
+    top 10) and hands them to `workers` threads, each filling a clone of the trained index and
+    writing it to a shard file whenever it holds shard_size vectors. FAISS releases the GIL."""
+    import faiss
+
+    work: queue.Queue = queue.Queue(maxsize=2 * workers)
+    shards: list[Path] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def write_shard(shard) -> None:
+        with lock:
+            path = build_dir / f"shard-{len(shards):05d}.faiss"
+            shards.append(path)
+        faiss.write_index(shard, str(path))
+
+    def worker() -> None:
+        if workers > 1:
+            faiss.omp_set_num_threads(1)  # this thread's OpenMP teams: the workers are the parallelism
+        shard = None
+        try:
+            while (item := work.get()) is not None:
+                if errors:
+                    continue  # drain: the reader must never block on a full queue
+                ids, vecs = item
+                if shard is None:
+                    shard = faiss.clone_index(trained)
+                shard.add_with_ids(vecs, ids)
+                if shard.ntotal >= shard_size:
+                    write_shard(shard)
+                    shard = None
+            if shard is not None and shard.ntotal and not errors:
+                write_shard(shard)
+        except BaseException as exc:  # noqa: BLE001  (re-raised by the reader)
+            errors.append(exc)
+            while work.get() is not None:
+                pass
+
+    threads = [threading.Thread(target=worker, name=f"ondisk-shard-{i}", daemon=True) for i in range(workers)]
+    for t in threads:
+        t.start()
+    total, last_id = 0, -1
+    sorted_ids = True
+    try:
+        with open(files.ids, "wb") as ids_out, open(files.hashes, "wb") as hashes_out:
+            for ids, vecs in chunks():
+                if errors:
+                    break
+                ids = np.ascontiguousarray(ids, dtype=np.int64)
+                vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+                if len(ids) == 0:
+                    continue
+                sorted_ids = sorted_ids and bool(ids[0] > last_id) and bool(np.all(ids[1:] > ids[:-1]))
+                last_id = int(ids[-1])
+                ids_out.write(ids.tobytes())
+                hashes_out.write(vector_hashes(vecs).tobytes())
+                # split among the workers: a catalog chunk (20,000) keeps every worker busy
+                for part in np.array_split(np.arange(len(ids)), min(workers, len(ids))):
+                    work.put((ids[part[0] : part[-1] + 1], vecs[part[0] : part[-1] + 1]))
+                truth.update(ids, vecs)
+                total += len(ids)
+                on_progress(total)
+            for f in (ids_out, hashes_out):
+                f.flush()
+                os.fsync(f.fileno())
+    finally:
+        for _ in threads:
+            work.put(None)
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    if not sorted_ids and total:
+        _sort_id_files(files, total)
+    return sorted(shards), total
+
+
+def _sort_id_files(files: _Files, total: int) -> None:
+    ids = np.fromfile(files.ids, dtype=np.int64, count=total)
+    hashes = np.fromfile(files.hashes, dtype=np.uint64, count=total)
+    order = np.argsort(ids, kind="stable")
+    ids, hashes = ids[order], hashes[order]
+    if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
+        raise OnDiskIndexError("duplicate ids in the vectors to index")
+    ids.tofile(files.ids)
+    hashes.tofile(files.hashes)
+
+
+def _merge_in_subprocess(trained: Path, shards: list[Path], ivfdata: Path, main_out: Path) -> None:
+    """merge_ondisk leaves the shards' inverted lists unowned (a leak in the process that merges):
+    it runs in a short-lived Python process of its own."""
+    args = json.dumps({"trained": str(trained), "shards": [str(s) for s in shards],
+                       "ivfdata": str(ivfdata.resolve()), "main": str(main_out)})
+    proc = subprocess.run([sys.executable, "-m", "retriever.ondisk", "merge", args],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not main_out.is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise OnDiskIndexError(f"merging the shards failed: {tail[0]}")
+
+
+def _merge_main(args: dict[str, Any]) -> None:
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    index = faiss.read_index(args["trained"])
+    merge_ondisk(index, args["shards"], args["ivfdata"])
+    # stored by base name: _read_main makes it absolute again, for wherever the folder is
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    lists.filename = Path(args["ivfdata"]).name
+    main = Path(args["main"])
+    tmp = main.with_name(main.name + ".part")
+    faiss.write_index(index, str(tmp))
+    _fsync(tmp)
+    os.replace(tmp, main)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _read_main(path: Path, files: _Files | None = None):
+    """The main index, its lists memory-mapped read-only. Checks that the lists are on disk and,
+    with `files`, that they are that build's.
+
+    The main file names its .ivfdata by its base name alone; it is read from a copy of its bytes
+    where that name is made absolute (the folder of `path`), so the index works from any working
+    directory and wherever the folder moves. (IO_FLAG_ONDISK_SAME_DIR does the same but prints a
+    line on stdout, which would land in `retriever search` output; IO_FLAG_MMAP segfaults on a
+    merged index.)"""
+    import faiss
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FileNotFoundError(path) from exc
+    stem = (files.main if files is not None else path).name.rsplit(".", 1)[0]
+    found = None
+    for m in re.finditer(re.escape(f"{stem}.".encode()) + rb"[0-9a-f]{1,64}\.ivfdata", data):
+        if m.start() >= 8 and struct.unpack("<Q", data[m.start() - 8 : m.start()])[0] == m.end() - m.start():
+            found = m
+    if found is None:
+        raise ValueError(f"{path} is not an on-disk IVF index of this folder")
+    absolute = str(path.parent.resolve() / found.group().decode()).encode()
+    data = data[: found.start() - 8] + struct.pack("<Q", len(absolute)) + absolute + data[found.end() :]
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8), faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as exc:
+        raise ValueError(f"unreadable on-disk index {path}: {exc}") from exc
+    ivf = faiss.try_extract_index_ivf(index)
+    lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+    if not isinstance(lists, faiss.OnDiskInvertedLists):
+        raise ValueError(f"{path} is not an on-disk IVF index")
+    if files is not None and Path(lists.filename).name != files.ivfdata.name:
+        raise ValueError(f"{path} holds the lists of another build than its sidecar's")
+    # FAISS starts 32 threads per search to read the lists ahead: 1.4 ms a query on a warm page
+    # cache, 6x the scan itself (benchmarks/ondisk.py); the kernel's readahead does without.
+    lists.prefetch_nthread = PREFETCH_THREADS
+    return index
+
+
+def _mmap_ids(path: Path, count: int) -> np.ndarray:
+    if count == 0:
+        return np.zeros(0, np.int64)
+    if not path.is_file() or path.stat().st_size != 8 * count:
+        raise ValueError(f"{path} does not hold {count} ids")
+    return np.memmap(path, dtype=np.int64, mode="r", shape=(count,))
+
+
+# -- the index ---------------------------------------------------------------------------------------
+
+
+class OnDiskVectorIndex:
+    """The on-disk main index + an in-memory delta + tombstones; the VectorIndex interface
+    (add, remove, search, save, len, nprobe) that the indexer and the searcher use."""
+
+    is_ivf = True  # searches always take the selector path (search.Searcher)
+
+    def __init__(self, dim: int, main: VectorIndex, files: _Files, main_ids: np.ndarray,
+                 delta: VectorIndex | None = None, tombstones: np.ndarray | None = None):
+        self.dim = dim
+        self.main = main
+        self.files = files
+        self.main_ids = main_ids  # sorted, memory-mapped
+        self.delta = delta if delta is not None else VectorIndex(dim)
+        self.tombstones = np.zeros(0, np.int64) if tombstones is None else np.asarray(tombstones, np.int64)
+        self._dropped: tuple[Any, ...] | None = None  # (selector, bits) for the tombstones, built on demand
+
+    # -- what it is ------------------------------------------------------------------------------
+
+    @property
+    def index_type(self) -> str:
+        return self.main.index_type + ONDISK_SUFFIX
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.main.params
+
+    @property
+    def recall_at_10(self) -> float | None:
+        return self.main.recall_at_10
+
+    @property
+    def factory(self) -> str:
+        return self.main.factory
+
+    @property
+    def nlist(self) -> int:
+        return self.main.nlist
+
+    @property
+    def nprobe(self) -> int:
+        return self.main.nprobe
+
+    def set_nprobe(self, nprobe: int) -> None:
+        self.main.set_nprobe(nprobe)
+
+    @property
+    def token(self) -> str:
+        return self.files.token
+
+    @property
+    def main_count(self) -> int:
+        return len(self.main_ids)
+
+    def __len__(self) -> int:
+        return self.main_count - len(self.tombstones) + len(self.delta)
+
+    def ivfdata_bytes(self) -> int:
+        try:
+            return self.files.ivfdata.stat().st_size
+        except OSError:
+            return 0
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    def _in_main(self, ids: np.ndarray) -> np.ndarray:
+        if self.main_count == 0:
+            return np.zeros(len(ids), bool)
+        pos = np.minimum(np.searchsorted(self.main_ids, ids), self.main_count - 1)
+        return np.asarray(self.main_ids[pos]) == ids
+
+    def _tombstone(self, ids: np.ndarray) -> int:
+        fresh = np.setdiff1d(ids[self._in_main(ids)], self.tombstones)
+        if len(fresh):
+            self.tombstones = np.union1d(self.tombstones, fresh)
+            self._dropped = None
+        return len(fresh)
+
+    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        """To the delta. An id the main index holds gets a tombstone there (its vector was replaced)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return
+        self._tombstone(ids)
+        if len(self.delta):
+            self.delta.remove(ids)
+        self.delta.add(ids, vecs)
+
+    def remove(self, ids: Iterable[int]) -> int:
+        ids = np.unique(np.fromiter(ids, dtype=np.int64))
+        if len(ids) == 0:
+            return 0
+        removed = self.delta.remove(ids) if len(self.delta) else 0
+        return removed + self._tombstone(ids)
+
+    def resync(self, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Make delta and tombstones agree with the stored vectors `chunks` yields (the catalog's,
+        the truth): a vector the main index holds unchanged stays; a new or changed one goes to
+        the delta; a main vector no longer stored, or changed, is tombstoned. One pass; compares
+        vector hashes, not vectors."""
+        hashes = _mmap_hashes(self.files.hashes, self.main_count)
+        live = np.zeros(self.main_count, bool)
+        delta = VectorIndex(self.dim)
+        for ids, vecs in chunks:
+            ids = np.ascontiguousarray(ids, dtype=np.int64)
+            if len(ids) == 0:
+                continue
+            pos = np.minimum(np.searchsorted(self.main_ids, ids), max(self.main_count - 1, 0))
+            in_main = self._in_main(ids)
+            same = in_main.copy()
+            same[in_main] = np.asarray(hashes[pos[in_main]]) == vector_hashes(vecs[in_main])
+            live[pos[same]] = True
+            if not same.all():
+                delta.add(ids[~same], vecs[~same])
+        self.delta = delta
+        self.tombstones = np.asarray(self.main_ids[~live], dtype=np.int64)
+        self._dropped = None
+
+    # -- search ----------------------------------------------------------------------------------
+
+    def _dropped_selector(self):
+        """The tombstones as a FAISS bitmap over the main index's ids (catalog ids are dense)."""
+        import faiss
+
+        if len(self.tombstones) == 0:
+            return None
+        if self._dropped is None:
+            mask = np.zeros(int(self.tombstones.max()) + 1, dtype=bool)
+            mask[self.tombstones] = True
+            bits = np.packbits(mask, bitorder="little")
+            self._dropped = (faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits)
+        return self._dropped[0]
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: Iterable[int] = (),
+        allowed: Iterable[int] | np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As VectorIndex.search, over the live vectors: the main index without its tombstones
+        (nprobe as tuned, widened for filters and large k as VectorIndex does) and the delta
+        (exact), merged best first."""
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        width = min(k, len(self))
+        if width <= 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        if allowed is not None and not isinstance(allowed, np.ndarray):
+            allowed = np.fromiter((int(i) for i in allowed), dtype=np.int64)
+        if not isinstance(exclude, np.ndarray):
+            exclude = np.fromiter((int(i) for i in exclude), dtype=np.int64)
+        parts = []
+        if self.main_count > len(self.tombstones):
+            parts.append(self.main.search(queries, width, exclude=exclude, allowed=allowed,
+                                          dropped=self._dropped_selector()))
+        if len(self.delta):
+            parts.append(self.delta.search(queries, width, exclude=exclude, allowed=allowed))
+        if not parts:
+            return _padded(len(queries), width)
+        if len(parts) == 1 and parts[0][1].shape[1] == width:
+            return parts[0]
+        scores = np.concatenate([p[0] for p in parts] + [_padded(len(queries), width)[0]], axis=1)
+        ids = np.concatenate([p[1] for p in parts] + [_padded(len(queries), width)[1]], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :width]
+        return _clean(np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1))
+
+    def reconstruct(self, image_id: int) -> np.ndarray:
+        ids = np.array([image_id], np.int64)
+        if len(self.delta):
+            try:
+                return self.delta.reconstruct(image_id)
+            except RuntimeError:
+                pass
+        if not self._in_main(ids)[0] or image_id in set(self.tombstones.tolist()):
+            raise KeyError(image_id)
+        return self.main.reconstruct(image_id)
+
+    def clear(self) -> None:
+        raise OnDiskIndexError("an on-disk index is refilled by a new build (retriever optimize), not cleared")
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def info(self, generation: int) -> IndexInfo:
+        params = dict(self.main.params)
+        params.update({"token": self.token, "main_count": self.main_count, "delta_count": len(self.delta),
+                       "tombstones": len(self.tombstones), "ivfdata": self.files.ivfdata.name})
+        return IndexInfo(generation=generation, count=len(self), dim=self.dim, kind=self.factory,
+                         index_type=self.index_type, params=params, recall_at_10=self.recall_at_10)
+
+    def save(self, path: Path, generation: int) -> None:
+        """The delta and tombstones, then the sidecar (the commit point). A freshly built index is
+        installed first: the old sidecar goes, the new main file is renamed over vectors.faiss.
+        Then the files of every other build are deleted."""
+        import faiss
+
+        path = Path(path)
+        if path != self.files.main:
+            raise OnDiskIndexError(f"an on-disk index is saved where it was built ({self.files.main}), not {path}")
+        installing = self.files.staged_main.exists()
+        if installing:
+            # A kill between these renames leaves no sidecar or one naming another build: the
+            # next open reopens the build vectors.faiss names (open_main) and resyncs it.
+            _sidecar(path).unlink(missing_ok=True)
+            os.replace(self.files.staged_main, path)
+        _atomic_write(self.files.delta, lambda tmp: faiss.write_index(self.delta.index, str(tmp)))
+        _atomic_write(self.files.tombstones, lambda tmp: _save_npy(tmp, self.tombstones))
+        info = self.info(generation)
+        _atomic_write(_sidecar(path), lambda tmp: tmp.write_text(json.dumps(asdict(info))))
+        if installing:
+            remove_ondisk_files(path, keep_token=self.token)
+
+    @classmethod
+    def load(cls, path: Path) -> tuple["OnDiskVectorIndex", IndexInfo]:
+        """The index its sidecar describes. Raises FileNotFoundError / ValueError when a file is
+        missing or disagrees with the sidecar (then `open_main` + `resync` repair it)."""
+        import faiss
+
+        path = Path(path)
+        info = read_info(path)
+        if info is None:
+            raise FileNotFoundError(path)
+        if not is_ondisk(info.index_type) or "token" not in info.params:
+            raise ValueError(f"{path} is not an on-disk index")
+        files = _Files(path, str(info.params["token"]))
+        index = _read_main(path, files)
+        params = {k: v for k, v in info.params.items()
+                  if k not in ("token", "main_count", "delta_count", "tombstones", "ivfdata")}
+        main_count = int(info.params.get("main_count", -1))
+        if index.ntotal != main_count or index.d != info.dim:
+            raise ValueError(f"{path} does not match its sidecar")
+        main = VectorIndex(info.dim, index, index_type=base_kind(info.index_type), params=params,
+                           recall_at_10=info.recall_at_10)
+        try:
+            delta = faiss.read_index(str(files.delta))
+            tombstones = np.load(files.tombstones)
+        except (RuntimeError, OSError) as exc:
+            raise ValueError(f"the delta or tombstones of {path} are unreadable: {exc}") from exc
+        if delta.ntotal != info.params.get("delta_count") or len(tombstones) != info.params.get("tombstones") \
+                or delta.d != info.dim:
+            raise ValueError(f"the delta or tombstones of {path} do not match its sidecar")
+        vi = cls(info.dim, main, files, _mmap_ids(files.ids, main_count), VectorIndex(info.dim, delta), tombstones)
+        if len(vi) != info.count:
+            raise ValueError(f"{path} does not match its sidecar")
+        return vi, info
+
+    @classmethod
+    def open_main(cls, path: Path) -> "OnDiskVectorIndex":
+        """The build that vectors.faiss names, whatever the sidecar says, with an empty delta and no
+        tombstones: call `resync` before use. Raises FileNotFoundError / ValueError."""
+        import faiss
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        index = _read_main(path)
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+        files = _Files(path, _Files.token_of_ivfdata(path, lists.filename))
+        try:
+            build = json.loads(files.build.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{files.build} is missing or unreadable") from exc
+        if build.get("count") != index.ntotal or not is_ondisk(build.get("index_type")):
+            raise ValueError(f"{path} does not match {files.build.name}")
+        main = VectorIndex(index.d, index, index_type=base_kind(build["index_type"]), params=build["params"],
+                           recall_at_10=build.get("recall_at_10"))
+        return cls(index.d, main, files, _mmap_ids(files.ids, int(index.ntotal)))
+
+
+def _mmap_hashes(path: Path, count: int) -> np.ndarray:
+    if count == 0:
+        return np.zeros(0, np.uint64)
+    if not path.is_file() or path.stat().st_size != 8 * count:
+        raise ValueError(f"{path} does not hold {count} hashes")
+    return np.memmap(path, dtype=np.uint64, mode="r", shape=(count,))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, array)
+
+
+def build_size(vi: OnDiskVectorIndex) -> int:
+    """Bytes of a build's files on disk: main file (or its staged copy), lists, ids and hashes."""
+    files = vi.files
+    main = files.main if files.main.is_file() else files.staged_main
+    return sum(p.stat().st_size for p in (main, files.ivfdata, files.ids, files.hashes) if p.is_file())
+
+
+def ondisk_status(main: Path, info: IndexInfo | None) -> dict[str, Any] | None:
+    """For `retriever status`: the kind as shown ("ivf-sq8 on disk"), the parameters worth
+    showing, and the files' figures; None when `info` is not an on-disk index's."""
+    if info is None or not is_ondisk(info.index_type) or "token" not in info.params:
+        return None
+    files = _Files(Path(main), str(info.params["token"]))
+    try:
+        ivfdata_bytes = files.ivfdata.stat().st_size
+    except OSError:
+        ivfdata_bytes = None
+    p = info.params
+    shown = {key: p[key] for key in ("nlist", "nprobe", "pq_m", "trained_on", "target_recall") if key in p}
+    shown["ivfdata"] = f"{ivfdata_bytes / 1e6:.1f} MB" if ivfdata_bytes is not None else "missing"
+    shown["delta"] = p.get("delta_count", 0)
+    shown["tombstones"] = p.get("tombstones", 0)
+    return {
+        "shown_kind": base_kind(info.index_type) + " on disk",
+        "shown_params": shown,
+        "files": {"ivfdata": files.ivfdata.name, "ivfdata_bytes": ivfdata_bytes,
+                  "main_vectors": p.get("main_count"), "delta_vectors": p.get("delta_count", 0),
+                  "tombstones": p.get("tombstones", 0), "shards": p.get("shards")},
+    }
+
+
+def load_any(path: Path):
+    """VectorIndex.load or OnDiskVectorIndex.load, by the sidecar's kind. -> (index, IndexInfo)."""
+    info = read_info(path)
+    if info is not None and is_ondisk(info.index_type):
+        return OnDiskVectorIndex.load(path)
+    return VectorIndex.load(path)
+
+
+if __name__ == "__main__":  # python -m retriever.ondisk merge '{"trained": ..., "shards": [...], ...}'
+    if len(sys.argv) != 3 or sys.argv[1] != "merge":
+        sys.exit("usage: python -m retriever.ondisk merge JSON")
+    _merge_main(json.loads(sys.argv[2]))
