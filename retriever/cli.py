@@ -809,8 +809,11 @@ def status(home, index_name, as_json):
     """Where the index lives, its model, and its counts (images, vectors, failed, last run)."""
     from .index import Index
 
+    from .daemon_client import is_running
+
     with Index.open(_home(home), index_name) as idx:
         info = idx.status()
+        info["daemon"] = is_running(idx.folder)  # a warm query daemon listens for this index
     if as_json:
         click.echo(json.dumps(info))
         return
@@ -834,6 +837,7 @@ def status(home, index_name, as_json):
         ("tags", (f"{info['tags']['labels']} labels, {info['tags']['tagged']} images tagged, "
                   f"{info['tags']['untagged']} not yet (retriever tag)") if info.get("tags") else "none (retriever tag)"),
         ("onnx", _onnx_text(info.get("onnx"))),
+        ("daemon", "running (retriever daemon status)" if info["daemon"] else "not running"),
         ("failed", f"{info['failed']}" + (" (retriever errors)" if info["failed"] else "")),
         ("created", info["created_at"]),
         ("last run", last_text),

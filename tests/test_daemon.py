@@ -7,6 +7,7 @@ at the end of its test; conftest sets RETRIEVER_NO_DAEMON=1 for everything else.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -207,6 +208,12 @@ def test_one_daemon_per_index_idle_timeout_and_status(home, start_daemon):
     daemon = start_daemon(folder, idle_s=1.0)
     info = ask(folder, {"op": "status"})
     assert info["pid"] == os.getpid() and info["folder"] == str(folder) and info["idle_timeout_s"] == 1.0
+    from click.testing import CliRunner
+
+    from retriever.cli import main
+
+    shown = CliRunner().invoke(main, ["status", "--home", str(home), "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["daemon"] is True
     second = Daemon(folder, 30, log=lambda m: None)
     with pytest.raises(DaemonError, match="another daemon"):
         second.start()  # the first answers: the second gives up at once
@@ -215,6 +222,8 @@ def test_one_daemon_per_index_idle_timeout_and_status(home, start_daemon):
         time.sleep(0.1)
     assert daemon.stop_reason == "idle for 1 s"
     assert not os.path.exists(socket_path(folder)) and not is_running(folder)
+    shown = CliRunner().invoke(main, ["status", "--home", str(home)])
+    assert shown.exit_code == 0 and "daemon     not running" in shown.output
 
 
 def test_stale_socket_is_removed(tmp_path):
