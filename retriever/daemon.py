@@ -54,6 +54,7 @@ from .daemon_client import (
     is_running,
     lock_path,
     peer_uid,
+    read_line,
     socket_path,
 )
 from .errors import RetrieverError
@@ -314,7 +315,7 @@ class Daemon:
             self.log(f"refused a client of uid {uid}")
             return
         try:
-            line = _read_line(conn)
+            line = read_line(conn, MAX_REQUEST_BYTES)
         except ConnectionResetError:  # a client that only looked whether a daemon listens
             return
         except (OSError, ValueError) as exc:
@@ -507,23 +508,6 @@ def _file_sig(path: os.PathLike | str) -> tuple | None:
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _read_line(conn: socket.socket) -> bytes:
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        chunk = conn.recv(1 << 16)
-        if not chunk:
-            raise ConnectionResetError("the client closed the connection before a full request")
-        end = chunk.find(b"\n")
-        if end >= 0:
-            parts.append(chunk[:end])
-            return b"".join(parts)
-        parts.append(chunk)
-        size += len(chunk)
-        if size > MAX_REQUEST_BYTES:
-            raise ValueError("request too long")
 
 
 def run_daemon(folder: str | os.PathLike, idle_s: float = DEFAULT_IDLE_S, log=None) -> str:

@@ -125,8 +125,8 @@ def ask(folder: str | os.PathLike, message: dict, timeout: float = ANSWER_TIMEOU
             raise DaemonUnavailable("the socket belongs to another user")
         try:
             sock.sendall(json.dumps(message).encode("utf-8", "surrogateescape") + b"\n")
-            data = _read_line(sock)
-        except OSError as exc:
+            data = read_line(sock, MAX_ANSWER_BYTES)
+        except (OSError, ValueError) as exc:
             raise DaemonUnavailable(f"the daemon did not answer: {exc}") from None
     finally:
         sock.close()
@@ -206,21 +206,23 @@ def _stream_info(stream) -> dict:
             "errors": getattr(stream, "errors", None) or "strict"}
 
 
-def _read_line(sock: socket.socket) -> bytes:
+def read_line(sock: socket.socket, limit: int) -> bytes:
+    """One line of the protocol (a JSON object and a newline), without the newline. Raises
+    ConnectionResetError when the peer closes before the newline, ValueError past `limit` bytes."""
     parts: list[bytes] = []
     size = 0
     while True:
         chunk = sock.recv(1 << 16)
         if not chunk:
-            raise ConnectionResetError("the daemon closed the connection")
+            raise ConnectionResetError("the connection closed before a full line")
         end = chunk.find(b"\n")
         if end >= 0:
             parts.append(chunk[:end])
             return b"".join(parts)
         parts.append(chunk)
         size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            raise ConnectionResetError("the daemon's answer is too long")
+        if size > limit:
+            raise ValueError(f"a line longer than {limit} bytes")
 
 
 def _same_user(sock: socket.socket) -> bool:

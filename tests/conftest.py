@@ -91,6 +91,14 @@ def offline_index(tmp_path_factory, offline_encoder):
     index.close()
 
 
+@pytest.fixture
+def offline_copy(tmp_path, offline_index):
+    """A writable copy of the session's indexed example photos: the home folder holding it."""
+    home = tmp_path / "home"
+    shutil.copytree(offline_index.folder, home / "default", ignore=shutil.ignore_patterns("write.lock"))
+    return home
+
+
 def copy_photos(dest: Path, names: list[str] | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for p in sorted(PHOTOS.iterdir()):

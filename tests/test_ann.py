@@ -4,7 +4,6 @@ choice of kind by size; `retriever optimize`."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -253,15 +252,6 @@ def test_an_indexing_run_that_outgrows_exact_search_ends_with_ivf(tmp_path, offl
 
 
 # -- retriever optimize ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def offline_copy(tmp_path, offline_index):
-    """A writable copy of the session's indexed example photos."""
-    home = tmp_path / "home"
-    shutil.copytree(offline_index.folder, home / "default")
-    (home / "default" / "write.lock").unlink(missing_ok=True)
-    return home
 
 
 def _optimize(*args):

@@ -289,14 +289,6 @@ def test_optimize_on_disk_stays_on_disk_repairs_a_lag_and_folds_the_delta(tmp_pa
 # -- the CLI on a real index ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def offline_copy(tmp_path, offline_index):
-    home = tmp_path / "home"
-    shutil.copytree(offline_index.folder, home / "default")
-    (home / "default" / "write.lock").unlink(missing_ok=True)
-    return home
-
-
 def _cli(*args):
     from retriever.cli import main
 
