@@ -391,7 +391,8 @@ class _Run:
     def encoder(self):
         if not hasattr(self._encoder, "embed_preprocessed"):  # a loader, called on first need
             self._encoder = self._encoder()
-        self.summary.backend = encoder_backend(self._encoder)
+        if self.summary.backend is None:
+            self.summary.backend = encoder_backend(self._encoder)
         return self._encoder
 
     def run(self) -> RunSummary:
