@@ -91,6 +91,18 @@ def offline_index(tmp_path_factory, offline_encoder):
     index.close()
 
 
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """FAISS on one thread for a module (small indexes on 2 shared cores run faster so; results
+    do not depend on it). Modules use it with `pytestmark = pytest.mark.usefixtures(...)`."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture
 def offline_copy(tmp_path, offline_index):
     """A writable copy of the session's indexed example photos: the home folder holding it."""

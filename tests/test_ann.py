@@ -54,16 +54,7 @@ def exact_ids(ids, vecs, queries, k, mask=None):
     return ids[np.argsort(-scores, axis=1, kind="stable")[:, :k]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_faiss_thread():
-    """On a shared 2-core machine OpenMP threads spin-wait for each other: k-means on small data
-    runs 3x faster on one thread. Results do not depend on it."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,14 +29,7 @@ from tests.test_ann import DIM, clustered, exact_ids, make_index
 NLIST = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_faiss_thread():
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")
