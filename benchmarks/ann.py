@@ -266,7 +266,7 @@ def run_kind(kind: str, data: EmbeddingLike, n: int, flat, vectors: np.ndarray, 
 
 def catalog_read_rate(dim: int, rows: int, work: Path) -> dict[str, Any]:
     """Vectors/s of Catalog.iter_vectors over a real SQLite catalog."""
-    from retriever.catalog import STATUS_INDEXED, Catalog
+    from retriever.store.catalog import STATUS_INDEXED, Catalog
 
     log(f"catalog: writing {rows:,} rows of dim {dim} ...")
     catalog = Catalog(work / "catalog.db", create=True)

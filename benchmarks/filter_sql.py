@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from retriever import filters as F  # noqa: E402
-from retriever.catalog import Catalog  # noqa: E402
+from retriever.store.catalog import Catalog  # noqa: E402
 
 
 def main(argv=None) -> int:

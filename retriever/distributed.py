@@ -30,9 +30,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .encoders.base import ModelSpec, default_batch_size
-from .errors import MissingDependencyError, ModelMismatchError, RetrieverError
-from .indexer import IndexOptions, RunSummary, _Prepared, _Task, prepare, run_index
+from retriever.encoders.base import ModelSpec, default_batch_size
+from retriever.errors import MissingDependencyError, ModelMismatchError, RetrieverError
+from retriever.indexer import IndexOptions, RunSummary, _Prepared, _Task, prepare, run_index
 
 INSTALL_HINT = "pip install 'retriever[distributed]'"
 # Files per decode task: small, so results stream to the encoders (and memory stays bounded:
@@ -190,7 +190,7 @@ class _EncodeActor:
     def __init__(self, spec: ModelSpec, model_id: str, threads: int):
         import torch
 
-        from .encoders import create_encoder
+        from retriever.encoders import create_encoder
 
         if spec.device == "cpu":
             torch.set_num_threads(threads)

@@ -48,8 +48,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from sqlalchemy import func, select
 
-from .catalog import STATUS_INDEXED, images, vectors
-from .errors import RetrieverError
+from retriever.store.catalog import STATUS_INDEXED, images, vectors
+from retriever.errors import RetrieverError
 
 # Default near-duplicate threshold by the index's model id prefix (cosine similarity). Cosine
 # scales differ between encoders, so each family has its own:

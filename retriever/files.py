@@ -11,10 +11,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from .errors import RetrieverError
-from .images import supported_suffixes
-from .remote import is_url, normalize_url, walk_url
-from .video import VIDEO_SUFFIXES
+from retriever.errors import RetrieverError
+from retriever.images import supported_suffixes
+from retriever.remote import is_url, normalize_url, walk_url
+from retriever.video import VIDEO_SUFFIXES
 
 # Every suffix images.decode handles or explains (HEIC/AVIF/RAW included even when their decoder
 # is not installed: see images.supported_suffixes), and videos (sampled frames: see video.py).

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Sequence
 
-from .errors import RetrieverError
+from retriever.errors import RetrieverError
 
 EARTH_RADIUS_KM = 6371.0088
 DEFAULT_WITHIN_KM = 1.0
@@ -167,7 +167,7 @@ def build(
     min_score: float | None = None,
 ) -> Filters:
     """Filters from command-line strings; raises FilterError with a one-line reason."""
-    from .files import absolute
+    from retriever.files import absolute
 
     if within_km is not None and near is None:
         raise FilterError("--within needs --near LAT,LON")
@@ -179,7 +179,7 @@ def build(
         raise FilterError(f"--after {after} is not before --before {before}: no date can match")
     tag_names: tuple[str, ...] = ()
     if tags:
-        from .tags import normalize_label
+        from retriever.tags import normalize_label
 
         tag_names = tuple(dict.fromkeys(normalize_label(t) for t in tags))
     return Filters(
@@ -230,7 +230,7 @@ def date_sql() -> str:
 
 
 def _where(f: Filters) -> tuple[list[str], dict[str, Any]]:
-    from .files import path_to_text
+    from retriever.files import path_to_text
 
     where: list[str] = []
     params: dict[str, Any] = {}
@@ -241,7 +241,7 @@ def _where(f: Filters) -> tuple[list[str], dict[str, Any]]:
         where.append(f"{_DATE_SQL} < :before")
         params["before"] = f.before
     if f.folders:
-        from .files import text_prefixes
+        from retriever.files import text_prefixes
 
         parts = []
         for i, folder in enumerate(f.folders):

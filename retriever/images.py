@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ImageDecodeError
+from retriever.errors import ImageDecodeError
 
 # Above this many pixels a file is refused from its header, before any pixel is decoded (a 12 MP
 # photo is 12e6; panoramas reach ~100e6). Decoding needs about 4 bytes per pixel plus one RGB

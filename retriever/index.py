@@ -13,12 +13,12 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .encoders.base import ModelSpec
+from retriever.encoders.base import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .catalog import Catalog
-from .errors import CatalogError, IndexLockedError, IndexNotFoundError, ModelMismatchError, RetrieverError
-from .locations import HOME_ENV, resolve_home  # noqa: F401  (stdlib only: shared with the CLI's clients)
+    from retriever.store.catalog import Catalog
+from retriever.errors import CatalogError, IndexLockedError, IndexNotFoundError, ModelMismatchError, RetrieverError
+from retriever.locations import HOME_ENV, resolve_home  # noqa: F401  (stdlib only: shared with the CLI's clients)
 
 DEFAULT_INDEX = "default"
 CATALOG_FILE = "catalog.db"
@@ -79,7 +79,7 @@ class Index:
             # Built under a temporary name and renamed: a kill during creation never leaves a
             # catalog without its model.
             tmp = folder / f".{CATALOG_FILE}.{os.getpid()}.tmp"
-            from .catalog import Catalog, utcnow
+            from retriever.store.catalog import Catalog, utcnow
 
             catalog = Catalog(tmp, create=True)
             catalog.set_settings(
@@ -93,7 +93,7 @@ class Index:
             )
             catalog.close()  # the last connection's close folds the WAL into the file
             os.replace(tmp, final)
-        from .catalog import Catalog
+        from retriever.store.catalog import Catalog
 
         return cls(folder, Catalog(final))
 
@@ -138,7 +138,7 @@ class Index:
 
     def load_encoder(self, device: str = "auto", batch_size: int | None = None):
         """The index's own encoder; refuses weights that no longer give the recorded model id."""
-        from .encoders import create_encoder
+        from retriever.encoders import create_encoder
 
         encoder = create_encoder(self.model_spec(device, batch_size))
         if encoder.model_id != self.model_id:
@@ -152,7 +152,7 @@ class Index:
         """-> (encoder for an indexing run, why that backend in words): the ONNX Runtime image tower
         on the CPU when the export measured it faster (or --backend onnx), else the PyTorch model.
         ONNX Runtime indexing imports no torch and no open_clip (seconds at start)."""
-        from .onnx import indexing_encoder_for
+        from retriever.onnx import indexing_encoder_for
 
         onnx, why = indexing_encoder_for(self, backend, device, batch_size)
         return (onnx if onnx is not None else self.load_encoder(device, batch_size)), why
@@ -177,7 +177,7 @@ class Index:
             who = f" by pid {holder.get('pid')} since {holder.get('since')}" if holder else ""
             raise IndexLockedError(f"index {self.name!r} is being written{who}; wait for it to finish") from None
         os.ftruncate(fd, 0)
-        from .catalog import utcnow
+        from retriever.store.catalog import utcnow
 
         os.write(fd, json.dumps({"pid": os.getpid(), "since": utcnow()}).encode())
         self._lock_fd = fd
@@ -203,8 +203,8 @@ class Index:
         A rebuild makes the kind that suits the count (see `wanted_index_kind`). A stale file of
         that kind lends its training (IVF lists, codebooks, nprobe) and is refilled from the
         catalog: none of its vectors is trusted, and nothing is trained again."""
-        from .ondisk import is_ondisk
-        from .vectors import VectorIndex, read_info
+        from retriever.ondisk import is_ondisk
+        from retriever.vectors import VectorIndex, read_info
 
         generation = self.catalog.generation()
         info = read_info(self.vectors_path)
@@ -238,7 +238,7 @@ class Index:
         tombstones made again from the catalog (saved, with the lock); else, with the lock, a new
         on-disk build. None when none can be had (no lock and no usable build: the caller builds
         in memory, so that search always works)."""
-        from .ondisk import OnDiskVectorIndex
+        from retriever.ondisk import OnDiskVectorIndex
 
         for _ in range(2):  # a concurrent optimize may swap the files between two reads: look again
             try:
@@ -260,7 +260,7 @@ class Index:
         count = self.catalog.counts()["stored_vectors"]
         if self._lock_fd is None or count == 0 or not self.on_disk_wanted():
             return None
-        from .vectors import VectorIndexError
+        from retriever.vectors import VectorIndexError
 
         try:
             vi, _ = self._build_ondisk(None, count)
@@ -273,8 +273,8 @@ class Index:
                       workers: int | None = None, shard_size: int | None = None, progress=None):
         """A new on-disk index (not yet saved) of `kind` (None: the recorded kind when it is an IVF
         one, else ivf-sq8) from the stored vectors. -> (OnDiskVectorIndex, BuildReport)."""
-        from .ondisk import DEFAULT_SHARD_SIZE, build_ondisk, ondisk_kind
-        from .vectors import IVF_PQ, IVF_SQ8
+        from retriever.ondisk import DEFAULT_SHARD_SIZE, build_ondisk, ondisk_kind
+        from retriever.vectors import IVF_PQ, IVF_SQ8
 
         settings = self.vector_index_settings()
         if kind is None:
@@ -296,7 +296,7 @@ class Index:
     def vector_index_settings(self) -> dict[str, Any]:
         """kind (auto | flat | ivf-sq8 | ivf-pq), target_recall, exact_max: catalog settings that
         `retriever optimize` writes, else the defaults of retriever.vectors."""
-        from .vectors import DEFAULT_TARGET_RECALL, default_exact_max
+        from retriever.vectors import DEFAULT_TARGET_RECALL, default_exact_max
 
         exact_max = self.catalog.get_setting(EXACT_MAX_SETTING)
         return {
@@ -311,7 +311,7 @@ class Index:
         the threshold, so a collection that hovers around it is not rebuilt back and forth; an
         exact index that `auto` fell back to (IVF missed the recall target) stays exact until
         the collection has grown fourfold."""
-        from .vectors import FLAT, choose_kind
+        from retriever.vectors import FLAT, choose_kind
 
         settings = self.vector_index_settings()
         if settings["kind"] != "auto":
@@ -346,7 +346,7 @@ class Index:
     def _build_or_exact(self, count: int):
         """The recorded kind, or exact when it cannot be built (ivf-pq pinned on a collection that
         has shrunk under its training minimum): search must always work."""
-        from .vectors import FLAT, VectorIndexError
+        from retriever.vectors import FLAT, VectorIndexError
 
         try:
             return self.build_vector_index(None, count)
@@ -358,7 +358,7 @@ class Index:
         """A new index of `kind` (None: the recorded setting, auto unless pinned) from the stored
         vectors (no encoder), not saved. target_recall, exact_max: None for the recorded ones.
         -> (VectorIndex, vectors.BuildReport)."""
-        from .vectors import FLAT, FACTORY_FLAT, BuildReport, VectorIndex, build_tuned
+        from retriever.vectors import FLAT, FACTORY_FLAT, BuildReport, VectorIndex, build_tuned
 
         if count is None:
             count = self.catalog.counts()["stored_vectors"]
@@ -382,14 +382,14 @@ class Index:
         the run changed nothing: then nothing is done). -> the BuildReport, or None.
 
         An on-disk index stays on disk: its delta grows until `retriever optimize` folds it in."""
-        from .ondisk import is_ondisk
+        from retriever.ondisk import is_ondisk
 
         if vectors is None or self._lock_fd is None:
             return None
         if is_ondisk(vectors.index_type):
             return None
         if self.on_disk_wanted() and len(vectors):  # an in-memory stand-in (the on-disk files were lost)
-            from .vectors import VectorIndexError
+            from retriever.vectors import VectorIndexError
 
             try:
                 vi, report = self._build_ondisk(None, len(vectors))
@@ -417,8 +417,8 @@ class Index:
         `shard_size` vectors; False builds in memory; None keeps an on-disk index on disk when no
         kind is given (folding its delta and tombstones into a fresh build), else in memory.
         `progress(stage, done, total)` hears how an on-disk build goes."""
-        from .ondisk import build_size, remove_ondisk_files
-        from .vectors import VectorIndexError, check_kind
+        from retriever.ondisk import build_size, remove_ondisk_files
+        from retriever.vectors import VectorIndexError, check_kind
 
         if self._lock_fd is None:
             raise RetrieverError("optimize needs the writer lock (Index.acquire_lock)")
@@ -463,14 +463,14 @@ class Index:
         against PyTorch, and record the outcome (setting "onnx"); a refused export leaves search on
         PyTorch. Needs the writer lock. Raises MissingDependencyError without onnx/onnxruntime.
         -> onnx.ExportReport."""
-        from .onnx import export_index
+        from retriever.onnx import export_index
 
         if self._lock_fd is None:
             raise RetrieverError("export_onnx needs the writer lock (Index.acquire_lock)")
         return export_index(self, encoder if encoder is not None else self.load_encoder("cpu"), images=images)
 
     def _onnx_status(self) -> dict[str, Any] | None:
-        from .onnx import ONNX_SETTING, valid_record
+        from retriever.onnx import ONNX_SETTING, valid_record
 
         record = self.catalog.get_setting(ONNX_SETTING)
         if not record:
@@ -498,8 +498,8 @@ class Index:
                 **self.catalog.tag_coverage()}
 
     def status(self) -> dict[str, Any]:
-        from .ondisk import ondisk_status
-        from .vectors import read_info
+        from retriever.ondisk import ondisk_status
+        from retriever.vectors import read_info
 
         counts = self.catalog.counts()
         info = read_info(self.vectors_path)
@@ -536,13 +536,13 @@ def _shown_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def _open_catalog(path: Path, read_only: bool):
     if read_only:
-        from .catalog_reader import CatalogReader, SchemaMismatch
+        from retriever.store.reader import CatalogReader, SchemaMismatch
 
         try:
             return CatalogReader(path)
         except SchemaMismatch:
             pass  # an older catalog: the full one migrates it
-    from .catalog import Catalog
+    from retriever.store.catalog import Catalog
 
     return Catalog(path)
 
@@ -564,7 +564,7 @@ def _same_pretrained(asked: str, stored: str | None) -> bool:
 
 
 def _with_onnx_export(index: Index, encoder, note: str | None) -> str | None:
-    from .errors import MissingDependencyError
+    from retriever.errors import MissingDependencyError
 
     try:
         report = index.export_onnx(encoder)
@@ -608,7 +608,7 @@ def open_for_writing(
 
     backend ("auto", "onnx", "pytorch"): what runs the image tower on the CPU (see
     Index.indexing_encoder); `on_backend` hears the choice, in words, when it is made."""
-    from .encoders import create_encoder, default_model_spec, is_config_path
+    from retriever.encoders import create_encoder, default_model_spec, is_config_path
 
     folder = Path(home) / check_name(name)
     if Index.exists(home, name):
@@ -662,7 +662,7 @@ def open_for_writing(
             index.close()
             raise
     if backend != "pytorch":
-        from .onnx import indexing_encoder_for
+        from retriever.onnx import indexing_encoder_for
 
         try:
             onnx, why = indexing_encoder_for(index, backend, device, batch_size)

@@ -25,13 +25,14 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from .catalog import STATUS_FAILED, STATUS_INDEXED, KnownFile
-from .errors import ImageDecodeError
-from .files import absolute, fingerprint_bytes, fingerprint_file, is_under, walk
-from .images import MAX_FILE_BYTES, NEEDS_INSTALL, decode, optional_decoders, read_file
-from .remote import is_url, read_url
-from .remote import vanished as _url_vanished
-from .video import DEFAULT_EVERY_S, is_video_name, sample_frames
+from retriever.store.catalog import STATUS_FAILED, STATUS_INDEXED, KnownFile
+from retriever.progress import Progress
+from retriever.errors import ImageDecodeError
+from retriever.files import absolute, fingerprint_bytes, fingerprint_file, is_under, walk
+from retriever.images import MAX_FILE_BYTES, NEEDS_INSTALL, decode, optional_decoders, read_file
+from retriever.remote import is_url, read_url
+from retriever.remote import vanished as _url_vanished
+from retriever.video import DEFAULT_EVERY_S, is_video_name, sample_frames
 
 # JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale as long as both sides stay at least
 # DRAFT_FACTOR x the model's input size (see benchmarks/draft_agreement.py for the measurement).
@@ -71,18 +72,6 @@ class IndexOptions:
     retry_failed: bool = False  # read failed files again even if they have not changed
     draft: bool = True  # reduced-size JPEG decoding (see DRAFT_FACTOR)
     video_every_s: float = DEFAULT_EVERY_S  # seconds between the sampled frames of a video
-
-
-@dataclass
-class Progress:
-    done: int  # files handled this run (indexed, reused or failed)
-    total: int  # files to handle this run
-    failed: int
-    elapsed: float
-
-    @property
-    def rate(self) -> float:
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
 
 
 @dataclass

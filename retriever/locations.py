@@ -1,6 +1,6 @@
 """Where indexes live: --home, else $RETRIEVER_HOME, else ./indexes; an index is HOME/NAME.
 
-The standard library only (os, pathlib): the daemon's client (retriever._entry) and the serve
+The standard library only (os, pathlib): the daemon's client (retriever.daemon.entry) and the serve
 client find an index folder with it without importing the catalog (SQLAlchemy, numpy)."""
 
 from __future__ import annotations

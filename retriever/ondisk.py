@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .vectors import (
+from retriever.vectors import (
     DEFAULT_TARGET_RECALL,
     IVF_PQ,
     IVF_SQ8,
@@ -222,7 +222,7 @@ def build_ondisk(
             trained, factory, nlist, pq_m, seeds = sample_and_train(dim, chunks, count, kind, nlist, pq_m,
                                                                     n_queries, rng)
         else:
-            from .vectors import _sample
+            from retriever.vectors import _sample
 
             ivf = faiss.extract_index_ivf(trained)
             nlist = int(ivf.nlist)

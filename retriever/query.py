@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from .errors import RetrieverError
+from retriever.errors import RetrieverError
 
 TEXT = "text"
 IMAGE = "image"
@@ -98,7 +98,7 @@ def _term(word: str, sign: float, default: str) -> Term:
 
 
 def _looks_like_image_file(word: str) -> bool:
-    from .files import IMAGE_SUFFIXES
+    from retriever.files import IMAGE_SUFFIXES
 
     path = os.path.expanduser(word)
     return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES and os.path.isfile(path)

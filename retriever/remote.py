@@ -19,7 +19,7 @@ import posixpath
 import re
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import ImageDecodeError, MissingDependencyError, RetrieverError
+from retriever.errors import ImageDecodeError, MissingDependencyError, RetrieverError
 
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]+://")
 # The package that brings each common protocol, for the error when it is missing.

@@ -15,12 +15,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .catalog_reader import METADATA_FIELDS, STATUS_INDEXED
-from .errors import ImageDecodeError, RetrieverError
-from .files import absolute
-from .filters import Filters
-from .query import IMAGE, QueryError, Term, keyword_text_of  # noqa: F401  (keyword_text_of: re-exported)
-from .video import format_timestamp
+from retriever.store.reader import METADATA_FIELDS, STATUS_INDEXED
+from retriever.errors import ImageDecodeError, RetrieverError
+from retriever.files import absolute
+from retriever.filters import Filters
+from retriever.query import IMAGE, QueryError, Term, keyword_text_of  # noqa: F401  (keyword_text_of: re-exported)
+from retriever.video import format_timestamp
 
 DEFAULT_K = 10
 # Exact index: filters passing at most this share of the index use the IDSelector, broader ones
@@ -83,7 +83,7 @@ class Searcher:
         `encoder` when the export has no torch-free preprocessing."""
         if self._query_encoder is None:
             if self._encoder is None and self.device in ("auto", "cpu"):
-                from .onnx import onnx_encoder_for
+                from retriever.onnx import onnx_encoder_for
 
                 self._query_encoder = onnx_encoder_for(self.index, one_shot=self.one_shot)
             if self._query_encoder is None:
@@ -116,9 +116,9 @@ class Searcher:
 
     def hybrid(self, terms: list[Term], k: int = DEFAULT_K, filters: Filters | None = None) -> list[Hit]:
         """`query` fused with keyword matches of the positive text terms in file names and
-        captions (retriever.vlm.keywords: FTS5, reciprocal rank fusion). With no keyword match
+        captions (retriever.keywords: FTS5, reciprocal rank fusion). With no keyword match
         the result is exactly `query`'s."""
-        from .vlm.keywords import HYBRID_POOL, fuse_hits, keyword_search
+        from retriever.keywords import HYBRID_POOL, fuse_hits, keyword_search
 
         vector, own_ids = self.query_vector(terms)
         keyword_text = keyword_text_of(terms)
@@ -128,7 +128,7 @@ class Searcher:
             return candidates[:k]
         allowed = None
         if filters is not None and filters.restricts():
-            from .filters import matching_ids
+            from retriever.filters import matching_ids
 
             allowed = matching_ids(self.index.catalog, filters)
         matches = keyword_search(self.index.catalog, keyword_text, pool, allowed=allowed, exclude=own_ids)
@@ -175,7 +175,7 @@ class Searcher:
             raise RetrieverError(f"no such image: {path}")
         if os.path.isdir(full):
             raise RetrieverError(f"{path} is a folder, not an image")
-        from .images import load
+        from retriever.images import load
 
         try:
             decoded = load(full)
@@ -202,7 +202,7 @@ class Searcher:
         return self._hits(found)
 
     def _filtered(self, query: np.ndarray, k: int, exclude: list[int], filters: Filters) -> list[tuple[float, int]]:
-        from .filters import matching_ids
+        from retriever.filters import matching_ids
 
         allowed = matching_ids(self.index.catalog, filters)
         if exclude:

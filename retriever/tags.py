@@ -79,7 +79,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import RetrieverError
+from retriever.errors import RetrieverError
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.",
@@ -229,7 +229,7 @@ def logit_scale(encoder) -> float:
 
 def label_embeddings(encoder, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
     """(len(labels), dim) float32: each label's prompts embedded (unit rows), averaged, normalised."""
-    from .encoders.base import l2_normalize
+    from retriever.encoders.base import l2_normalize
 
     # str.replace, not format: a label may hold braces.
     prompts = [template.replace("{}", label) for label in labels for template in templates]
@@ -432,7 +432,7 @@ def tags_overview(catalog) -> dict[str, Any]:
 def tags_of_file(catalog, path: str) -> list[dict[str, Any]]:
     """The tags of one indexed file: one entry per item (an image; a video's frames), each
     {"id", "path", "frame_ms", "status", "tags": [{"label", "score"}, ...] best first}."""
-    from .files import absolute
+    from retriever.files import absolute
 
     full = absolute(path)
     rows = [r for r in catalog.image_rows(catalog.ids_under(full)).values() if r["path"] == full]

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from .errors import RetrieverError
+from retriever.errors import RetrieverError
 
 FLAT = "flat"
 IVF_SQ8 = "ivf-sq8"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from retriever.catalog import STATUS_INDEXED
+from retriever.store.catalog import STATUS_INDEXED
 from retriever.errors import IndexLockedError, RetrieverError
 from retriever.vectors import (
     FLAT,

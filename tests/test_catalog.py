@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sqlalchemy import insert
 
-from retriever import catalog as catalog_mod
-from retriever.catalog import Catalog, migrations_table, utcnow
+from retriever.store import catalog as catalog_mod
+from retriever.store.catalog import Catalog, migrations_table, utcnow
 from retriever.errors import CatalogError
 
 
@@ -139,7 +139,7 @@ def test_not_a_catalog_is_a_clear_error(tmp_path):
 
 
 def test_reader_reads_what_the_catalog_reads(tmp_path):
-    from retriever.catalog_reader import CatalogReader
+    from retriever.store.reader import CatalogReader
 
     cat = Catalog(tmp_path / "c.db", create=True)
     rng = np.random.default_rng(0)
@@ -181,7 +181,7 @@ def test_reader_reads_what_the_catalog_reads(tmp_path):
 def test_reader_refuses_a_catalog_at_another_schema(tmp_path):
     from sqlalchemy import delete
 
-    from retriever.catalog_reader import CatalogReader, SchemaMismatch
+    from retriever.store.reader import CatalogReader, SchemaMismatch
 
     cat = Catalog(tmp_path / "c.db", create=True)
     with cat.engine.begin() as conn:  # as if written before the last migration
@@ -195,7 +195,7 @@ def test_reader_refuses_a_catalog_at_another_schema(tmp_path):
 
 
 def test_a_read_only_index_falls_back_to_the_catalog_and_never_writes(tmp_path, monkeypatch):
-    from retriever import catalog_reader
+    from retriever.store import reader as catalog_reader
     from retriever.encoders import ModelSpec
     from retriever.errors import RetrieverError
     from retriever.index import Index

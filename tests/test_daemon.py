@@ -1,4 +1,4 @@
-"""The warm query daemon (retriever.daemon) and its client (retriever._entry, daemon_client).
+"""The warm query daemon (retriever.daemon.server) and its client (retriever.daemon.entry, retriever.daemon.client).
 
 Daemons run in a thread of this process with the session's offline encoder (instant start) and
 are reached through the real `retriever` entry point in subprocesses; one test starts the whole
@@ -20,15 +20,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from retriever import daemon_client
-from retriever._entry import daemon_target
-from retriever.daemon import Daemon, DaemonError
-from retriever.daemon_client import DaemonUnavailable, ask, is_running, run_request, socket_path
+from retriever.daemon import client as daemon_client
+from retriever.daemon.entry import daemon_target
+from retriever.daemon.server import Daemon, DaemonError
+from retriever.daemon.client import DaemonUnavailable, ask, is_running, run_request, socket_path
 
 from conftest import PHOTOS, REPO
 
 # The entry point as the console script runs it, without depending on where pip put the script.
-ENTRY = [sys.executable, "-c", "import sys; from retriever._entry import main; sys.argv[0] = 'retriever'; main()"]
+ENTRY = [sys.executable, "-c", "import sys; from retriever.daemon.entry import main; sys.argv[0] = 'retriever'; main()"]
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_the_daemon_makes_its_onnx_sessions_like_a_local_search(home, monkeypatc
     import retriever.onnx
     from retriever.cli import main
     from retriever.index import Index
-    from retriever.daemon import query_encoder_for
+    from retriever.daemon.server import query_encoder_for
 
     calls = []
     monkeypatch.setattr(retriever.onnx, "onnx_encoder_for",
@@ -275,7 +275,7 @@ def test_no_daemon_env_is_overridden_by_daemon_flag(monkeypatch):
 
 def test_the_client_imports_nothing_heavy(home, start_daemon):
     start_daemon(home / "default")
-    code = ("import sys; from retriever._entry import _through_daemon; "
+    code = ("import sys; from retriever.daemon.entry import _through_daemon; "
             "code = _through_daemon(['retriever', 'search', 'a cat', '-k', '1']); "
             "heavy = [m for m in ('click', 'numpy', 'sqlalchemy', 'faiss', 'torch', 'retriever.cli') "
             "if m in sys.modules]; print(code, ','.join(heavy), file=sys.stderr)")
@@ -286,12 +286,12 @@ def test_the_client_imports_nothing_heavy(home, start_daemon):
 
 
 def test_a_local_search_starts_a_daemon_for_the_next(home, monkeypatch, offline_encoder):
-    import retriever.daemon_client
+    import retriever.daemon.client
     from retriever.cli import main
     from retriever.index import Index
 
     started = []
-    monkeypatch.setattr(retriever.daemon_client, "start_daemon", lambda folder, idle: started.append((folder, idle)))
+    monkeypatch.setattr(retriever.daemon.client, "start_daemon", lambda folder, idle: started.append((folder, idle)))
     monkeypatch.setattr(Index, "load_encoder", lambda self, device="auto", batch_size=None: offline_encoder)
     monkeypatch.delenv("RETRIEVER_NO_DAEMON")
     runner = CliRunner()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from retriever.catalog import STATUS_INDEXED
+from retriever.store.catalog import STATUS_INDEXED
 from retriever.ondisk import IVF_SQ8_ONDISK, OnDiskIndexError, OnDiskVectorIndex, build_ondisk
 from retriever.vectors import (
     FLAT,

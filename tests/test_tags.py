@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, text
 
-from retriever import catalog as catalog_mod
-from retriever.catalog import Catalog
+from retriever.store import catalog as catalog_mod
+from retriever.store.catalog import Catalog
 from retriever.cli import main
 from retriever.index import Index
 from retriever.tags import (

@@ -417,7 +417,7 @@ def test_captions_land_on_their_own_photos_and_fts_finds_them(small_index, vlms)
     from sqlalchemy import text
 
     from retriever.vlm.captions import caption_photos, captions_for, run_captions
-    from retriever.vlm.keywords import keyword_search
+    from retriever.keywords import keyword_search
     from retriever.vlm.photos import load_photo
 
     vlm = vlms["idefics3"]
@@ -472,7 +472,7 @@ def test_caption_runs_are_incremental_and_resume_after_an_interruption(small_ind
 
 def test_a_caption_follows_its_content_and_leaves_with_its_photo(small_index, vlms):
     from retriever.vlm.captions import captions_for, pending_items, run_captions, write_captions
-    from retriever.vlm.keywords import keyword_search
+    from retriever.keywords import keyword_search
 
     catalog = small_index.catalog
     run_captions(small_index, vlms["idefics3"], max_new_tokens=2)
@@ -507,7 +507,7 @@ def test_video_frames_are_captioned_only_when_asked(small_index, vlms, tmp_path)
 
 
 def test_file_names_are_keywords_before_any_caption_run_and_follow_moves(small_index):
-    from retriever.vlm.keywords import keyword_search
+    from retriever.keywords import keyword_search
 
     catalog = small_index.catalog
     ids = ids_by_name(small_index)
@@ -522,9 +522,9 @@ def test_file_names_are_keywords_before_any_caption_run_and_follow_moves(small_i
 
 
 def test_the_migration_indexes_file_names_of_an_existing_catalog(tmp_path, monkeypatch):
-    import retriever.catalog as catalog_module
-    from retriever.catalog import Catalog
-    from retriever.vlm.keywords import keyword_search
+    import retriever.store.catalog as catalog_module
+    from retriever.store.catalog import Catalog
+    from retriever.keywords import keyword_search
 
     path = tmp_path / "c.db"
     before = [m for m in catalog_module.MIGRATIONS if m[0] != "003_captions"]
@@ -541,7 +541,7 @@ def test_the_migration_indexes_file_names_of_an_existing_catalog(tmp_path, monke
 
 
 def test_fusion_keeps_the_vector_order_without_matches_and_lifts_keyword_matches():
-    from retriever.vlm.keywords import fuse
+    from retriever.keywords import fuse
 
     assert [f.id for f in fuse([5, 3, 9, 1], [], 4)] == [5, 3, 9, 1]
     lifted = fuse([5, 3, 9, 1], [1], 4)  # the vector ranking's last is the only keyword match
@@ -552,7 +552,7 @@ def test_fusion_keeps_the_vector_order_without_matches_and_lifts_keyword_matches
 
 
 def test_hybrid_hits_keep_encoder_scores_and_fetch_keyword_only_matches():
-    from retriever.vlm.keywords import fuse_hits
+    from retriever.keywords import fuse_hits
 
     candidates = hits_for(["chelsea.png", "coffee.jpg", "rocket.jpg"])  # ids 1, 2, 3; scores .99 .98 .97
     receipt = Hit(rank=0, score=0.12, id=42, path="/p/receipt.jpg", meta={"frame_ms": None})

@@ -13,8 +13,8 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import UnknownModelError
-from .base import Encoder, ModelSpec, l2_normalize
+from retriever.errors import UnknownModelError
+from retriever.encoders.base import Encoder, ModelSpec, l2_normalize
 
 __all__ = [
     "Encoder",
@@ -42,10 +42,10 @@ def create_encoder(spec: ModelSpec) -> Encoder:
     if spec.name == OFFLINE:
         if spec.pretrained:
             raise UnknownModelError("the offline encoder takes no --pretrained (its weights ship with pip packages)")
-        from .offline import OfflineEncoder
+        from retriever.encoders.offline import OfflineEncoder
 
         return OfflineEncoder(device=spec.device, batch_size=spec.batch_size)
-    from .openclip import OpenClipEncoder
+    from retriever.encoders.openclip import OpenClipEncoder
 
     return OpenClipEncoder(spec)
 

@@ -122,7 +122,7 @@ def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'. 'cuda' without a GPU is an error."""
     import torch
 
-    from ..errors import RetrieverError
+    from retriever.errors import RetrieverError
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -57,8 +57,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import MissingDependencyError
-from .base import Encoder, default_batch_size, resolve_device, to_device
+from retriever.errors import MissingDependencyError
+from retriever.encoders.base import Encoder, default_batch_size, resolve_device, to_device
 
 # huggingface_hub reads this once, at its import: set it first so nothing tries the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

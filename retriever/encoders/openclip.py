@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import UnknownModelError, WeightsNotFoundError
-from .base import Encoder, ModelSpec, default_batch_size, resolve_device, to_device
+from retriever.errors import UnknownModelError, WeightsNotFoundError
+from retriever.encoders.base import Encoder, ModelSpec, default_batch_size, resolve_device, to_device
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
@@ -187,7 +187,7 @@ class TransformToArray:
 
 def _check_tag_reachable(open_clip, arch: str, tag: str) -> None:
     """Fail within seconds when a tag's weights are neither cached nor downloadable."""
-    from . import hub_reachable
+    from retriever.encoders import hub_reachable
 
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     hub = cfg.get("hf_hub", "")

@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..encoders.base import Encoder
-from ..errors import MissingDependencyError, RetrieverError
+from retriever.encoders.base import Encoder
+from retriever.errors import MissingDependencyError, RetrieverError
 
 __all__ = ["OPSET", "TOLERANCE", "ONNX_SETTING", "ExportReport", "TowerReport", "OnnxExportError",
            "OnnxEncoder", "export_index", "onnx_encoder_for", "valid_record", "make_session",
@@ -116,8 +116,8 @@ class OnnxEncoder(Encoder):
 
     def __init__(self, folder: str | os.PathLike, record: dict[str, Any], threads: int | None = None,
                  batch_size: int | None = None, one_shot: bool = False, spinning: bool = True):
-        from .preprocess import preprocessor_from
-        from .text_tokens import ClipBpe, WordPiece
+        from retriever.onnx.preprocess import preprocessor_from
+        from retriever.onnx.text_tokens import ClipBpe, WordPiece
 
         self.folder = Path(folder)
         tok = record["tokenizer"]
@@ -198,7 +198,7 @@ def export_index(index, encoder, images: Sequence[Any] | None = None, tolerance:
             __import__(module)
         except ImportError as exc:
             raise MissingDependencyError(f"ONNX export needs {pip_name}: pip install 'retriever[onnx]'") from exc
-    from .export import export_onnx
+    from retriever.onnx.export import export_onnx
 
     folder = Path(index.folder) / ONNX_FOLDER
     report = export_onnx(encoder, folder, images=images, tolerance=tolerance)
@@ -223,7 +223,7 @@ def measure_indexing(encoder, onnx: OnnxEncoder, images: Sequence[Any] | None = 
     import time
 
     if images is None:
-        from .export import check_images
+        from retriever.onnx.export import check_images
 
         images = check_images()
     images = list(images)
@@ -251,7 +251,7 @@ def indexing_encoder_for(index, backend: str = "auto", device: str = "auto",
     the export measured it faster (ExportReport.indexing). "onnx": ONNX Runtime whenever the
     export has an image tower and a torch-free preprocessing, else OnnxExportError. The CPU is
     recognised without importing torch when the machine has no NVIDIA driver."""
-    from ..encoders.base import resolve_device, surely_cpu
+    from retriever.encoders.base import resolve_device, surely_cpu
 
     if backend not in BACKENDS:
         raise OnnxExportError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")

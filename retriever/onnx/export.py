@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import (
+from retriever.onnx import (
     IMAGE_FILE,
     OPSET,
     TEXT_FILE,
@@ -32,7 +32,7 @@ from . import (
     TowerReport,
     make_session,
 )
-from .text_tokens import CLIP_VOCAB_FILE, ClipBpe, WordPiece, open_clip_vocab_path
+from retriever.onnx.text_tokens import CLIP_VOCAB_FILE, ClipBpe, WordPiece, open_clip_vocab_path
 
 CHECK_TEXTS = (
     "a dog on the beach",
@@ -72,8 +72,8 @@ def _towers(encoder) -> tuple[Any, Any, dict[str, Any], Any]:
     """-> (text module, image module, tokenizer description, tokenizer), all on the CPU in float32."""
     import torch
 
-    from ..encoders.offline import OfflineEncoder
-    from ..encoders.openclip import OpenClipEncoder
+    from retriever.encoders.offline import OfflineEncoder
+    from retriever.encoders.openclip import OpenClipEncoder
 
     nn = torch.nn
     if isinstance(encoder, OpenClipEncoder):
@@ -124,7 +124,7 @@ def _towers(encoder) -> tuple[Any, Any, dict[str, Any], Any]:
         return (TrimmedText() if trim else Text()).eval(), Image().eval(), described, tokenizer
 
     if isinstance(encoder, OfflineEncoder):
-        from ..encoders import offline
+        from retriever.encoders import offline
 
         on_cpu = encoder.device == "cpu"
         bert = encoder._text[0].auto_model
@@ -328,8 +328,8 @@ def export_onnx(encoder, folder: str | os.PathLike, *, images: Sequence[Any] | N
 def _image_preprocess_twin(encoder, images: Sequence[Any], tolerance: float) -> dict[str, Any] | None:
     """The PIL + numpy twin of the encoder's preprocessing, with its max abs difference on the
     check images, when there is one and it agrees to `tolerance`; else None."""
-    from ..encoders.offline import OfflineEncoder
-    from .preprocess import LiteResizeCrop, describe_transform, preprocessor_from
+    from retriever.encoders.offline import OfflineEncoder
+    from retriever.onnx.preprocess import LiteResizeCrop, describe_transform, preprocessor_from
 
     if isinstance(encoder, OfflineEncoder):
         description: dict[str, Any] | None = LiteResizeCrop().describe()

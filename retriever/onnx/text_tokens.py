@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import MissingDependencyError
+from retriever.errors import MissingDependencyError
 
 CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 CLIP_MERGES = 49152 - 256 - 2  # merges open_clip keeps from the file (the vocab is 49408 ids)

@@ -13,9 +13,9 @@ PyAV inside the functions that use them.
 
 from __future__ import annotations
 
-from .page import file_url, html_page, write_html
-from .sixel import sixel_image
-from .terminal import (
+from retriever.render.page import file_url, html_page, write_html
+from retriever.render.sixel import sixel_image
+from retriever.render.terminal import (
     CHOICES,
     ENV_VAR,
     PREVIEW_SIDE,
@@ -33,7 +33,7 @@ from .terminal import (
     query_device_attributes,
     tmux_passthrough,
 )
-from .thumbnails import DEFAULT_SIDE, RenderError, ThumbnailError, display_text, thumbnail
+from retriever.render.thumbnails import DEFAULT_SIDE, RenderError, ThumbnailError, display_text, thumbnail
 
 __all__ = [
     "CHOICES", "DEFAULT_SIDE", "ENV_VAR", "PREVIEW_SIDE", "PROTOCOLS", "PreviewError", "RenderError",

@@ -15,9 +15,9 @@ import urllib.parse
 from datetime import datetime
 from typing import Iterable
 
-from .. import __version__
-from ..video import format_timestamp
-from .thumbnails import DEFAULT_SIDE, RenderError, ThumbnailError, display_text, thumbnail
+from retriever import __version__
+from retriever.video import format_timestamp
+from retriever.render.thumbnails import DEFAULT_SIDE, RenderError, ThumbnailError, display_text, thumbnail
 
 JPEG_QUALITY = 85
 
@@ -169,7 +169,7 @@ def file_url(path: str, frame_ms: int | None = None) -> str | None:
     UTF-8 keeps its bytes); a video frame adds a media fragment (#t=seconds), which browsers
     honour when they open the video. None for a path that cannot be made absolute. A path that
     is already a URL (a photo indexed from s3://, gs://, file://...) is its own link."""
-    from ..remote import is_url
+    from retriever.remote import is_url
 
     if is_url(path):
         return path if path.split("://", 1)[0].lower() in ("http", "https", "file") else None

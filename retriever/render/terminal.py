@@ -29,8 +29,8 @@ import os
 import re
 from typing import Callable, Mapping
 
-from .sixel import sixel_image
-from .thumbnails import RenderError, ThumbnailError, display_text, thumbnail
+from retriever.render.sixel import sixel_image
+from retriever.render.thumbnails import RenderError, ThumbnailError, display_text, thumbnail
 
 PROTOCOLS = ("kitty", "iterm2", "sixel")
 CHOICES = ("auto", *PROTOCOLS, "off")  # what --preview and RETRIEVER_PREVIEW accept

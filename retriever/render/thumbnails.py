@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from ..errors import ImageDecodeError, RetrieverError
+from retriever.errors import ImageDecodeError, RetrieverError
 
 DEFAULT_SIDE = 256  # pixels, the longer side of a thumbnail
 
@@ -33,7 +33,7 @@ def thumbnail(path: str, frame_ms: int | None = None, max_side: int = DEFAULT_SI
         raise RenderError(f"thumbnail size must be at least 1 pixel, not {max_side}")
     from PIL import Image
 
-    from ..images import load
+    from retriever.images import load
 
     try:
         if frame_ms is None:
@@ -49,7 +49,7 @@ def thumbnail(path: str, frame_ms: int | None = None, max_side: int = DEFAULT_SI
 
 def _video_frame(path: str, frame_ms: int):
     """The frame the indexer embedded at frame_ms (video.frame_at)."""
-    from ..video import frame_at
+    from retriever.video import frame_at
 
     return frame_at(path, frame_ms)
 

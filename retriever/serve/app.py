@@ -23,11 +23,11 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from ..errors import ImageDecodeError, RetrieverError
-from ..filters import build
-from .client import TOKEN_HEADER
-from .engine import MAX_UPLOAD_BYTES, Engine, NotFound, ServeError
+from retriever import __version__
+from retriever.errors import ImageDecodeError, RetrieverError
+from retriever.filters import build
+from retriever.serve.client import TOKEN_HEADER
+from retriever.serve.engine import MAX_UPLOAD_BYTES, Engine, NotFound, ServeError
 
 TOKEN_COOKIE = "retriever_token"
 STATIC = resources.files("retriever.serve") / "static"
@@ -182,7 +182,7 @@ def _routes(app: FastAPI, engine: Engine) -> None:
 
     @app.get("/api/images/{image_id}/thumbnail", summary="A JPEG thumbnail of a catalog image")
     def thumbnail(image_id: str, side: int = Query(384, ge=32, le=1024)):
-        from ..render import ThumbnailError
+        from retriever.render import ThumbnailError
 
         try:
             data = engine.thumbnail_jpeg(_image_id(image_id), side)

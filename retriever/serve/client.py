@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import RetrieverError
-from ..locations import index_folder as _index_folder
+from retriever.errors import RetrieverError
+from retriever.locations import index_folder as _index_folder
 
 DISCOVERY_FILE = "serve.json"
 TOKEN_ENV = "RETRIEVER_TOKEN"

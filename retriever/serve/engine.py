@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..catalog import STATUS_INDEXED
-from ..errors import RetrieverError
-from ..filters import Filters
+from retriever.store.catalog import STATUS_INDEXED
+from retriever.errors import RetrieverError
+from retriever.filters import Filters
 
 MAX_K = 500
 MAX_UPLOAD_BYTES = 32 << 20  # an uploaded query image
@@ -103,12 +103,12 @@ class QueryEncoder:
     CPU is faster on one thread."""
 
     def __init__(self, index, device: str = "auto", *, threads: int | None = None, one_shot: bool = False):
-        from ..search import Searcher
+        from retriever.search import Searcher
 
         self._local = Searcher(index, device=device, one_shot=one_shot)
         self._onnx = None
         if threads is not None and device in ("auto", "cpu"):
-            from ..onnx import onnx_encoder_for
+            from retriever.onnx import onnx_encoder_for
 
             self._onnx = onnx_encoder_for(index, threads=threads, one_shot=one_shot)
         self.model_id = index.model_id
@@ -146,7 +146,7 @@ class Engine:
     """Searches over one Index for many requests. `vlm`: a loaded vision-language model for ask."""
 
     def __init__(self, index, *, device: str = "auto", encoder=None, vlm=None, reload_check_s: float = 1.0):
-        from ..search import Searcher
+        from retriever.search import Searcher
 
         self.index = index
         self.device = device
@@ -197,7 +197,7 @@ class Engine:
             self._reload(self.index.catalog.generation())
 
     def _reload(self, generation: int) -> None:
-        from ..search import Searcher
+        from retriever.search import Searcher
 
         fresh = Searcher(self.index, encoder=self._encoder, device=self.device)
         _ = fresh.vectors  # the FAISS file when current, else rebuilt from the catalog
@@ -211,7 +211,7 @@ class Engine:
         """The CLI's `retriever search`. words: the command-line words exactly (as `retriever
         search` gets them); q: typed text, read as in a search box (see `words_of`). Image terms
         are refused: the server never opens a path a client names (use similar)."""
-        from ..query import IMAGE, parse
+        from retriever.query import IMAGE, parse
 
         _check_k(k)
         if words is None:
@@ -244,7 +244,7 @@ class Engine:
         return int(row["id"])
 
     def similar_to_upload(self, data: bytes, name: str, k: int, filters: Filters) -> list:
-        from ..images import decode
+        from retriever.images import decode
 
         _check_k(k)
         if len(data) > MAX_UPLOAD_BYTES:
@@ -256,7 +256,7 @@ class Engine:
         return searcher.by_vector(vector, k, filters=filters)
 
     def ask(self, question: str, k: int, filters: Filters) -> dict[str, Any]:
-        from ..vlm.ask import ask_about
+        from retriever.vlm.ask import ask_about
 
         if self.vlm is None:
             raise ServeError("no vision-language model: start the server with retriever serve --vlm MODEL", 501)
@@ -305,7 +305,7 @@ class Engine:
         """A JPEG thumbnail through the safe decoder, cached in memory (LRU, bounded in bytes)."""
         import io
 
-        from ..render import thumbnail
+        from retriever.render import thumbnail
 
         row = self.image_row(image_id)
         key = (image_id, row["path"], row["mtime_ns"], row["frame_ms"], side)
@@ -333,7 +333,7 @@ class Engine:
         return data
 
     def status(self) -> dict[str, Any]:
-        from .. import __version__
+        from retriever import __version__
 
         counts = self.index.catalog.counts()
         return {
@@ -371,9 +371,9 @@ def words_of(q: str) -> list[str]:
 def _thumbnail_from_fd(original: Original, side: int):
     from PIL import Image
 
-    from ..errors import ImageDecodeError
-    from ..images import MAX_FILE_BYTES, decode
-    from ..render import ThumbnailError
+    from retriever.errors import ImageDecodeError
+    from retriever.images import MAX_FILE_BYTES, decode
+    from retriever.render import ThumbnailError
 
     with os.fdopen(original.fd, "rb") as f:
         data = f.read(MAX_FILE_BYTES + 1)

@@ -8,9 +8,9 @@ import os
 import threading
 from typing import Callable
 
-from .. import __version__
-from .client import ServerInfo, now_iso, remove_discovery, write_discovery
-from .engine import Engine
+from retriever import __version__
+from retriever.serve.client import ServerInfo, now_iso, remove_discovery, write_discovery
+from retriever.serve.engine import Engine
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -84,7 +84,7 @@ class Server:
             self.on_started(self.info)
 
     def _build(self) -> None:
-        from .app import create_app
+        from retriever.serve.app import create_app
 
         self._allowed: set[str] | None = None
         if is_loopback(self.host):

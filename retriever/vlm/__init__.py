@@ -17,6 +17,6 @@ Nothing here imports torch or transformers at import time; they are needed only 
 
 from __future__ import annotations
 
-from .errors import VLMError, VLMLoadError, VLMNotFoundError
+from retriever.vlm.errors import VLMError, VLMLoadError, VLMNotFoundError
 
 __all__ = ["VLMError", "VLMLoadError", "VLMNotFoundError"]

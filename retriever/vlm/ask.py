@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..errors import RetrieverError
-from .errors import VLMError
-from .photos import in_viewing_order, load_photo
-from .prompts import ask_messages
+from retriever.errors import RetrieverError
+from retriever.vlm.errors import VLMError
+from retriever.vlm.photos import in_viewing_order, load_photo
+from retriever.vlm.prompts import ask_messages
 
 DEFAULT_ASK_K = 4
 MAX_ASK_PHOTOS = 16  # photos in one chat: beyond this, small models lose track and contexts overflow

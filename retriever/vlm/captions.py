@@ -27,12 +27,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text, and_, func, or_, select, text
 
-from ..catalog import STATUS_INDEXED, images, utcnow
-from ..errors import IndexLockedError, RetrieverError
-from .errors import VLMError
-from ..indexer import Progress
-from .photos import load_photo
-from .prompts import caption_messages
+from retriever.store.catalog import STATUS_INDEXED, images, utcnow
+from retriever.errors import IndexLockedError, RetrieverError
+from retriever.vlm.errors import VLMError
+from retriever.progress import Progress
+from retriever.vlm.photos import load_photo
+from retriever.vlm.prompts import caption_messages
 
 CAPTION_MAX_NEW_TOKENS = 60  # one sentence
 CAPTION_MAX_CHARS = 500
@@ -79,7 +79,7 @@ class PendingItem:
 
     @property
     def label(self) -> str:
-        from ..video import format_timestamp
+        from retriever.video import format_timestamp
 
         return self.path if self.frame_ms is None else f"{self.path}@{format_timestamp(self.frame_ms)}"
 
@@ -145,7 +145,7 @@ def captions_for(catalog, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
 def all_captions(catalog) -> Iterator[dict[str, Any]]:
     """Every stored caption with its item: {"id", "path", "frame_ms", "label", "caption", "model",
     "created_at"}, by path then time in the video."""
-    from ..video import format_timestamp
+    from retriever.video import format_timestamp
 
     query = (select(images.c.id, images.c.path, images.c.frame_ms, captions.c.caption, captions.c.model,
                     captions.c.created_at)

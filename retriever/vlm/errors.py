@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import RetrieverError, WeightsNotFoundError
+from retriever.errors import RetrieverError, WeightsNotFoundError
 
 
 class VLMError(RetrieverError):

@@ -30,9 +30,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..errors import MissingDependencyError
-from .errors import VLMError, VLMLoadError, VLMNotFoundError
-from .models import QWEN_MAX_IMAGE_TOKENS, default_vlm
+from retriever.errors import MissingDependencyError
+from retriever.vlm.errors import VLMError, VLMLoadError, VLMNotFoundError
+from retriever.vlm.models import QWEN_MAX_IMAGE_TOKENS, default_vlm
 
 INSTALL_HINT = "pip install 'retriever[vlm]'"
 # Photos are decoded (retriever's safe decoder, reduced-size JPEG decoding) to at most this many
@@ -208,7 +208,7 @@ def locate_model(spec: str | None, device: str = "cpu") -> tuple[str, Path | Non
     cached = _cached_snapshot(model_id)
     if cached is not None:
         return model_id, cached
-    from ..encoders import hub_reachable
+    from retriever.encoders import hub_reachable
 
     if hub_reachable():
         return model_id, None

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .model import PHOTO_SIDE
+from retriever.vlm.model import PHOTO_SIDE
 
 
 def load_photo(path: str, frame_ms: int | None = None, max_side: int = PHOTO_SIDE):
     """-> PIL RGB image, longer side at most max_side. Raises a RetrieverError (ThumbnailError) with
     a one-line reason when the file is gone, damaged, or its decoder is missing."""
-    from ..render.thumbnails import thumbnail
+    from retriever.render.thumbnails import thumbnail
 
     return thumbnail(path, frame_ms, max_side)
 

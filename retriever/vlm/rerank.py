@@ -20,11 +20,11 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
-from ..errors import RetrieverError
-from .errors import VLMError
-from ..indexer import Progress
-from .photos import load_photo
-from .prompts import NO, YES, rerank_messages
+from retriever.errors import RetrieverError
+from retriever.vlm.errors import VLMError
+from retriever.progress import Progress
+from retriever.vlm.photos import load_photo
+from retriever.vlm.prompts import NO, YES, rerank_messages
 
 DEFAULT_RERANK_TOP = 20
 

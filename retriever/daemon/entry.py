@@ -1,11 +1,11 @@
 """The `retriever` command. A `search` or `similar` that a warm daemon can answer is sent to it
-(retriever.daemon) before anything heavy is imported, click included: the daemon runs the very
+(retriever.daemon.server) before anything heavy is imported, click included: the daemon runs the very
 same command in its process and sends back the output, byte for byte. Everything else, and any
 query no daemon answers, runs `retriever.cli.main` here as always (which starts a daemon after
 a local search, for the next one).
 
 Kept to the standard library's cheapest modules: the whole client side of a warm search is this
-module and retriever.daemon_client."""
+module and retriever.daemon.client."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def main() -> None:
     code = _through_daemon(sys.argv)
     if code is not None:
         sys.exit(code)
-    from .cli import main as cli_main
+    from retriever.cli import main as cli_main
 
     cli_main()
 
@@ -56,7 +56,7 @@ def daemon_target(argv: list[str]) -> tuple[str | None, str] | None:
             else:
                 index = value
         i += 1
-    from .daemon_client import SUPPORTED, daemon_disabled
+    from retriever.daemon.client import SUPPORTED, daemon_disabled
 
     if not SUPPORTED or (daemon_disabled() and not explicit):
         return None
@@ -69,8 +69,8 @@ def _through_daemon(argv: list[str]) -> int | None:
     target = daemon_target(argv)
     if target is None:
         return None
-    from .daemon_client import DaemonUnavailable, ask, run_request
-    from .locations import index_folder
+    from retriever.daemon.client import DaemonUnavailable, ask, run_request
+    from retriever.locations import index_folder
 
     try:
         folder = index_folder(*target)

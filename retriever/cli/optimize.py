@@ -8,7 +8,7 @@ import time
 
 import click
 
-from ..cli import _home, index_options, reports_errors
+from retriever.cli import _home, index_options, reports_errors
 
 KIND_CHOICES = ["auto", "flat", "ivf-sq8", "ivf-pq"]  # = "auto" + retriever.vectors.KINDS
 
@@ -56,7 +56,7 @@ def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers,
       retriever optimize --on-disk             IVF lists on disk, memory-mapped (beyond memory)
       retriever optimize --in-memory           back into memory
     """
-    from ..index import Index
+    from retriever.index import Index
 
     with Index.open(_home(home), index_name) as idx:
         idx.acquire_lock()
@@ -95,7 +95,7 @@ def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers,
 def _export_onnx(idx) -> dict:
     """The index's model exported to ONNX and checked; {"ok": False, "reason": ...} when refused or
     when onnx/onnxruntime are not installed (searches then stay on PyTorch)."""
-    from ..errors import MissingDependencyError
+    from retriever.errors import MissingDependencyError
 
     try:
         report = idx.export_onnx()

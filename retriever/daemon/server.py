@@ -5,7 +5,7 @@ milliseconds instead of a second of imports and model loading.
 It shares its warm state with `retriever serve`: a retriever.serve.engine.Engine (the model behind
 a lock with its text-embedding cache, the Searcher rebuilt when an indexing run commits). It is
 not the serve process itself: `serve` speaks HTTP to browsers, the daemon speaks one JSON line
-over a Unix socket (retriever.daemon_client describes the protocol) to the `retriever` command.
+over a Unix socket (retriever.daemon.client describes the protocol) to the `retriever` command.
 
 A query is answered by running the very command line the client got, with click, in this
 process: its working directory, its environment (RETRIEVER_*, TZ) and its kind of output are
@@ -31,7 +31,6 @@ What it handles:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
@@ -44,7 +43,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .daemon_client import (
+from retriever.daemon.client import (
     DEFAULT_IDLE_S,
     FORWARDED_ENV,
     FORWARDED_ENV_PREFIX,
@@ -57,8 +56,8 @@ from .daemon_client import (
     read_line,
     socket_path,
 )
-from .errors import RetrieverError
-from .locations import resolve_home
+from retriever.errors import RetrieverError
+from retriever.locations import resolve_home
 
 LOCK_WAIT_S = 15.0  # a daemon starting while another holds the lock waits this long for it to go
 CHECK_EVERY_S = 2.0  # how often an idle daemon looks whether its index was rebuilt
@@ -162,7 +161,7 @@ class Daemon:
             self._lock_fd = None
 
     def status(self) -> dict[str, Any]:
-        from . import __version__
+        from retriever import __version__
 
         engine = self.engine
         return {
@@ -209,8 +208,8 @@ class Daemon:
     def _load(self) -> None:
         import retriever.cli as cli
 
-        from .index import Index
-        from .serve.engine import Engine
+        from retriever.index import Index
+        from retriever.serve.engine import Engine
 
         index = Index.open(self.folder.parent, self.folder.name)
         try:
@@ -415,7 +414,7 @@ def query_encoder_for(index):
     """The daemon's query encoder: the one a local search picks (ONNX when the index holds a valid
     export), with the session options of a local search (one_shot, as cli._open_searcher makes
     its Searcher), so that the embeddings, hence the printed scores, are the same to the bit."""
-    from .serve.engine import QueryEncoder
+    from retriever.serve.engine import QueryEncoder
 
     return QueryEncoder(index, "auto", threads=QUERY_THREADS, one_shot=True)
 
@@ -534,35 +533,3 @@ def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m retriever.daemon --folder INDEX_FOLDER [--idle SECONDS] (started by the CLI)."""
-    parser = argparse.ArgumentParser(prog="python -m retriever.daemon", description=main.__doc__)
-    parser.add_argument("--folder", required=True, help="The index folder (HOME/NAME).")
-    parser.add_argument("--idle", type=float, default=None, help=f"Idle timeout in seconds [default: {DEFAULT_IDLE_S:g}]")
-    args = parser.parse_args(argv)
-    idle = args.idle if args.idle is not None else _idle_from_env()
-    try:
-        run_daemon(args.folder, idle)
-    except DaemonError as exc:
-        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] not started: {exc}", file=sys.stderr)
-        return 0
-    except RetrieverError as exc:
-        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] not started: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _idle_from_env() -> float:
-    from .daemon_client import IDLE_ENV
-
-    try:
-        value = float(os.environ.get(IDLE_ENV, ""))
-    except ValueError:
-        return DEFAULT_IDLE_S
-    return value if value >= 1 else DEFAULT_IDLE_S
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ from typing import Callable
 
 import click
 
-from ..cli import (
+from retriever.cli import (
     EXIT_INTERRUPTED,
     ProgressReporter,
     _duration,
@@ -33,7 +33,7 @@ def vlm_option(fn: Callable) -> Callable:
 
 def load_vlm_for_command(vlm_spec: str | None, device: str, say: Callable[[str], None]):
     """The model a command asked for, with one line on stderr while it loads (CPU loads take seconds)."""
-    from ..vlm.model import check_weights, load_vlm, resolve_device, resolve_model
+    from retriever.vlm.model import check_weights, load_vlm, resolve_device, resolve_model
 
     check_weights(vlm_spec, device)  # no weights: fail within seconds, before importing torch
     device = resolve_device(device)
@@ -77,7 +77,7 @@ def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_
       retriever ask --image IMG_2041.jpg "what does the sign say?"
       retriever ask "where did we eat?" --json | jq -r .cited_paths[]
     """
-    from ..vlm.ask import ask_about
+    from retriever.vlm.ask import ask_about
 
     say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
     text = " ".join(question).strip()
@@ -95,11 +95,11 @@ def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_
         vlm = load_vlm_for_command(vlm_spec, device, say)
         result = ask_about(vlm, text, list(image_paths), max_new_tokens)
     else:
-        from ..index import Index
-        from ..search import Searcher
+        from retriever.index import Index
+        from retriever.search import Searcher
 
         with Index.open(_home(home), index_name) as idx:
-            from ..vlm.model import check_weights
+            from retriever.vlm.model import check_weights
 
             check_weights(vlm_spec, device)  # no weights: fail before loading the encoder and searching
             hits = Searcher(idx, device=device).text(text, top, filters=filters)
@@ -122,7 +122,7 @@ def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_
 
 
 def _print_answer(result, with_scores: bool) -> None:
-    from ..render.thumbnails import display_text
+    from retriever.render.thumbnails import display_text
 
     lines = result.answer.splitlines() or ["(no answer)"]
     click.echo("\n".join(display_text(line) for line in lines))  # control characters shown as U+FFFD
@@ -167,15 +167,15 @@ def caption(home, index_name, vlm_spec, device, limit, batch_size, max_new_token
       retriever caption --vlm ~/models/SmolVLM-256M-Instruct --limit 100
       retriever caption --show | grep -i receipt
     """
-    from ..cli import _stop_on_sigterm
-    from ..index import Index
-    from ..vlm.captions import caption_counts, pending_items, run_captions
+    from retriever.cli import _stop_on_sigterm
+    from retriever.index import Index
+    from retriever.vlm.captions import caption_counts, pending_items, run_captions
 
     with Index.open(_home(home), index_name) as idx:
         if show:
             _show_captions(idx, as_json)
             return
-        from ..vlm.model import check_weights, resolve_device, resolve_model
+        from retriever.vlm.model import check_weights, resolve_device, resolve_model
 
         check_weights(vlm_spec, device)
         device = resolve_device(device)
@@ -208,8 +208,8 @@ def caption(home, index_name, vlm_spec, device, limit, batch_size, max_new_token
 
 
 def _show_captions(idx, as_json: bool) -> None:
-    from ..render.thumbnails import display_text
-    from ..vlm.captions import all_captions
+    from retriever.render.thumbnails import display_text
+    from retriever.vlm.captions import all_captions
 
     shown = 0
     for row in all_captions(idx.catalog):

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..cli import _home, _shown, index_options, reports_errors
+from retriever.cli import _home, _shown, index_options, reports_errors
 
 
 @click.command()
@@ -40,8 +40,8 @@ def duplicates(home, index_name, threshold, exact_only, min_size, no_guard, as_j
       retriever duplicates --threshold 0.95 --json | jq -r '.members[1:][].path'
       retriever duplicates --exact-only
     """
-    from ..duplicates import find_duplicates
-    from ..index import Index
+    from retriever.duplicates import find_duplicates
+    from retriever.index import Index
 
     with Index.open(_home(home), index_name) as idx:
         report = find_duplicates(idx, threshold, exact_only=exact_only, min_size=min_size, guard=not no_guard)

@@ -43,9 +43,9 @@ from sqlalchemy import (
     update,
 )
 
-from .catalog_reader import METADATA_FIELDS, SCHEMA_MIGRATIONS, vector_arrays  # noqa: F401  (re-exported)
-from .errors import CatalogError
-from .files import path_from_text, path_to_text
+from retriever.store.reader import METADATA_FIELDS, SCHEMA_MIGRATIONS, vector_arrays  # noqa: F401  (re-exported)
+from retriever.errors import CatalogError
+from retriever.files import path_from_text, path_to_text
 
 STATUS_INDEXED = "indexed"
 STATUS_FAILED = "failed"
@@ -367,7 +367,7 @@ class Catalog:
 
     def ids_under(self, path: str) -> list[int]:
         """Ids of the file at `path` and of every file below it, if it is a folder."""
-        from .files import text_prefixes
+        from retriever.files import text_prefixes
 
         condition = images.c.path == path
         # substr, not LIKE: SQLite's LIKE ignores ASCII case, file names do not.
@@ -472,7 +472,7 @@ class Catalog:
 
     def tagged_ids(self, label: str) -> list[int]:
         """Ids of the items tagged `label` (normalised here, as stored), by id."""
-        from .tags import normalize_label
+        from retriever.tags import normalize_label
 
         with self.engine.connect() as conn:
             return list(

@@ -1,4 +1,4 @@
-"""The client side of the warm query daemon (retriever.daemon): where its socket is, how to ask it,
+"""The client side of the warm query daemon (retriever.daemon.server): where its socket is, how to ask it,
 how to start one. The standard library only, and only cheap modules at that: `retriever search`
 reaches a warm daemon through this before click, numpy or anything else is imported.
 
@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 
-from . import __version__
+from retriever import __version__
 
 PROTOCOL = 1
 SOCKET_NAME = "daemon.sock"

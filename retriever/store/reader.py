@@ -20,8 +20,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import CatalogError
-from .files import path_from_text, path_to_text
+from retriever.errors import CatalogError
+from retriever.files import path_from_text, path_to_text
 
 # catalog.MIGRATIONS, by name (catalog.py checks that the two agree)
 SCHEMA_MIGRATIONS = ("001_initial", "002_tags", "003_captions")

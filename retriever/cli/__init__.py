@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import click
 
-from . import __version__
-from .errors import RetrieverError
+from retriever import __version__
+from retriever.errors import RetrieverError
 
 EXIT_INTERRUPTED = 130
 
@@ -92,7 +92,7 @@ def filter_options(fn: Callable) -> Callable:
 
 def _filters(kwargs: dict[str, Any]):
     """Pops the filter_options values from a command's kwargs; a Filters value."""
-    from .filters import build
+    from retriever.filters import build
 
     values = {name: kwargs.pop(name) for name in FILTER_NAMES}
     return build(**values)
@@ -105,7 +105,7 @@ def _ask_server(home, index_name, top, keywords, verbose, kind, words, filter_va
     """Hits from a `retriever serve` running for this index, or None to search here: no server,
     one that does not answer, or a query it cannot take (image terms in search). A server's
     refusal of the query itself (a bad date...) is the same error a local search gives."""
-    from .serve.client import RemoteError, RemoteUnsupported, find_server, hits_from_dicts, index_folder, remote_query
+    from retriever.serve.client import RemoteError, RemoteUnsupported, find_server, hits_from_dicts, index_folder, remote_query
 
     info = find_server(index_folder(home, index_name))
     if info is None:
@@ -128,9 +128,9 @@ def _ask_server(home, index_name, top, keywords, verbose, kind, words, filter_va
 
 
 def _rerank(hits, terms, rerank_with, device, top):
-    from .commands.vlm import load_vlm_for_command
-    from .query import keyword_text_of
-    from .vlm.rerank import rerank
+    from retriever.cli.vlm import load_vlm_for_command
+    from retriever.query import keyword_text_of
+    from retriever.vlm.rerank import rerank
 
     vlm_spec, rerank_top = rerank_with
     vlm = load_vlm_for_command(vlm_spec, device, lambda m: click.echo(m, err=True))
@@ -160,7 +160,7 @@ def view_options(fn: Callable) -> Callable:
 
 
 def daemon_options(fn: Callable) -> Callable:
-    """--daemon/--no-daemon and --daemon-idle of search and similar (retriever.daemon)."""
+    """--daemon/--no-daemon and --daemon-idle of search and similar (retriever.daemon.server)."""
     fn = click.option("--daemon-idle", type=click.FloatRange(min=1), envvar="RETRIEVER_DAEMON_IDLE", show_envvar=True,
                       metavar="SECONDS",
                       help="Seconds the warm daemon waits for the next query before it exits.  [default: 300]")(fn)
@@ -171,7 +171,7 @@ def daemon_options(fn: Callable) -> Callable:
     return fn
 
 
-# Set only inside a warm daemon (retriever.daemon): (index folder, device, idle seconds) -> its
+# Set only inside a warm daemon (retriever.daemon.server): (index folder, device, idle seconds) -> its
 # loaded Searcher, so that a search or similar run there uses the warm model and index. It raises
 # what the daemon turns into "run this locally" when the command names another index or device.
 warm_searcher: Callable[..., Any] | None = None
@@ -219,7 +219,7 @@ def main() -> None:
 
 
 def _home(home: Path | None) -> Path:
-    from .index import resolve_home
+    from retriever.index import resolve_home
 
     return resolve_home(home)
 
@@ -287,22 +287,22 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
     (the [distributed] extra, plus s3fs or gcsfs); the catalog keeps each file's URL as its path.
     --engine ray decodes and encodes on a Ray cluster (see the README's scaling section).
     """
-    from .index import open_for_writing
-    from .indexer import IndexOptions, run_index
-    from .remote import is_url
+    from retriever.index import open_for_writing
+    from retriever.indexer import IndexOptions, run_index
+    from retriever.remote import is_url
 
     home_dir = _home(home)
     if engine != "ray" and (address or ray_actors):
         raise RetrieverError("--address and --ray-actors go with --engine ray")
     if engine == "ray":
-        from .distributed import import_ray
+        from retriever.distributed import import_ray
 
         import_ray()  # before any model is loaded: a missing extra is said at once
     for p in paths:
         if not is_url(p) and not Path(p).expanduser().exists():
             raise RetrieverError(f"no such file or folder: {p}")
     _stop_on_sigterm()
-    from .index import Index
+    from retriever.index import Index
 
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     if not Index.exists(home_dir, index_name):
@@ -326,7 +326,7 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
                                retry_failed=retry_failed, video_every_s=video_every)
         try:
             if engine == "ray":
-                from .distributed import RayOptions, run_index_ray
+                from retriever.distributed import RayOptions, run_index_ray
 
                 ray_options = RayOptions(address=address, actors=ray_actors)
                 summary = reporter.run(lambda cb: run_index_ray(idx, encoder, list(paths), options, ray_options,
@@ -452,8 +452,8 @@ def remove(paths, home, index_name, as_json):
     A folder that is still under an indexed root comes back at the next `retriever index` of
     that root; use --exclude there to keep it out.
     """
-    from .files import absolute
-    from .index import Index
+    from retriever.files import absolute
+    from retriever.index import Index
 
     with Index.open(_home(home), index_name) as idx:
         idx.acquire_lock()
@@ -476,14 +476,14 @@ def remove(paths, home, index_name, as_json):
 def _open_searcher(home, index_name, device, daemon_idle=None):
     """(a context manager giving the Index, its Searcher): the warm daemon's when this runs in one
     (the index stays open), else opened here."""
-    from .index import Index, check_name
+    from retriever.index import Index, check_name
 
     if warm_searcher is not None:
         import contextlib
 
         searcher = warm_searcher(_home(home) / check_name(index_name), device, daemon_idle)
         return contextlib.nullcontext(searcher.index), searcher
-    from .search import Searcher
+    from retriever.search import Searcher
 
     # one query, then exit: the catalog read without SQLAlchemy, ONNX sessions that start fast
     idx = Index.open(_home(home), index_name, read_only=True)
@@ -492,8 +492,8 @@ def _open_searcher(home, index_name, device, daemon_idle=None):
 
 def _start_daemon(home, index_name, idle) -> None:
     """After a local search: a warm daemon for the next one (unless one runs, or this is one)."""
-    from .daemon_client import start_daemon
-    from .locations import index_folder
+    from retriever.daemon.client import start_daemon
+    from retriever.locations import index_folder
 
     start_daemon(index_folder(home, index_name), idle)
 
@@ -504,7 +504,7 @@ def _shown(text: str) -> str:
 
 
 def _print_hits(hits, as_json: bool, paths_only: bool, null_sep: bool) -> None:
-    from .render.terminal import hit_line  # the standard library only
+    from retriever.render.terminal import hit_line  # the standard library only
 
     if null_sep or paths_only:
         # The exact bytes of each name, so that xargs opens the very file whatever its name.
@@ -559,7 +559,7 @@ def search(query, home, index_name, top, as_json, paths_only, null_sep, device, 
       retriever search sunset --after 2023-06 --before 2023-09 --camera pixel
       retriever search beach + ~/ref.jpg - people --json | jq .path
     """
-    from .query import keyword_text_of, parse
+    from retriever.query import keyword_text_of, parse
 
     filter_values = {name: kwargs[name] for name in FILTER_NAMES}
     filters = _filters(kwargs)
@@ -567,7 +567,7 @@ def search(query, home, index_name, top, as_json, paths_only, null_sep, device, 
     if rerank:
         if not keyword_text_of(terms):
             raise RetrieverError("--rerank needs text in the query: the model is asked whether each photo shows it")
-        from .vlm.model import check_weights
+        from retriever.vlm.model import check_weights
 
         check_weights(vlm_spec, device)  # no weights: fail within seconds, before loading anything
     rerank_with = (vlm_spec, rerank_top) if rerank else None
@@ -597,7 +597,7 @@ def similar(images, home, index_name, top, as_json, paths_only, null_sep, device
       retriever similar a.jpg b.jpg
       retriever similar beach.jpg - text:people --in ~/Pictures/2024
     """
-    from .query import parse
+    from retriever.query import parse
 
     filter_values = {name: kwargs[name] for name in FILTER_NAMES}
     filters = _filters(kwargs)
@@ -609,7 +609,7 @@ def similar(images, home, index_name, top, as_json, paths_only, null_sep, device
 def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose,
                preview, preview_protocol, html_file, keywords=False, rerank_with=None, remote=None,
                daemon=None, daemon_idle=None) -> None:
-    from .query import describe
+    from retriever.query import describe
 
     if verbose:
         click.echo(f"query: {_shown(describe(terms))}", err=True)
@@ -617,7 +617,7 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
             click.echo(f"filter: {_shown(condition)}", err=True)
     in_daemon = warm_searcher is not None
     if in_daemon and (rerank_with or preview or preview_protocol or html_file):
-        from .daemon_client import RunLocally
+        from retriever.daemon.client import RunLocally
 
         raise RunLocally("--rerank, --preview and --html run in the client's process")
     asked_server = not (rerank_with or remote is None or in_daemon)
@@ -643,7 +643,7 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
                 click.echo(f"answered by the warm daemon (pid {os.getpid()})", err=True)
             empty_index = not hits and idx.catalog.counts()["images"] == 0
     if html_file:
-        from .render import html_page, write_html
+        from retriever.render import html_page, write_html
 
         title = f"retriever: {describe(terms)}"
         conditions = "; ".join(filters.describe())
@@ -655,11 +655,11 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
         click.echo(f"wrote {_shown(str(html_file))} ({len(hits)} results)", err=True)
     protocol = None
     if (preview or preview_protocol) and not (as_json or paths_only or null_sep):
-        from .render import choose_protocol, probe_sixel
+        from retriever.render import choose_protocol, probe_sixel
 
         protocol = choose_protocol(preview_protocol or "auto", os.environ, sys.stdout.isatty(), probe=probe_sixel)
     if protocol is not None:
-        from .render import multiplexer, preview_lines
+        from retriever.render import multiplexer, preview_lines
 
         tmux = multiplexer(os.environ) == "tmux"
         for hit in hits:
@@ -674,7 +674,7 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
         else:
             click.echo("no results", err=True)
     if searched_here and not rerank_with:
-        from .daemon_client import daemon_disabled
+        from retriever.daemon.client import daemon_disabled
 
         if daemon or (daemon is None and not daemon_disabled()):
             _start_daemon(home, index_name, daemon_idle)
@@ -696,7 +696,7 @@ def daemon() -> None:
 
 
 def _daemon_info(folder) -> dict[str, Any] | None:
-    from .daemon_client import DaemonUnavailable, ask
+    from retriever.daemon.client import DaemonUnavailable, ask
 
     try:
         info = ask(folder, {"op": "status"}, timeout=10)
@@ -711,8 +711,8 @@ def _daemon_info(folder) -> dict[str, Any] | None:
 @reports_errors
 def daemon_status(home, index_name, as_json):
     """Whether a daemon runs for the index: pid, socket, uptime, queries answered."""
-    from .daemon_client import build_id, socket_path
-    from .locations import index_folder
+    from retriever.daemon.client import build_id, socket_path
+    from retriever.locations import index_folder
 
     folder = index_folder(home, index_name)
     info = _daemon_info(folder)
@@ -748,8 +748,8 @@ def daemon_status(home, index_name, as_json):
 @reports_errors
 def daemon_stop(home, index_name):
     """Stop the daemon of the index (the next search starts a new one)."""
-    from .daemon_client import DaemonUnavailable, ask, is_running
-    from .locations import index_folder
+    from retriever.daemon.client import DaemonUnavailable, ask, is_running
+    from retriever.locations import index_folder
 
     folder = index_folder(home, index_name)
     try:
@@ -771,14 +771,14 @@ def daemon_stop(home, index_name):
 @reports_errors
 def daemon_start(home, index_name, idle_s, foreground):
     """Start the daemon of the index now (searches start it by themselves)."""
-    from .daemon_client import DEFAULT_IDLE_S, start_daemon
-    from .index import Index, check_name
+    from retriever.daemon.client import DEFAULT_IDLE_S, start_daemon
+    from retriever.index import Index, check_name
 
     home_dir = _home(home)
     Index.open(home_dir, index_name).close()  # a missing index fails here, with its message
     folder = home_dir / check_name(index_name)
     if foreground:
-        from .daemon import run_daemon
+        from retriever.daemon.server import run_daemon
 
         reason = run_daemon(folder, idle_s or DEFAULT_IDLE_S, log=lambda m: click.echo(m, err=True))
         click.echo(f"stopped: {reason}", err=True)
@@ -807,9 +807,9 @@ def daemon_start(home, index_name, idle_s, foreground):
 @reports_errors
 def status(home, index_name, as_json):
     """Where the index lives, its model, and its counts (images, vectors, failed, last run)."""
-    from .index import Index
+    from retriever.index import Index
 
-    from .daemon_client import is_running
+    from retriever.daemon.client import is_running
 
     with Index.open(_home(home), index_name) as idx:
         info = idx.status()
@@ -880,7 +880,7 @@ def _index_kind_text(info: dict[str, Any]) -> str:
 @reports_errors
 def errors(home, index_name, as_json):
     """Files that could not be indexed, with the reason. They are retried when they change."""
-    from .index import Index
+    from retriever.index import Index
 
     with Index.open(_home(home), index_name) as idx:
         failures = idx.catalog.failures()
@@ -899,7 +899,7 @@ def errors(home, index_name, as_json):
 @reports_errors
 def models(as_json):
     """Encoders available: the offline one, and every open_clip architecture with its pretrained tags."""
-    from .encoders import list_available_models
+    from retriever.encoders import list_available_models
 
     for row in list_available_models():
         if as_json:
@@ -909,8 +909,10 @@ def models(as_json):
             click.echo(f"{row['name']:<40} {tags or row['note']}")
 
 
-# -- commands defined in retriever/commands/ --------------------------------------------------------
+# -- commands defined in their own modules ----------------------------------------------------------
 
-from .commands import register as _register_commands  # noqa: E402  (after the bundles they use)
+from retriever.cli import duplicates as _duplicates, optimize as _optimize, serve as _serve, tags as _tags, vlm as _vlm  # noqa: E402
 
-_register_commands(main)
+for _module in (_duplicates, _optimize, _serve, _tags, _vlm):
+    for _command in _module.COMMANDS:
+        main.add_command(_command)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from ..cli import _home, _shown, device_option, index_options, reports_errors
-from ..errors import RetrieverError
+from retriever.cli import _home, _shown, device_option, index_options, reports_errors
+from retriever.errors import RetrieverError
 
 _CHANGE_NOTES = {
     "new": "new label set: tagging every image",
@@ -54,8 +54,8 @@ def tag(labels_text, labels_file, add, threshold, home, index_name, device, as_j
     or changed since the last run). New labels, --add or a new --threshold tag every image again.
     See the tags with `retriever tags`, filter with `retriever search ... --tag LABEL`.
     """
-    from ..index import Index
-    from ..tags import parse_labels, read_labels_file, tag_index
+    from retriever.index import Index
+    from retriever.tags import parse_labels, read_labels_file, tag_index
 
     if labels_text is not None and labels_file is not None:
         raise RetrieverError("use --labels or --labels-file, not both")
@@ -110,8 +110,8 @@ def tags(home, index_name, image_path, as_json):
 
     With --image PATH: that image's tags, each with its probability, best first.
     """
-    from ..index import Index
-    from ..tags import tags_of_file, tags_overview
+    from retriever.index import Index
+    from retriever.tags import tags_of_file, tags_overview
 
     with Index.open(_home(home), index_name) as idx:
         if image_path is not None:
@@ -143,7 +143,7 @@ def _print_counts(counts: dict[str, int], err: bool = False) -> None:
 
 
 def _print_file_tags(items, as_json: bool) -> None:
-    from ..video import format_timestamp
+    from retriever.video import format_timestamp
 
     for item in items:
         shown = item["path"] if item["frame_ms"] is None else f"{item['path']}@{format_timestamp(item['frame_ms'])}"

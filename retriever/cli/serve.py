@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..cli import _home, device_option, index_options, reports_errors
-from ..errors import MissingDependencyError, RetrieverError
+from retriever.cli import _home, device_option, index_options, reports_errors
+from retriever.errors import MissingDependencyError, RetrieverError
 
 
 @click.command()
@@ -36,9 +36,9 @@ def serve(home, index_name, host, port, token, insecure, vlm_spec, device):
         import uvicorn  # noqa: F401
     except ImportError:
         raise MissingDependencyError("retriever serve needs: pip install 'retriever[serve]'") from None
-    from ..index import Index
-    from ..serve.engine import Engine
-    from ..serve.server import Server, is_loopback
+    from retriever.index import Index
+    from retriever.serve.engine import Engine
+    from retriever.serve.server import Server, is_loopback
 
     if token is not None and not token.strip():
         raise RetrieverError("--token is empty")
@@ -48,7 +48,7 @@ def serve(home, index_name, host, port, token, insecure, vlm_spec, device):
                                  "give --token TOKEN (or --insecure to serve without one)")
         click.echo("WARNING: serving WITHOUT A TOKEN on a non-loopback address: anyone who can reach "
                    f"{host}:{port} can read every photo in the index", err=True)
-    from ..serve.client import find_server
+    from retriever.serve.client import find_server
 
     idx = Index.open(_home(home), index_name)
     running = find_server(idx.folder)
@@ -57,7 +57,7 @@ def serve(home, index_name, host, port, token, insecure, vlm_spec, device):
         raise RetrieverError(f"a server for index {idx.name!r} already runs at {running.url} (pid {running.pid})")
     vlm = None
     if vlm_spec:
-        from .vlm import load_vlm_for_command
+        from retriever.cli.vlm import load_vlm_for_command
 
         vlm = load_vlm_for_command(vlm_spec, device, lambda m: click.echo(m, err=True))
     click.echo(f"loading {idx.model_id} and the index ...", err=True)
