@@ -18,7 +18,7 @@ What is measured:
   4. Throughput: --clients threads, each with its own connection, --per-client queries each, all
      queries distinct and new to the server (each one a forward pass).
   5. CLI search wall time (median of --cli-runs): `python -m retriever search` with no server, and
-     with the server running -- when the CLI uses a running server (retriever/cli.py imports
+     with the server running -- when the CLI uses a running server (retriever/cli/search.py imports
      retriever.serve.client); otherwise the with-server figure is a fresh `python -c` process that
      imports retriever.serve.client and calls find_server + remote_query, i.e. what the wired CLI
      adds to its own start-up (`cli_uses_server` in the JSON says which).
@@ -120,7 +120,7 @@ def get(conn: http.client.HTTPConnection, q: str) -> float:
 
 
 def latency(info, queries: Sequence[str]) -> dict[str, Any]:
-    from retriever.serve.client import remote_query
+    from retriever.serve.client import server_query as remote_query
 
     conn = http.client.HTTPConnection(info.host, info.port, timeout=60)
     for q in ("warm up", "a photo of a dog", "another warm-up"):
@@ -173,7 +173,7 @@ def throughput(info, queries: Sequence[str], clients: int, per_client: int) -> d
 
 
 def cli_uses_server() -> bool:
-    return "serve.client" in (REPO / "retriever" / "cli.py").read_text()
+    return "serve.client" in (REPO / "retriever" / "cli" / "search.py").read_text()
 
 
 def cli_search_cmd(home: Path) -> list[str]:
@@ -182,7 +182,7 @@ def cli_search_cmd(home: Path) -> list[str]:
 
 
 def client_cmd(home: Path) -> list[str]:
-    code = ("import sys; from retriever.serve.client import find_server, remote_query; "
+    code = ("import sys; from retriever.serve.client import find_server, server_query as remote_query; "
             f"info = find_server({str(home / INDEX_NAME)!r}); assert info, 'no server'; "
             f"hits = remote_query(info, ['a cat'], {K}); print(len(hits))")
     return [sys.executable, "-c", code]

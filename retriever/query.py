@@ -112,3 +112,22 @@ def keyword_text_of(terms: Sequence[Term]) -> str:
 def describe(terms: Sequence[Term]) -> str:
     text = " ".join(t.describe() for t in terms)
     return text[2:] if text.startswith("+ ") else text
+
+
+def words_of(q: str) -> list[str]:
+    """Search-box text -> query words: split like a shell (quotes group), then the words between
+    the operators + and - joined into one phrase, so `a cat on a sofa - dog` is two terms, the
+    phrase and its negation, as `retriever search "a cat on a sofa" - dog`."""
+    import shlex
+
+    try:
+        split = shlex.split(q)
+    except ValueError as exc:
+        raise QueryError(f"cannot read the query: {exc}") from None
+    words: list[str] = []
+    for word in split:
+        if word in ("+", "-") or not words or words[-1] in ("+", "-"):
+            words.append(word)
+        else:
+            words[-1] = f"{words[-1]} {word}"
+    return words

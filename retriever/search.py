@@ -53,12 +53,15 @@ class Searcher:
     """Answers text and image queries over one opened Index. The encoder and the FAISS index are
     loaded on first use and kept, so a long-lived Searcher answers many queries cheaply."""
 
-    def __init__(self, index, *, encoder=None, device: str = "auto", one_shot: bool = False):
+    def __init__(self, index, *, encoder=None, device: str = "auto", one_shot: bool = False,
+                 onnx_threads: int | None = None):
         """one_shot: this Searcher answers one query and goes (a CLI search without a daemon):
-        its ONNX sessions start faster and run a little slower (see onnx.make_session)."""
+        its ONNX sessions start faster and run a little slower (see onnx.make_session).
+        onnx_threads: intra-op threads of those sessions (None: onnxruntime's default)."""
         self.index = index
         self.device = device
         self.one_shot = one_shot
+        self.onnx_threads = onnx_threads
         self._encoder = encoder
         self._query_encoder = None
         self._vectors = None
@@ -85,7 +88,7 @@ class Searcher:
             if self._encoder is None and self.device in ("auto", "cpu"):
                 from retriever.onnx import onnx_encoder_for
 
-                self._query_encoder = onnx_encoder_for(self.index, one_shot=self.one_shot)
+                self._query_encoder = onnx_encoder_for(self.index, threads=self.onnx_threads, one_shot=self.one_shot)
             if self._query_encoder is None:
                 self._query_encoder = self.encoder
         return self._query_encoder

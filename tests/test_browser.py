@@ -46,7 +46,7 @@ def browser_page():
 
 
 def test_search_click_and_more_like_this_in_a_browser(browser_page, offline_index, offline_encoder, tmp_path):
-    from retriever.serve.engine import Engine
+    from retriever.serve.service import Service as Engine
     from retriever.serve.server import Server
 
     server = Server(Engine(offline_index, encoder=offline_encoder), host="127.0.0.1", port=0)

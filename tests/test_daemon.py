@@ -24,6 +24,7 @@ from retriever.daemon import client as daemon_client
 from retriever.daemon.entry import daemon_target
 from retriever.daemon.server import Daemon, DaemonError
 from retriever.daemon.client import DaemonUnavailable, ask, is_running, run_request, socket_path
+from retriever.cli import main
 
 from conftest import PHOTOS, REPO
 
@@ -45,7 +46,7 @@ def start_daemon(offline_encoder):
     running: list[tuple[Daemon, threading.Thread]] = []
 
     def start(folder: Path, idle_s: float = 30.0) -> Daemon:
-        daemon = Daemon(folder, idle_s, log=lambda m: None, encoder=offline_encoder)
+        daemon = Daemon(folder, idle_s, command=main, log=lambda m: None, encoder=offline_encoder)
         daemon.start()
         thread = threading.Thread(target=daemon.serve, daemon=True)
         thread.start()
@@ -200,7 +201,7 @@ def test_new_checkpoints_are_seen_by_the_next_query(home, start_daemon, offline_
     after = through_entry(["search", "a cat", "--paths", "-k", "20"], env, REPO).stdout.splitlines()
     assert str(PHOTOS / "chelsea.png").encode() in before
     assert len(after) == len(before) - 1 and str(PHOTOS / "chelsea.png").encode() not in after
-    assert daemon.engine.reloads == 1
+    assert daemon.collection.reloads == 1
 
 
 def test_one_daemon_per_index_idle_timeout_and_status(home, start_daemon):
@@ -214,7 +215,7 @@ def test_one_daemon_per_index_idle_timeout_and_status(home, start_daemon):
 
     shown = CliRunner().invoke(main, ["status", "--home", str(home), "--json"])
     assert shown.exit_code == 0 and json.loads(shown.output)["daemon"] is True
-    second = Daemon(folder, 30, log=lambda m: None)
+    second = Daemon(folder, 30, command=main, log=lambda m: None)
     with pytest.raises(DaemonError, match="another daemon"):
         second.start()  # the first answers: the second gives up at once
     deadline = time.monotonic() + 10

@@ -21,7 +21,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from retriever.serve.app import create_app  # noqa: E402
-from retriever.serve.engine import MAX_UPLOAD_BYTES, Engine  # noqa: E402
+from retriever.serve.service import MAX_UPLOAD_BYTES, Service as Engine  # noqa: E402
 
 
 def names(results):
@@ -70,7 +70,7 @@ def test_search_query_language_and_filters(client):
     assert len(pngs["results"]) < len(plain)
     minus = client.get("/api/search", params={"q": "a cat - animal", "k": 15}).json()["results"]
     assert [r["score"] for r in minus] != [r["score"] for r in plain]
-    from retriever.serve.engine import words_of
+    from retriever.query import words_of
 
     assert words_of("a cat - 0.5*small animal + 'red car'") == ["a cat", "-", "0.5*small animal", "+", "red car"]
     # w: the command-line words exactly; two words are two terms, not one phrase
@@ -368,7 +368,7 @@ def test_discovery_file_and_remote_query(live_server, offline_index, offline_enc
     from retriever.filters import build
     from retriever.query import parse
     from retriever.search import Searcher
-    from retriever.serve.client import DISCOVERY_FILE, find_server, remote_query
+    from retriever.serve.client import DISCOVERY_FILE, find_server, server_query as remote_query
 
     server, info = live_server
     path = offline_index.folder / DISCOVERY_FILE
@@ -398,7 +398,7 @@ def test_discovery_file_and_remote_query(live_server, offline_index, offline_enc
 def test_remote_similar_uploads_an_outside_photo(live_server, tmp_path):
     from PIL import Image
 
-    from retriever.serve.client import RemoteUnsupported, find_server, remote_query
+    from retriever.serve.client import ServerUnsupported as RemoteUnsupported, find_server, server_query as remote_query
 
     _, info = live_server
     outside = tmp_path / "mine.jpg"
@@ -441,7 +441,7 @@ def test_a_stale_discovery_file_is_ignored_and_removed(tmp_path):
 
 
 def test_a_token_server_needs_the_token_from_the_environment(offline_index, offline_encoder, monkeypatch):
-    from retriever.serve.client import RemoteError, find_server, remote_query
+    from retriever.serve.client import ServerError as RemoteError, find_server, server_query as remote_query
     from retriever.serve.server import Server
 
     server = Server(Engine(offline_index, encoder=offline_encoder), host="127.0.0.1", port=0, token="tok")
@@ -479,7 +479,7 @@ def test_clients_that_disconnect_mid_response_leave_the_server_fine(live_server,
             s.sendall(f"GET /api/images/{image_id} HTTP/1.1\r\nHost: 127.0.0.1:{info.port}\r\n\r\n".encode())
             assert s.recv(64).startswith(b"HTTP/1.1 200")
         # closed with most of the body unread
-    from retriever.serve.client import find_server, remote_query
+    from retriever.serve.client import find_server, server_query as remote_query
 
     assert Path(remote_query(find_server(offline_index.folder), ["a cat"], 1)[0]["path"]).name == "chelsea.png"
     if fds_before is not None:
@@ -500,7 +500,7 @@ def test_retriever_serve_command_end_to_end(offline_index, tmp_path):
     import sys
     import time
 
-    from retriever.serve.client import DISCOVERY_FILE, find_server, remote_query
+    from retriever.serve.client import DISCOVERY_FILE, find_server, server_query as remote_query
 
     home = offline_index.folder.parent
     proc = subprocess.Popen([sys.executable, "-m", "retriever", "serve", "--home", str(home), "--port", "0",
@@ -526,7 +526,7 @@ def test_retriever_serve_command_end_to_end(offline_index, tmp_path):
 def test_text_embeddings_are_remembered_and_equal_the_encoders(offline_encoder):
     import numpy as np
 
-    from retriever.serve.engine import LockedEncoder
+    from retriever.api import LockedEncoder
 
     calls = []
 
@@ -554,7 +554,7 @@ def test_the_cli_asks_a_running_server_and_falls_back_when_it_cannot(live_server
     the same output as a local search; queries the server cannot take run locally."""
     from click.testing import CliRunner
 
-    from retriever import cli
+    from retriever.cli import search as cli
     from retriever.cli import main
 
     home = str(offline_index.folder.parent)

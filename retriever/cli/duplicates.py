@@ -6,7 +6,8 @@ import json
 
 import click
 
-from retriever.cli import _home, _shown, index_options, reports_errors
+from retriever.cli.options import home_dir, index_options, reports_errors
+from retriever.cli.output import shown
 
 
 @click.command()
@@ -43,11 +44,11 @@ def duplicates(home, index_name, threshold, exact_only, min_size, no_guard, as_j
     from retriever.duplicates import find_duplicates
     from retriever.index import Index
 
-    with Index.open(_home(home), index_name) as idx:
+    with Index.open(home_dir(home), index_name) as idx:
         report = find_duplicates(idx, threshold, exact_only=exact_only, min_size=min_size, guard=not no_guard)
     for n, group in enumerate(report.groups):
         if as_json:
-            click.echo(_shown(json.dumps(group.as_dict(), ensure_ascii=False)))
+            click.echo(shown(json.dumps(group.as_dict(), ensure_ascii=False)))
             continue
         if n:
             click.echo()
@@ -69,7 +70,7 @@ def _print_group(group) -> None:
         if m.copies:
             extra.append(f"+{len(m.copies)} exact {'copy' if len(m.copies) == 1 else 'copies'}")
         note = f"  ({'; '.join(extra)})" if extra else ""
-        click.echo(f"  {m.score:.4f}  {dims:>11}  {_bytes(m.size):>9}  {_shown(m.path)}{note}")
+        click.echo(f"  {m.score:.4f}  {dims:>11}  {_bytes(m.size):>9}  {shown(m.path)}{note}")
 
 
 def _summary(report) -> str:

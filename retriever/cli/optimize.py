@@ -8,7 +8,7 @@ import time
 
 import click
 
-from retriever.cli import _home, index_options, reports_errors
+from retriever.cli.options import home_dir, index_options, reports_errors
 
 KIND_CHOICES = ["auto", "flat", "ivf-sq8", "ivf-pq"]  # = "auto" + retriever.vectors.KINDS
 
@@ -58,7 +58,7 @@ def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers,
     """
     from retriever.index import Index
 
-    with Index.open(_home(home), index_name) as idx:
+    with Index.open(home_dir(home), index_name) as idx:
         idx.acquire_lock()
         report, size = idx.optimize(kind, target_recall=target_recall, exact_max=exact_max, on_disk=on_disk,
                                     workers=workers, shard_size=shard_size, progress=_Progress())

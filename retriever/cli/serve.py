@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from retriever.cli import _home, device_option, index_options, reports_errors
+from retriever.cli.options import device_option, home_dir, index_options, reports_errors
 from retriever.errors import MissingDependencyError, RetrieverError
 
 
@@ -37,7 +37,7 @@ def serve(home, index_name, host, port, token, insecure, vlm_spec, device):
     except ImportError:
         raise MissingDependencyError("retriever serve needs: pip install 'retriever[serve]'") from None
     from retriever.index import Index
-    from retriever.serve.engine import Engine
+    from retriever.serve.service import Service
     from retriever.serve.server import Server, is_loopback
 
     if token is not None and not token.strip():
@@ -50,7 +50,7 @@ def serve(home, index_name, host, port, token, insecure, vlm_spec, device):
                    f"{host}:{port} can read every photo in the index", err=True)
     from retriever.serve.client import find_server
 
-    idx = Index.open(_home(home), index_name)
+    idx = Index.open(home_dir(home), index_name)
     running = find_server(idx.folder)
     if running is not None:
         idx.close()
@@ -61,16 +61,16 @@ def serve(home, index_name, host, port, token, insecure, vlm_spec, device):
 
         vlm = load_vlm_for_command(vlm_spec, device, lambda m: click.echo(m, err=True))
     click.echo(f"loading {idx.model_id} and the index ...", err=True)
-    engine = Engine(idx, device=device, vlm=vlm)
-    engine.warm()
+    service = Service(idx, device=device, vlm=vlm)
+    service.warm()
 
     def started(info):
         shown = f"{info.url}/" + ("?token=TOKEN" if token else "")
-        click.echo(f"serving index {idx.name!r} ({engine.status()['images']} images) at {shown}  "
+        click.echo(f"serving index {idx.name!r} ({service.status()['images']} images) at {shown}  "
                    f"(Ctrl-C stops)", err=True)
 
     with idx:
-        Server(engine, host=host, port=port, token=token, on_started=started).run()
+        Server(service, host=host, port=port, token=token, on_started=started).run()
 
 
 COMMANDS = [serve]

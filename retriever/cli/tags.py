@@ -9,8 +9,10 @@ from pathlib import Path
 
 import click
 
-from retriever.cli import _home, _shown, device_option, index_options, reports_errors
+from retriever.cli.options import device_option, home_dir, index_options, reports_errors
+from retriever.cli.output import ProgressReporter, shown
 from retriever.errors import RetrieverError
+from retriever.progress import Progress
 
 _CHANGE_NOTES = {
     "new": "new label set: tagging every image",
@@ -68,17 +70,22 @@ def tag(labels_text, labels_file, add, threshold, home, index_name, device, as_j
         raise RetrieverError("--add needs --labels or --labels-file")
 
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    with Index.open(_home(home), index_name) as idx:
+    with Index.open(home_dir(home), index_name) as idx:
         idx.acquire_lock()
 
         def load_encoder():
             say(f"loading {idx.model_id} for the label texts ...")
             return idx.load_encoder(device)
 
-        progress = _Progress(enabled=not quiet)
+        progress = ProgressReporter(enabled=not quiet, verb="tagging", past="tagged", log_ends=False)
+        started = time.monotonic()
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(Progress(done, total, 0, time.monotonic() - started))
+
         try:
             run = tag_index(idx, labels=labels, add=add, threshold=threshold, encoder=load_encoder,
-                            on_progress=progress)
+                            on_progress=on_progress if progress.enabled else None)
         except KeyboardInterrupt:
             progress.close()
             click.echo("interrupted: the images tagged so far are saved; run `retriever tag` again to finish",
@@ -113,7 +120,7 @@ def tags(home, index_name, image_path, as_json):
     from retriever.index import Index
     from retriever.tags import tags_of_file, tags_overview
 
-    with Index.open(_home(home), index_name) as idx:
+    with Index.open(home_dir(home), index_name) as idx:
         if image_path is not None:
             _print_file_tags(tags_of_file(idx.catalog, image_path), as_json)
             return
@@ -139,59 +146,26 @@ def tags(home, index_name, image_path, as_json):
 def _print_counts(counts: dict[str, int], err: bool = False) -> None:
     width = max((len(label) for label in counts), default=0)
     for label, n in counts.items():
-        click.echo(f"  {_shown(label):<{width}}  {n:>6}", err=err)
+        click.echo(f"  {shown(label):<{width}}  {n:>6}", err=err)
 
 
 def _print_file_tags(items, as_json: bool) -> None:
     from retriever.video import format_timestamp
 
     for item in items:
-        shown = item["path"] if item["frame_ms"] is None else f"{item['path']}@{format_timestamp(item['frame_ms'])}"
+        name = item["path"] if item["frame_ms"] is None else f"{item['path']}@{format_timestamp(item['frame_ms'])}"
         if as_json:
-            click.echo(_shown(json.dumps(item, ensure_ascii=False)))
+            click.echo(shown(json.dumps(item, ensure_ascii=False)))
             continue
         if not item["tags"]:
             why = "it failed to index" if item["status"] != "indexed" else "not tagged yet (run `retriever tag`)"
-            click.echo(f"{_shown(shown)}: no tags: {why}", err=True)
+            click.echo(f"{shown(name)}: no tags: {why}", err=True)
             continue
         if len(items) > 1:
-            click.echo(_shown(shown))
+            click.echo(shown(name))
         width = max(len(t["label"]) for t in item["tags"])
         for t in item["tags"]:
-            click.echo(f"  {_shown(t['label']):<{width}}  {t['score']:.3f}")
-
-
-class _Progress:
-    """A tqdm bar on a terminal, a log line every few seconds otherwise."""
-
-    LOG_EVERY_S = 5.0
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-        self.last_log: float | None = None  # set at the first report: a short run logs nothing
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if sys.stderr.isatty():
-            if self.bar is None:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="img", desc="tagging", file=sys.stderr, dynamic_ncols=True)
-            self.bar.update(done - self.bar.n)
-            return
-        now = time.monotonic()
-        if self.last_log is None:
-            self.last_log = now
-        elif now - self.last_log >= self.LOG_EVERY_S:
-            self.last_log = now
-            click.echo(f"tagged {done}/{total} ({100 * done / max(total, 1):.0f}%)", err=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+            click.echo(f"  {shown(t['label']):<{width}}  {t['score']:.3f}")
 
 
 COMMANDS = [tag, tags]

@@ -8,18 +8,8 @@ from typing import Callable
 
 import click
 
-from retriever.cli import (
-    EXIT_INTERRUPTED,
-    ProgressReporter,
-    _duration,
-    _filters,
-    _home,
-    _shown,
-    device_option,
-    filter_options,
-    index_options,
-    reports_errors,
-)
+from retriever.cli.options import EXIT_INTERRUPTED, device_option, filter_options, home_dir, index_options, pop_filters, reports_errors
+from retriever.cli.output import ProgressReporter, duration, shown
 
 
 def vlm_option(fn: Callable) -> Callable:
@@ -83,7 +73,7 @@ def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_
     text = " ".join(question).strip()
     if not text:
         raise click.ClickException("empty question: say what to ask")
-    filters = _filters(kwargs)
+    filters = pop_filters(kwargs)
     if image_paths:
         if filters.describe():
             raise click.ClickException("--image asks about the given files: search filters do not apply")
@@ -98,7 +88,7 @@ def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_
         from retriever.index import Index
         from retriever.search import Searcher
 
-        with Index.open(_home(home), index_name) as idx:
+        with Index.open(home_dir(home), index_name) as idx:
             from retriever.vlm.model import check_weights
 
             check_weights(vlm_spec, device)  # no weights: fail before loading the encoder and searching
@@ -110,11 +100,11 @@ def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_
         vlm = load_vlm_for_command(vlm_spec, device, say)
         result = ask_about(vlm, text, hits, max_new_tokens)
     if as_json:
-        click.echo(_shown(json.dumps(result.as_dict(), ensure_ascii=False)))
+        click.echo(shown(json.dumps(result.as_dict(), ensure_ascii=False)))
         return
     _print_answer(result, with_scores=not image_paths)
     for label, reason in result.skipped:
-        click.echo(f"skipped {_shown(label)}: {reason}", err=True)
+        click.echo(f"skipped {shown(label)}: {reason}", err=True)
     if verbose:
         click.echo(f"model {vlm.model_id} ({vlm.family}, {vlm.device}, {vlm.dtype}); "
                    f"{vlm.image_tokens_per_photo} image tokens per photo ({vlm.image_policy}); "
@@ -167,11 +157,11 @@ def caption(home, index_name, vlm_spec, device, limit, batch_size, max_new_token
       retriever caption --vlm ~/models/SmolVLM-256M-Instruct --limit 100
       retriever caption --show | grep -i receipt
     """
-    from retriever.cli import _stop_on_sigterm
+    from retriever.cli.options import stop_on_sigterm
     from retriever.index import Index
     from retriever.vlm.captions import caption_counts, pending_items, run_captions
 
-    with Index.open(_home(home), index_name) as idx:
+    with Index.open(home_dir(home), index_name) as idx:
         if show:
             _show_captions(idx, as_json)
             return
@@ -184,7 +174,7 @@ def caption(home, index_name, vlm_spec, device, limit, batch_size, max_new_token
         say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
         if todo:
             say(f"{todo} photos to caption")
-        _stop_on_sigterm()
+        stop_on_sigterm()
         progress = ProgressReporter(enabled=not quiet, verb="captioning", past="captioned", unit="photo")
         try:
             summary = run_captions(idx, lambda: load_vlm_for_command(model_id, device, say), model=model_id,
@@ -197,10 +187,10 @@ def caption(home, index_name, vlm_spec, device, limit, batch_size, max_new_token
         click.echo(json.dumps({**summary.as_dict(), "model": model_id, **counts}))
     else:
         rate = f", {summary.seconds / summary.captioned:.2f} s/photo" if summary.captioned else ""
-        click.echo(f"captioned {summary.captioned}, failed {summary.failed} in {_duration(summary.seconds)}{rate}; "
+        click.echo(f"captioned {summary.captioned}, failed {summary.failed} in {duration(summary.seconds)}{rate}; "
                    f"{counts['with_caption']} of {counts['items']} photos have captions (model {model_id})", err=True)
         for label, reason in summary.failures[:10]:
-            click.echo(f"  failed: {_shown(label)}: {reason}", err=True)
+            click.echo(f"  failed: {shown(label)}: {reason}", err=True)
     if summary.interrupted:
         click.echo(f"interrupted: {summary.captioned} captions from this run are saved; run the same command "
                    "again to resume", err=True)
@@ -211,14 +201,14 @@ def _show_captions(idx, as_json: bool) -> None:
     from retriever.render.thumbnails import display_text
     from retriever.vlm.captions import all_captions
 
-    shown = 0
+    count = 0
     for row in all_captions(idx.catalog):
-        shown += 1
+        count += 1
         if as_json:
-            click.echo(_shown(json.dumps(row, ensure_ascii=False)))
+            click.echo(shown(json.dumps(row, ensure_ascii=False)))
         else:
             click.echo(f"{display_text(row['label'])}\t{display_text(row['caption'])}")
-    if not shown and not as_json:
+    if not count and not as_json:
         click.echo("no captions yet: run `retriever caption`", err=True)
 
 

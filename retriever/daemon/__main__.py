@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     idle = args.idle if args.idle is not None else _idle_from_env()
     try:
-        run_daemon(args.folder, idle)
+        run_daemon(args.folder, main_group(), idle, log=_log)
     except DaemonError as exc:
         print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] not started: {exc}", file=sys.stderr)
         return 0
@@ -30,6 +30,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] not started: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] {message}", file=sys.stderr, flush=True)
+
+
+def main_group():
+    """The command line the daemon runs (the process entry is the one place that joins the two)."""
+    from retriever.cli import main as group
+
+    return group
 
 
 def _idle_from_env() -> float:

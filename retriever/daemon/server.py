@@ -2,13 +2,14 @@
 FAISS index loaded, so that `retriever search` and `retriever similar` answer in tens of
 milliseconds instead of a second of imports and model loading.
 
-It shares its warm state with `retriever serve`: a retriever.serve.engine.Engine (the model behind
-a lock with its text-embedding cache, the Searcher rebuilt when an indexing run commits). It is
-not the serve process itself: `serve` speaks HTTP to browsers, the daemon speaks one JSON line
-over a Unix socket (retriever.daemon.client describes the protocol) to the `retriever` command.
+Its warm state is a retriever.api.Collection, as `retriever serve`'s is (the model behind a lock
+with its text-embedding cache, the Searcher rebuilt when an indexing run commits). It is not the
+serve process itself: `serve` speaks HTTP to browsers, the daemon speaks one JSON line over a Unix
+socket (retriever.daemon.client describes the protocol) to the `retriever` command.
 
-A query is answered by running the very command line the client got, with click, in this
-process: its working directory, its environment (RETRIEVER_*, TZ) and its kind of output are
+A query is answered by running the very command line the client got, with the click group it was
+given (`command`: retriever.cli.main; this package imports nothing from the CLI), in this
+process, with the warm collection as the click context object: its working directory, its environment (RETRIEVER_*, TZ) and its kind of output are
 the client's for the time of the command, standard output and error are captured, and the bytes
 go back to the client, which writes them. So the output is a local run's, byte for byte; only
 `-v` says who answered. Commands run one at a time (the working directory and sys.stdout are
@@ -79,18 +80,20 @@ class Daemon:
     """The daemon of the index in `folder`. `start()` takes the lock, loads and warms the index and
     binds the socket; `serve()` answers until idle, stopped or the index is rebuilt; `close()`."""
 
-    def __init__(self, folder: str | os.PathLike, idle_s: float = DEFAULT_IDLE_S, log=None, encoder=None):
+    def __init__(self, folder: str | os.PathLike, idle_s: float = DEFAULT_IDLE_S, *, command, log=None,
+                 encoder=None):
+        """command: the click group whose command lines the clients send (retriever.cli.main)."""
         folder = Path(folder)
+        self.command = command
         self.folder = resolve_home(folder.parent) / folder.name  # as the CLI computes it
         self.idle_s = float(idle_s)
         self.socket_path = socket_path(self.folder)
         self.build = build_id()
-        self.log = log or (lambda message: print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] {message}",
-                                                 file=sys.stderr, flush=True))
+        self.log = log or (lambda message: None)  # the process entry logs to the daemon's log file
         self.requests = 0
         self.started_at = time.time()
         self.stop_reason: str | None = None
-        self.engine = None
+        self.collection = None
         self._encoder = encoder  # a loaded encoder of the index's model; None: as a local search picks
         self._lock_fd: int | None = None
         self._listener: socket.socket | None = None
@@ -149,13 +152,9 @@ class Daemon:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-        if self.engine is not None:
-            self.engine.index.close()
-            self.engine = None
-        import retriever.cli as cli
-
-        if cli.warm_searcher == self._warm_searcher:
-            cli.warm_searcher = None
+        if self.collection is not None:
+            self.collection.close()
+            self.collection = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock; the lock file itself stays
             self._lock_fd = None
@@ -163,7 +162,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         from retriever import __version__
 
-        engine = self.engine
+        collection = self.collection
         return {
             "status": "ok",
             "pid": os.getpid(),
@@ -171,14 +170,14 @@ class Daemon:
             "socket": self.socket_path,
             "version": __version__,
             "build": self.build,
-            "model_id": engine.index.model_id if engine else None,
-            "query_encoder": engine.searcher.encoder.text_backend if engine else None,
+            "model_id": collection.model_id if collection else None,
+            "query_encoder": collection.query_encoder.text_backend if collection else None,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_at)),
             "uptime_s": round(time.time() - self.started_at, 1),
             "idle_timeout_s": self.idle_s,
             "idle_s": round(time.monotonic() - self._last_active, 1),
             "requests": self.requests,
-            "reloads": engine.reloads if engine else 0,
+            "reloads": collection.reloads if collection else 0,
             "rss_mb": _rss_mb(),
         }
 
@@ -206,22 +205,17 @@ class Daemon:
             return True
 
     def _load(self) -> None:
-        import retriever.cli as cli
-
         from retriever.index import Index
-        from retriever.serve.engine import Engine
 
         index = Index.open(self.folder.parent, self.folder.name)
         try:
             self._identity = self._read_identity()
-            encoder = self._encoder or query_encoder_for(index)
-            self.engine = Engine(index, device="auto", encoder=encoder, reload_check_s=0.0)
-            self.engine.warm()
+            self.collection = warm_collection(index, self._encoder)
+            self.collection.warm()
         except BaseException:
             index.close()
             raise
         self._vectors_sig = _file_sig(index.vectors_path)
-        cli.warm_searcher = self._warm_searcher
         # One query through the whole command, so that the first client finds every module
         # imported and every cache (FTS, FAISS, ONNX session) warm.
         self._run_command(["retriever", "search", "--home", str(self.folder.parent), "--index", self.folder.name,
@@ -284,26 +278,25 @@ class Daemon:
 
     def _refresh(self) -> None:
         """New checkpoints (a new generation) or a replaced FAISS file: a new Searcher."""
-        engine = self.engine
-        reloads = engine.reloads
-        engine.current()
-        sig = _file_sig(engine.index.vectors_path)
+        collection = self.collection
+        reloads = collection.reloads
+        collection.searcher()
+        sig = _file_sig(collection.idx.vectors_path)
         if sig != self._vectors_sig:
-            if engine.reloads == reloads:
-                engine.reload()
-            self._vectors_sig = _file_sig(engine.index.vectors_path)
+            if collection.reloads == reloads:
+                collection.reload()
+            self._vectors_sig = _file_sig(collection.idx.vectors_path)
 
-    def _warm_searcher(self, folder: Path, device: str, idle_s: float | None):
-        """retriever.cli.warm_searcher while this daemon runs a command."""
+    def _warm_collection(self, folder: Path, device: str, idle_s: float | None):
+        """The click context object of the commands this daemon runs: (index folder, device,
+        idle seconds) of the command line -> the warm Collection, or RunLocally."""
         if Path(folder) != self.folder:
             raise RunLocally(f"another index ({folder})")
         if device != "auto":
             raise RunLocally(f"--device {device}: the daemon's model runs where auto puts it")
         if idle_s is not None:
             self.idle_s = float(idle_s)
-        searcher = self.engine.current()
-        searcher.last_strategy = None  # as a fresh Searcher's
-        return searcher
+        return self.collection
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -368,8 +361,6 @@ class Daemon:
     def _run_command(self, argv: list[str], streams: dict, env: dict, cwd: str | None) -> dict:
         """Run `retriever` with argv in this process as the client would have: its cwd, env and
         kinds of output; {"status": "ok", "exit", "chunks"} or a decline."""
-        import retriever.cli as cli
-
         chunks: list[list] = []
         try:
             stdout = _capture(1, chunks, streams.get("stdout") or {})
@@ -384,8 +375,8 @@ class Daemon:
                 os.chdir(cwd)
             sys.stdout, sys.stderr = stdout, stderr
             try:
-                cli.main.main(args=argv[1:], prog_name=os.path.basename(argv[0]) or "retriever",
-                              standalone_mode=True)
+                self.command.main(args=argv[1:], prog_name=os.path.basename(argv[0]) or "retriever",
+                                  standalone_mode=True, obj=self._warm_collection)
                 code = 0
             except SystemExit as exc:
                 code = _exit_code(exc, stderr)
@@ -410,13 +401,20 @@ class Daemon:
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def query_encoder_for(index):
-    """The daemon's query encoder: the one a local search picks (ONNX when the index holds a valid
-    export), with the session options of a local search (one_shot, as cli._open_searcher makes
-    its Searcher), so that the embeddings, hence the printed scores, are the same to the bit."""
-    from retriever.serve.engine import QueryEncoder
+def warm_collection(index, encoder=None):
+    """The daemon's Collection: the query encoder a local search picks (ONNX when the index holds
+    a valid export), with the session options of a local search (one_shot, as a CLI search opens
+    its collection), so that the embeddings, hence the printed scores, are the same to the bit;
+    checked for new checkpoints at every query."""
+    from retriever.api import Collection
 
-    return QueryEncoder(index, "auto", threads=QUERY_THREADS, one_shot=True)
+    return Collection(index, device="auto", encoder=encoder, query_threads=QUERY_THREADS, one_shot=True,
+                      reload_check_s=0.0)
+
+
+def query_encoder_for(index):
+    """The daemon's query encoder (see warm_collection)."""
+    return warm_collection(index).query_encoder
 
 
 class _Sink(io.RawIOBase):
@@ -481,7 +479,7 @@ def _exit_code(exc: SystemExit, stderr: io.TextIOWrapper) -> int:
         return 0
     if isinstance(code, int):
         return code
-    print(code, file=stderr)  # sys.exit("message"), as the interpreter would show it
+    stderr.write(f"{code}\n")  # sys.exit("message"), as the interpreter would show it
     return 1
 
 
@@ -509,10 +507,11 @@ def _file_sig(path: os.PathLike | str) -> tuple | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def run_daemon(folder: str | os.PathLike, idle_s: float = DEFAULT_IDLE_S, log=None) -> str:
-    """Start and serve until stopped (the reason). SIGTERM and SIGINT stop it cleanly. Raises
-    DaemonError (another daemon runs...) and the index's own errors (IndexNotFoundError...)."""
-    daemon = Daemon(folder, idle_s, log=log)
+def run_daemon(folder: str | os.PathLike, command, idle_s: float = DEFAULT_IDLE_S, log=None) -> str:
+    """Start and serve `command`'s command lines until stopped (the reason). SIGTERM and SIGINT
+    stop it cleanly. Raises DaemonError (another daemon runs...) and the index's own errors
+    (IndexNotFoundError...)."""
+    daemon = Daemon(folder, idle_s, command=command, log=log)
     daemon.start()
 
     def on_signal(signum, frame):

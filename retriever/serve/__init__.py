@@ -1,6 +1,7 @@
 """`retriever serve`: an HTTP API and a web page over one index, with the model kept warm.
 
-    engine.py   the warm state: index, Searcher, model lock, reload on new checkpoints, thumbnails
+    service.py  what the API does, over a warm retriever.api.Collection: limits, similar by id or
+                upload, ask, originals and thumbnails opened safely (LRU of thumbnails)
     app.py      the FastAPI app: JSON API, token check, JSON errors, the page under static/
     server.py   uvicorn, and the discovery file (serve.json) written while the server is up
     client.py   standard library only: find a running server, query it (used by the CLI)

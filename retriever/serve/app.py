@@ -1,10 +1,10 @@
-"""The FastAPI app over an Engine: the JSON API under /api, the page at / (static files shipped in
+"""The FastAPI app over a Service (retriever.serve.service): the JSON API under /api, the page at / (static files shipped in
 the package), OpenAPI at /openapi.json.
 
 Every error is JSON, {"error": "...", "status": N}: a RetrieverError is the client's fault (4xx,
 its one-line message), anything else is a 500 whose body says nothing about the code. Handlers
 are plain functions: FastAPI runs them in its thread pool, so requests proceed concurrently and
-only model calls are serialised (see Engine)."""
+only model calls are serialised (see retriever.api.Collection)."""
 
 from __future__ import annotations
 
@@ -27,23 +27,23 @@ from retriever import __version__
 from retriever.errors import ImageDecodeError, RetrieverError
 from retriever.filters import build
 from retriever.serve.client import TOKEN_HEADER
-from retriever.serve.engine import MAX_UPLOAD_BYTES, Engine, NotFound, ServeError
+from retriever.serve.service import MAX_UPLOAD_BYTES, NotFound, ServeError, Service
 
 TOKEN_COOKIE = "retriever_token"
 STATIC = resources.files("retriever.serve") / "static"
 CHUNK = 256 << 10
 
 
-def create_app(engine: Engine, *, token: str | None = None, allowed_hosts: Iterable[str] | None = None) -> FastAPI:
+def create_app(service: Service, *, token: str | None = None, allowed_hosts: Iterable[str] | None = None) -> FastAPI:
     """token: when set, every request needs it (header X-Retriever-Token, Authorization: Bearer,
     ?token= or the cookie the page gets). allowed_hosts: Host header values accepted (guards a
     loopback server against DNS rebinding); None accepts any. A set is kept, not copied: a server
     on port 0 adds the real port's names once it knows them."""
     app = FastAPI(title="retriever", version=__version__, docs_url="/docs", redoc_url=None,
                   description="Search a photo collection by text or by example.")
-    app.state.engine = engine
+    app.state.service = service
     _error_handlers(app)
-    _routes(app, engine)
+    _routes(app, service)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     if allowed_hosts is not None and not isinstance(allowed_hosts, set):
         allowed_hosts = set(allowed_hosts)
@@ -123,7 +123,7 @@ def _image_id(image_id: str) -> int:
     return int(image_id)
 
 
-def _routes(app: FastAPI, engine: Engine) -> None:
+def _routes(app: FastAPI, service: Service) -> None:
     from fastapi import Depends
 
     @app.get("/", include_in_schema=False)
@@ -133,7 +133,7 @@ def _routes(app: FastAPI, engine: Engine) -> None:
 
     @app.get("/api/status", summary="The index, its model and counts, and whether ask is available")
     def status():
-        return engine.status()
+        return service.status()
 
     @app.get("/api/search", summary="Photos matching a query (the CLI's query language, text terms)")
     def search(q: str | None = Query(None, description="Search-box text: words between + and - form one "
@@ -145,7 +145,7 @@ def _routes(app: FastAPI, engine: Engine) -> None:
                filters=Depends(_filters)):
         if q is None and not w:
             raise ServeError("give q=TEXT (or w=WORD, repeated)", status=422)
-        hits = engine.search(q, k, filters, keywords=keywords, words=w or None)
+        hits = service.search(q, k, filters, keywords=keywords, words=w or None)
         return _results(hits, query=q if q is not None else w, filters=filters.describe())
 
     @app.get("/api/similar", summary="Photos like catalog images, by id (repeatable: averaged)")
@@ -155,10 +155,10 @@ def _routes(app: FastAPI, engine: Engine) -> None:
                 k: int = Query(10), filters=Depends(_filters)):
         ids = [_image_id(i) for i in id]
         if path is not None:
-            ids.append(engine.id_for_path(path, size, mtime_ns))
+            ids.append(service.id_for_path(path, size, mtime_ns))
         if not ids:
             raise ServeError("give id=ID (or upload a photo with POST)")
-        return _results(engine.similar_to_ids(ids, k, filters), ids=ids, filters=filters.describe())
+        return _results(service.similar_to_ids(ids, k, filters), ids=ids, filters=filters.describe())
 
     @app.post("/api/similar", summary="Photos like an uploaded photo")
     def similar_upload(request: Request, file: UploadFile = File(..., description="An image file"),
@@ -169,30 +169,30 @@ def _routes(app: FastAPI, engine: Engine) -> None:
         data = file.file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise ServeError(f"upload too large (limit {MAX_UPLOAD_BYTES >> 20} MB)", status=413)
-        hits = engine.similar_to_upload(data, file.filename or "upload", k, filters)
+        hits = service.similar_to_upload(data, file.filename or "upload", k, filters)
         return _results(hits, filters=filters.describe())
 
     @app.get("/api/ask", summary="Answer a question from the best-matching photos (needs serve --vlm)")
     def ask(q: str = Query(...), k: int = Query(4), filters=Depends(_filters)):
-        return engine.ask(q, k, filters)
+        return service.ask(q, k, filters)
 
     @app.get("/api/images/{image_id}/meta", summary="One photo's metadata, as in search results")
     def meta(image_id: str):
-        return engine.meta(_image_id(image_id))
+        return service.meta(_image_id(image_id))
 
     @app.get("/api/images/{image_id}/thumbnail", summary="A JPEG thumbnail of a catalog image")
     def thumbnail(image_id: str, side: int = Query(384, ge=32, le=1024)):
         from retriever.render import ThumbnailError
 
         try:
-            data = engine.thumbnail_jpeg(_image_id(image_id), side)
+            data = service.thumbnail_jpeg(_image_id(image_id), side)
         except ThumbnailError as exc:
             raise NotFound(f"no thumbnail: {exc.reason}") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/images/{image_id}", summary="The original file of a catalog image")
     def original(image_id: str):
-        opened = engine.open_original(_image_id(image_id))
+        opened = service.open_original(_image_id(image_id))
         media_type = mimetypes.guess_type(opened.path)[0] or "application/octet-stream"
 
         def chunks():

@@ -31,7 +31,7 @@ FILTER_PARAMS = {"after": "after", "before": "before", "folders": "in", "cameras
                  "min_score": "min_score"}
 
 
-class RemoteError(RetrieverError):
+class ServerError(RetrieverError):
     """The server answered with an error (its message), or did not answer."""
 
     def __init__(self, message: str, status: int | None = None):
@@ -39,12 +39,12 @@ class RemoteError(RetrieverError):
         self.status = status
 
 
-class RemoteUnsupported(RetrieverError):
+class ServerUnsupported(RetrieverError):
     """A query the server cannot answer the way the CLI would (e.g. image terms in search): run it locally."""
 
 
 @dataclass
-class RemoteHit:
+class ServerHit:
     """A hit that came back from a server, with what the CLI's printers read of a search Hit
     (rank, score, id, path, meta, label, as_dict), so it prints exactly as a local one."""
 
@@ -67,12 +67,12 @@ class RemoteHit:
         return out
 
 
-def hits_from_dicts(dicts: Sequence[dict[str, Any]]) -> list[RemoteHit]:
-    """remote_query's dicts -> objects the CLI prints like local hits (_print_hits, preview, --html)."""
+def hits_from_dicts(dicts: Sequence[dict[str, Any]]) -> list[ServerHit]:
+    """server_query's dicts -> objects the CLI prints like local hits (_print_hits, preview, --html)."""
     out = []
     for d in dicts:
         meta = {k: v for k, v in d.items() if k not in ("rank", "score", "id", "path")}
-        out.append(RemoteHit(int(d["rank"]), float(d["score"]), int(d["id"]), d["path"], meta))
+        out.append(ServerHit(int(d["rank"]), float(d["score"]), int(d["id"]), d["path"], meta))
     return out
 
 
@@ -140,19 +140,19 @@ def find_server(index_folder: str | os.PathLike, timeout: float = PROBE_TIMEOUT_
         return None
     try:
         status = _request(info, "/api/status", timeout=timeout)
-    except RemoteError as exc:
+    except ServerError as exc:
         if exc.status is None:  # no answer at all: stale (or hung); a 401 means it is there
             _remove_if_same(path, info.pid)
             return None
         if exc.status == 401:
-            return info  # a token is needed: remote_query reports it
+            return info  # a token is needed: server_query reports it
         return None
     if os.path.realpath(status.get("folder", "")) != os.path.realpath(str(index_folder)):
         return None  # the port now belongs to another server
     return info
 
 
-def remote_query(
+def server_query(
     info: ServerInfo,
     words: Sequence[str],
     k: int,
@@ -165,29 +165,29 @@ def remote_query(
     command-line words) or `retriever similar` (kind="similar", one image path) through the server.
     filters: retriever.filters.build's keyword arguments as the CLI has them (None/empty = unset).
 
-    Raises RemoteUnsupported for what only a local run does the CLI's way: image terms in a search,
-    several images or operators in similar. Raises RemoteError when the server refuses or does not
+    Raises ServerUnsupported for what only a local run does the CLI's way: image terms in a search,
+    several images or operators in similar. Raises ServerError when the server refuses or does not
     answer."""
     params = _filter_params(filters or {})
     params.append(("k", str(int(k))))
     if kind == "search":
         if any(_names_image_file(w) or w.lower().startswith(("image:", "img:")) for w in words):
-            raise RemoteUnsupported("image terms are read locally")
+            raise ServerUnsupported("image terms are read locally")
         params += [("w", w) for w in words] + [("keywords", "true" if keywords else "false")]
         return _request(info, "/api/search?" + urllib.parse.urlencode(params), timeout=timeout)["results"]
     if kind != "similar":
         raise ValueError(f"kind must be 'search' or 'similar', not {kind!r}")
     if len(words) != 1 or words[0] in ("+", "-") or ":" in words[0].split("/")[0] or "*" in words[0]:
-        raise RemoteUnsupported("several images or operators are read locally")
+        raise ServerUnsupported("several images or operators are read locally")
     path = os.path.normpath(os.path.abspath(os.path.expanduser(words[0])))
     try:
         st = os.stat(path)
     except OSError:
-        raise RemoteUnsupported(f"cannot read {words[0]} here") from None
+        raise ServerUnsupported(f"cannot read {words[0]} here") from None
     lookup = params + [("path", path), ("size", str(st.st_size)), ("mtime_ns", str(st.st_mtime_ns))]
     try:
         return _request(info, "/api/similar?" + urllib.parse.urlencode(lookup), timeout=timeout)["results"]
-    except RemoteError as exc:
+    except ServerError as exc:
         if exc.status not in (404, 409):
             raise
     with open(path, "rb") as f:  # outside the collection, or changed: the server decodes the bytes
@@ -236,9 +236,9 @@ def _request(info: ServerInfo, path: str, *, timeout: float, data: bytes | None 
             message = exc.reason
         if exc.code == 401:
             message = f"the server at {info.url} needs a token: set {TOKEN_ENV}"
-        raise RemoteError(str(message), exc.code) from None
+        raise ServerError(str(message), exc.code) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise RemoteError(f"the server at {info.url} did not answer: {getattr(exc, 'reason', exc)}") from None
+        raise ServerError(f"the server at {info.url} did not answer: {getattr(exc, 'reason', exc)}") from None
 
 
 def _multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:

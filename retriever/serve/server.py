@@ -10,7 +10,7 @@ from typing import Callable
 
 from retriever import __version__
 from retriever.serve.client import ServerInfo, now_iso, remove_discovery, write_discovery
-from retriever.serve.engine import Engine
+from retriever.serve.service import Service
 
 LOOPBACK_NAMES = ("localhost",)
 
@@ -30,14 +30,14 @@ def loopback_hosts(port: int) -> list[str]:
 
 
 class Server:
-    """uvicorn over create_app(engine): `run()` blocks (the CLI), `start()` runs it in a thread
+    """uvicorn over create_app(service): `run()` blocks (the CLI), `start()` runs it in a thread
     (tests, benchmarks). port 0 picks a free port; `info` holds the real one once started."""
 
-    def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+    def __init__(self, service: Service, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
                  on_started: Callable[[ServerInfo], None] | None = None, log_level: str = "warning"):
         import uvicorn
 
-        self.engine = engine
+        self.service = service
         self.host, self.port, self.token = host, port, token
         self.on_started = on_started
         self.info: ServerInfo | None = None
@@ -53,7 +53,7 @@ class Server:
 
             async def shutdown(self, sockets=None):
                 # before uvicorn re-raises a captured SIGTERM/SIGINT, which may end the process
-                remove_discovery(outer.engine.index.folder, os.getpid())
+                remove_discovery(outer.service.index.folder, os.getpid())
                 await super().shutdown(sockets)
 
             def install_signal_handlers(self):  # in a thread there are none to install
@@ -75,11 +75,11 @@ class Server:
                 break
         self.port = port
         self.info = ServerInfo(pid=os.getpid(), host=self.host, port=port, token_required=self.token is not None,
-                               version=__version__, started_at=now_iso(), index_folder=str(self.engine.index.folder))
+                               version=__version__, started_at=now_iso(), index_folder=str(self.service.index.folder))
         # The Host check needs the real port: the app reads the allowed set on each request.
         if self._allowed is not None:
             self._allowed.update(loopback_hosts(port))  # the app's guard holds this very set
-        write_discovery(self.engine.index.folder, self.info)
+        write_discovery(self.service.index.folder, self.info)
         if self.on_started:
             self.on_started(self.info)
 
@@ -89,14 +89,14 @@ class Server:
         self._allowed: set[str] | None = None
         if is_loopback(self.host):
             self._allowed = set(loopback_hosts(self.port)) if self.port else {"-"}  # filled in on start
-        self._app = create_app(self.engine, token=self.token, allowed_hosts=self._allowed)
+        self._app = create_app(self.service, token=self.token, allowed_hosts=self._allowed)
 
     def run(self) -> None:
         self._build()
         try:
             self._server.run()
         finally:
-            remove_discovery(self.engine.index.folder, os.getpid())
+            remove_discovery(self.service.index.folder, os.getpid())
 
     def start(self, timeout: float = 20.0) -> ServerInfo:
         self._build()
@@ -119,7 +119,7 @@ class Server:
         try:
             self._server.run()
         finally:
-            remove_discovery(self.engine.index.folder, os.getpid())
+            remove_discovery(self.service.index.folder, os.getpid())
 
     def stop(self) -> None:
         self._server.should_exit = True

@@ -1,23 +1,23 @@
-"""The warm state behind the HTTP API: one opened index, its encoder loaded once, the FAISS index
-reloaded when an indexing run commits new checkpoints.
+"""What the HTTP API does, over a warm retriever.api.Collection (which owns the encoder behind its
+lock, the text cache and the reloads on new checkpoints): queries with the server's limits,
+similar-to by catalog id or upload, ask with a VLM, originals and thumbnails opened safely.
 
 Concurrency: the encoder (and a VLM) is not safe for concurrent forward passes, so every call
 into it holds a lock; FAISS searches of a read-only index and catalog reads (SQLAlchemy's pool,
-one SQLite connection per thread) run concurrently. A reload builds the new FAISS index while
-other requests keep using the old Searcher, then swaps it in."""
+one SQLite connection per thread) run concurrently."""
 
 from __future__ import annotations
 
 import os
 import stat
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from retriever.api import Collection
 from retriever.store.catalog import STATUS_INDEXED
 from retriever.errors import RetrieverError
 from retriever.filters import Filters
@@ -27,7 +27,6 @@ MAX_UPLOAD_BYTES = 32 << 20  # an uploaded query image
 MAX_UPLOAD_PIXELS = 50_000_000  # decoded with the indexing decoder under this pixel limit
 THUMBNAIL_SIDE = 384
 THUMBNAIL_CACHE_BYTES = 64 << 20
-TEXT_CACHE_SIZE = 1024  # query texts whose embeddings are remembered
 
 
 class ServeError(RetrieverError):
@@ -45,93 +44,6 @@ class NotFound(ServeError):
     status = 404
 
 
-class LockedEncoder:
-    """The encoder behind a lock: one forward pass at a time, whatever thread asks. Text
-    embeddings are remembered (LRU): a query asked again (another filter, the next page, the CLI
-    repeating it) skips the forward pass."""
-
-    def __init__(self, encoder, lock: threading.Lock, cache_size: int = TEXT_CACHE_SIZE):
-        self._encoder = encoder
-        self._lock = lock
-        self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
-        self._cache_lock = threading.Lock()
-
-    def embed_texts(self, texts):
-        texts = list(texts)
-        with self._cache_lock:
-            cached = [self._texts.get(t) for t in texts]
-            for t in texts:
-                if t in self._texts:
-                    self._texts.move_to_end(t)
-        missing = [t for t, v in zip(texts, cached) if v is None]
-        if missing:
-            with self._lock:
-                fresh = dict(zip(missing, self._encoder.embed_texts(missing)))
-            with self._cache_lock:
-                for t, v in fresh.items():
-                    self._texts[t] = v
-                while len(self._texts) > self._cache_size:
-                    self._texts.popitem(last=False)
-            cached = [v if v is not None else fresh[t] for t, v in zip(texts, cached)]
-        return np.stack([np.asarray(v) for v in cached]) if cached else self._encoder.embed_texts([])
-
-    def embed_images(self, images):
-        with self._lock:
-            return self._encoder.embed_images(images)
-
-    @property
-    def text_backend(self) -> str:
-        """The class that embeds texts (for messages)."""
-        return getattr(self._encoder, "text_backend", None) or type(self._encoder).__name__
-
-    def __getattr__(self, name):
-        return getattr(self._encoder, name)
-
-
-class QueryEncoder:
-    """Embeds queries the way a local `retriever search` does, as one encoder: the index's ONNX
-    export for texts (and for images when it holds torch-free preprocessing), else PyTorch,
-    loaded only when first needed (retriever.search.Searcher.query_encoder decides). The warm
-    daemon uses it so that its answers are a local run's, digit for digit.
-
-    one_shot: the ONNX session options of a one-shot CLI search (see retriever.onnx.make_session),
-    which move embeddings by ~1e-7: the daemon takes the local search's, so the scores it prints
-    are the local run's to the last digit. threads: intra-op threads of the ONNX sessions (None:
-    onnxruntime's default). The result does not depend on it (matrix products are split by rows
-    and columns, each sum stays in one thread), the latency does: one query at a time on a busy
-    CPU is faster on one thread."""
-
-    def __init__(self, index, device: str = "auto", *, threads: int | None = None, one_shot: bool = False):
-        from retriever.search import Searcher
-
-        self._local = Searcher(index, device=device, one_shot=one_shot)
-        self._onnx = None
-        if threads is not None and device in ("auto", "cpu"):
-            from retriever.onnx import onnx_encoder_for
-
-            self._onnx = onnx_encoder_for(index, threads=threads, one_shot=one_shot)
-        self.model_id = index.model_id
-        self.dim = index.dim
-
-    def _query_encoder(self):
-        return self._onnx or self._local.query_encoder
-
-    @property
-    def text_backend(self) -> str:
-        """The class that embeds texts (OnnxEncoder when torch is not used)."""
-        return type(self._query_encoder()).__name__
-
-    def embed_texts(self, texts):
-        return self._query_encoder().embed_texts(texts)
-
-    def embed_images(self, images):
-        encoder = self._query_encoder()
-        if not getattr(encoder, "embeds_images", True):
-            encoder = self._local.encoder
-        return encoder.embed_images(images)
-
-
 @dataclass(frozen=True)
 class Original:
     """An opened original: the file descriptor (opened without following a symlink), its size
@@ -142,67 +54,28 @@ class Original:
     path: str
 
 
-class Engine:
-    """Searches over one Index for many requests. `vlm`: a loaded vision-language model for ask."""
+class Service:
+    """The requests of the HTTP API over one Index. `vlm`: a loaded vision-language model for ask.
+    encoder: a loaded encoder for queries (None: the one a local search would use)."""
 
     def __init__(self, index, *, device: str = "auto", encoder=None, vlm=None, reload_check_s: float = 1.0):
-        from retriever.search import Searcher
-
+        self.collection = Collection(index, device=device, encoder=encoder, reload_check_s=reload_check_s)
         self.index = index
-        self.device = device
-        self.model_lock = threading.Lock()
         self.vlm = vlm
         self.vlm_lock = threading.Lock()
-        self.reload_check_s = reload_check_s
-        self._reload_lock = threading.Lock()
-        self._encoder = LockedEncoder(encoder or index.load_encoder(device), self.model_lock)
-        self._generation = index.catalog.generation()
-        self.searcher = Searcher(index, encoder=self._encoder, device=device)
-        self._last_check = time.monotonic()
         self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
         self._thumb_bytes = 0
         self._thumb_lock = threading.Lock()
-        self.reloads = 0
-
-    # -- warm state and reloads -----------------------------------------------------------------
 
     def warm(self) -> None:
-        """Load the FAISS index and run one forward pass now, not on the first request."""
-        _ = self.searcher.vectors
-        self._encoder.embed_texts(["warm up"])
+        self.collection.warm()
 
     @property
-    def generation(self) -> int:
-        return self._generation
+    def reloads(self) -> int:
+        return self.collection.reloads
 
     def current(self):
-        """The Searcher to use for one request: a new one when the catalog's generation moved
-        (an indexing run committed). Only one thread rebuilds; the others keep the old one."""
-        now = time.monotonic()
-        if now - self._last_check >= self.reload_check_s:
-            self._last_check = now
-            generation = self.index.catalog.generation()
-            if generation != self._generation and self._reload_lock.acquire(blocking=False):
-                try:
-                    if generation != self._generation:
-                        self._reload(generation)
-                finally:
-                    self._reload_lock.release()
-        return self.searcher
-
-    def reload(self) -> None:
-        """Rebuild the Searcher now, whatever the generation (the FAISS file was replaced by
-        `retriever optimize`, which keeps the generation)."""
-        with self._reload_lock:
-            self._reload(self.index.catalog.generation())
-
-    def _reload(self, generation: int) -> None:
-        from retriever.search import Searcher
-
-        fresh = Searcher(self.index, encoder=self._encoder, device=self.device)
-        _ = fresh.vectors  # the FAISS file when current, else rebuilt from the catalog
-        self.searcher, self._generation = fresh, generation
-        self.reloads += 1
+        return self.collection.searcher()
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -211,7 +84,7 @@ class Engine:
         """The CLI's `retriever search`. words: the command-line words exactly (as `retriever
         search` gets them); q: typed text, read as in a search box (see `words_of`). Image terms
         are refused: the server never opens a path a client names (use similar)."""
-        from retriever.query import IMAGE, parse
+        from retriever.query import IMAGE, parse, words_of
 
         _check_k(k)
         if words is None:
@@ -219,8 +92,7 @@ class Engine:
         terms = parse(words, default="text")
         if any(t.kind == IMAGE for t in terms):
             raise ServeError("image terms are not accepted over HTTP: use /api/similar with an id or an upload")
-        searcher = self.current()
-        return searcher.hybrid(terms, k, filters=filters) if keywords else searcher.query(terms, k, filters=filters)
+        return self.collection.query(terms, k, filters, keywords=keywords)
 
     def similar_to_ids(self, ids: list[int], k: int, filters: Filters) -> list:
         """Photos like catalog images (several are averaged, as `retriever similar a b`), themselves
@@ -252,7 +124,7 @@ class Engine:
         # Only the suffix of the name is used (RAW routing); never as a path.
         decoded = decode(data, os.path.basename(name or "upload"), max_pixels=MAX_UPLOAD_PIXELS)
         searcher = self.current()
-        vector = self._encoder.embed_images([decoded.image])[0]
+        vector = self.collection.query_encoder.embed_images([decoded.image])[0]
         return searcher.by_vector(vector, k, filters=filters)
 
     def ask(self, question: str, k: int, filters: Filters) -> dict[str, Any]:
@@ -279,7 +151,7 @@ class Engine:
 
     def meta(self, image_id: int) -> dict[str, Any]:
         """One image as a search hit would show it (score 0)."""
-        hits = self.searcher._hits([(0.0, image_id)])
+        hits = self.current()._hits([(0.0, image_id)])
         if not hits:
             raise NotFound(f"no image with id {image_id}")
         return hits[0].as_dict()
@@ -341,31 +213,12 @@ class Engine:
             "folder": str(self.index.folder),
             "model_id": self.index.model_id,
             "images": counts["images"],
-            "vectors": len(self.searcher.vectors),
-            "generation": self._generation,
+            "vectors": len(self.current().vectors),
+            "generation": self.collection.generation,
             "reloads": self.reloads,
             "vlm": getattr(self.vlm, "model_id", None) if self.vlm is not None else None,
             "version": __version__,
         }
-
-
-def words_of(q: str) -> list[str]:
-    """Search-box text -> query words: split like a shell (quotes group), then the words between
-    the operators + and - joined into one phrase, so `a cat on a sofa - dog` is two terms, the
-    phrase and its negation, as `retriever search "a cat on a sofa" - dog`."""
-    import shlex
-
-    try:
-        split = shlex.split(q)
-    except ValueError as exc:
-        raise ServeError(f"cannot read the query: {exc}") from None
-    words: list[str] = []
-    for word in split:
-        if word in ("+", "-") or not words or words[-1] in ("+", "-"):
-            words.append(word)
-        else:
-            words[-1] = f"{words[-1]} {word}"
-    return words
 
 
 def _thumbnail_from_fd(original: Original, side: int):

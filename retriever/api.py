@@ -1,0 +1,357 @@
+"""The one façade over an index: `open()` gives a `Collection`, which the command line, the warm
+daemon, the HTTP server and Python scripts all stand on. It is the only place that builds a
+`Searcher` for them, and it owns the warm state a long-lived process keeps:
+
+    the query encoder   chosen once (the index's ONNX export when it holds a checked one and the
+                        model runs on the CPU, else PyTorch, loaded on first need), behind a lock
+                        (one forward pass at a time, whatever thread asks) with an LRU of texts;
+    the Searcher        rebuilt when an indexing run commits new checkpoints (the catalog's
+                        generation moved) or `retriever optimize` replaced the FAISS file; only
+                        one thread rebuilds, the others keep the old one meanwhile.
+
+Everything raises typed errors (retriever.errors); nothing prints."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+from retriever.errors import RetrieverError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from retriever.filters import Filters
+    from retriever.indexer import RunSummary
+    from retriever.progress import Progress
+    from retriever.search import Hit, Searcher
+
+TEXT_CACHE_SIZE = 1024  # query texts whose embeddings a warm collection remembers
+DEFAULT_K = 10
+
+
+class ReadOnlyError(RetrieverError):
+    """A write (index) on a collection opened read-only."""
+
+
+@dataclass(frozen=True)
+class NewIndex:
+    """How a writable open creates an index that does not exist yet (an existing one keeps its
+    model; asking for another is a ModelMismatchError)."""
+
+    model: str | None = None  # offline, an open_clip architecture, hf-hub:..., a config .json; None: the default
+    pretrained: str | None = None  # an open_clip tag or a local weights file
+    batch_size: int | None = None  # images per forward pass; None: 32 on CPU, 256 on CUDA
+    onnx_export: bool = True  # export both towers to ONNX (checked against PyTorch) when it is created
+    backend: str = "auto"  # what runs the image tower on the CPU: auto, onnx, pytorch
+
+
+def open(home: str | Path | None = None, index: str = "default", *, writable: bool = False,
+         device: str = "auto", new: NewIndex | None = None,
+         on_message: Callable[[str], None] | None = None, one_query: bool = False) -> "Collection":
+    """Open the index `index` under `home` (None: $RETRIEVER_HOME, else ./indexes).
+
+    Read-only by default: searches read the last committed checkpoint while an indexer writes.
+    writable=True takes the index's writer lock (an IndexLockedError while another process
+    writes) and creates the index when it does not exist yet, with `new`'s model. `on_message`
+    hears what a user may want to know while it opens and indexes (loading a model, the image
+    encoder chosen); a note on the new index (an ONNX export refused) is left in `.note`.
+    one_query: the collection answers one search and goes (the command line without a daemon):
+    the catalog read through sqlite3 without SQLAlchemy, ONNX sessions that start fast; such a
+    collection searches but has no status."""
+    from retriever.index import Index, open_for_writing, resolve_home
+
+    home_dir = resolve_home(Path(home).expanduser() if home is not None else None)
+    if not writable:
+        return Collection(Index.open(home_dir, index, read_only=one_query), device=device, one_shot=one_query)
+    new = new or NewIndex()
+    say = on_message or (lambda message: None)
+    if not Index.exists(home_dir, index):
+        say(f"creating index {index!r} in {home_dir}: loading the model ...")
+    idx, encoder, note = open_for_writing(
+        home_dir, index, model=new.model, pretrained=new.pretrained, device=device, batch_size=new.batch_size,
+        onnx_export=new.onnx_export, backend=new.backend, on_backend=lambda why: say(f"image encoder: {why}"),
+    )
+    collection = Collection(idx, device=device, indexing_encoder=encoder, batch_size=new.batch_size, on_message=say)
+    collection.note = note
+    return collection
+
+
+class Collection:
+    """One opened index and its warm state. Use it as a context manager (or call close()).
+
+    The public methods are search, similar, index and status; the rest serves retriever's own
+    front ends (the command line, the daemon, the HTTP server)."""
+
+    def __init__(self, idx, *, device: str = "auto", encoder=None, query_threads: int | None = None,
+                 one_shot: bool = False, reload_check_s: float = 1.0, indexing_encoder=None,
+                 batch_size: int | None = None, on_message: Callable[[str], None] | None = None):
+        """idx: an opened retriever.index.Index. encoder: a loaded encoder of its model for
+        queries (None: the choice a local search makes). one_shot: this collection answers one
+        query and goes (a CLI search without a daemon): ONNX sessions that start faster.
+        query_threads: intra-op threads of its ONNX sessions (None: onnxruntime's default).
+        reload_check_s: how often a warm collection looks for new checkpoints."""
+        self.idx = idx
+        self.device = device
+        self.model_lock = threading.Lock()
+        self.reload_check_s = reload_check_s
+        self.reloads = 0
+        self._query_encoder = LockedEncoder(
+            encoder if encoder is not None else QueryEncoder(idx, device, threads=query_threads, one_shot=one_shot),
+            self.model_lock)
+        self._searcher: Searcher | None = None
+        self._generation: int | None = None
+        self._reload_lock = threading.Lock()
+        self._last_check = time.monotonic()
+        self._indexing_encoder = indexing_encoder
+        self._batch_size = batch_size
+        self._say = on_message or (lambda message: None)
+        self.note: str | None = None  # for the user, from opening: an ONNX export refused
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.idx.close()
+
+    def __enter__(self) -> "Collection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def name(self) -> str:
+        return self.idx.name
+
+    @property
+    def folder(self) -> Path:
+        return self.idx.folder
+
+    @property
+    def model_id(self) -> str:
+        return self.idx.model_id
+
+    # -- the public API -------------------------------------------------------------------------
+
+    def search(self, query: str | Sequence[str], k: int = DEFAULT_K, *, keywords: bool = True,
+               **filters: Any) -> list["Hit"]:
+        """Photos matching `query`, best first: the command line's query language. A string is
+        read as a search box reads it (`beach - people`, `"a red car" + 0.5*night`); a list is
+        the command line's words. Filters as keywords: after, before, folders, cameras, near,
+        within_km, formats, min_size, tags, min_score (see `retriever search --help`)."""
+        from retriever.query import parse, words_of
+
+        words = words_of(query) if isinstance(query, str) else list(query)
+        return self.query(parse(words, default="auto"), k, self.filters(**filters), keywords=keywords)
+
+    def similar(self, images: str | Path | Sequence[str | Path], k: int = DEFAULT_K, **filters: Any) -> list["Hit"]:
+        """Photos that look like `images` (paths inside or outside the collection; several are
+        averaged; the collection's own are left out). Filters as in search."""
+        from retriever.query import parse
+
+        paths = [images] if isinstance(images, (str, Path)) else list(images)
+        terms = parse([str(Path(p).expanduser()) for p in paths], default="image")
+        return self.query(terms, k, self.filters(**filters))
+
+    def index(self, paths: Iterable[str | Path], *, progress: Callable[["Progress"], None] | None = None,
+              engine: str = "local", ray=None, **options: Any) -> "RunSummary":
+        """Add the photos under `paths` (folders, files, fsspec URLs) as `retriever index` does:
+        incremental, checkpointed, resumable. Options: include_hidden, exclude, workers, pool,
+        retry_failed, video_every_s (retriever.indexer.IndexOptions). progress(Progress) is
+        called as files are handled. engine="ray" runs on a Ray cluster (ray: RayOptions).
+        Only on a collection opened writable=True."""
+        if self._indexing_encoder is None:
+            raise ReadOnlyError("this collection was opened read-only: retriever.open(..., writable=True) to index")
+        from retriever.indexer import IndexOptions, run_index
+
+        roots = [str(p) for p in paths]
+        encoder = self._indexing_encoder
+        if callable(encoder) and not hasattr(encoder, "embed_texts"):
+            load = encoder
+
+            def encoder():
+                self._say(f"files to read: loading {self.idx.model_id} ...")
+                return load()
+
+        index_options = IndexOptions(**options)
+        if engine == "ray":
+            from retriever.distributed import RayOptions, run_index_ray
+
+            return run_index_ray(self.idx, encoder, roots, index_options, ray or RayOptions(), on_progress=progress,
+                                 device=self.device, batch_size=self._batch_size)
+        return run_index(self.idx, encoder, roots, index_options, on_progress=progress)
+
+    def status(self) -> dict[str, Any]:
+        """Where the index lives, its model, counts, vector index, tags, ONNX export, last run."""
+        return self.idx.status()
+
+    # -- for retriever's front ends -------------------------------------------------------------
+
+    @staticmethod
+    def filters(**values: Any) -> "Filters":
+        """Keyword filter values -> a Filters (unknown names and bad values: a RetrieverError)."""
+        from retriever.filters import build
+
+        return build(**values)
+
+    def query(self, terms, k: int, filters: "Filters | None" = None, *, keywords: bool = False) -> list["Hit"]:
+        """Parsed query terms -> hits (keywords: fused with FTS5 matches of the text terms)."""
+        searcher = self.searcher()
+        searcher.last_strategy = None
+        return searcher.hybrid(terms, k, filters=filters) if keywords else searcher.query(terms, k, filters=filters)
+
+    @property
+    def last_strategy(self) -> str | None:
+        """How the last filtered search ran ("selector" or "overfetch"), or None."""
+        return self._searcher.last_strategy if self._searcher is not None else None
+
+    @property
+    def query_encoder(self) -> "LockedEncoder":
+        return self._query_encoder
+
+    def query_backend(self) -> str | None:
+        """The class that embeded query texts so far ("OnnxEncoder": no torch), or None."""
+        return self._query_encoder.loaded_backend
+
+    def is_empty(self) -> bool:
+        return self.idx.catalog.counts()["images"] == 0
+
+    def warm(self) -> None:
+        """Load the FAISS index and run one forward pass now, not on the first request."""
+        _ = self.searcher().vectors
+        self._query_encoder.embed_texts(["warm up"])
+
+    @property
+    def generation(self) -> int:
+        self.searcher()
+        return self._generation
+
+    def searcher(self) -> "Searcher":
+        """The Searcher for one request: a new one when the catalog's generation moved."""
+        if self._searcher is None:
+            with self._reload_lock:
+                if self._searcher is None:
+                    self._build(self.idx.catalog.generation())
+            return self._searcher
+        now = time.monotonic()
+        if now - self._last_check >= self.reload_check_s:
+            self._last_check = now
+            generation = self.idx.catalog.generation()
+            if generation != self._generation and self._reload_lock.acquire(blocking=False):
+                try:
+                    if generation != self._generation:
+                        self._build(generation)
+                        self.reloads += 1
+                finally:
+                    self._reload_lock.release()
+        return self._searcher
+
+    def reload(self) -> None:
+        """A new Searcher now, whatever the generation (the FAISS file was replaced by
+        `retriever optimize`, which keeps the generation)."""
+        with self._reload_lock:
+            self._build(self.idx.catalog.generation(), load=True)
+            self.reloads += 1
+
+    def _build(self, generation: int, load: bool = False) -> None:
+        from retriever.search import Searcher
+
+        fresh = Searcher(self.idx, encoder=self._query_encoder, device=self.device)
+        if load or self._searcher is not None:
+            _ = fresh.vectors  # the FAISS file when current, else rebuilt from the catalog
+        self._searcher, self._generation = fresh, generation
+
+
+class QueryEncoder:
+    """Embeds queries the way a local `retriever search` does: the index's ONNX export for texts
+    (and for images when it holds torch-free preprocessing), else PyTorch, loaded only when first
+    needed (retriever.search.Searcher.query_encoder decides).
+
+    one_shot: the ONNX session options of a one-shot CLI search (see retriever.onnx.make_session),
+    which move embeddings by ~1e-7: the daemon takes the local search's, so the scores it prints
+    are the local run's to the last digit. threads: intra-op threads of the ONNX sessions (None:
+    onnxruntime's default). The result does not depend on it, the latency does: one query at a
+    time on a busy CPU is faster on one thread."""
+
+    def __init__(self, index, device: str = "auto", *, threads: int | None = None, one_shot: bool = False):
+        from retriever.search import Searcher
+
+        self._local = Searcher(index, device=device, one_shot=one_shot, onnx_threads=threads)
+        self.model_id = index.model_id
+        self.dim = index.dim
+
+    @property
+    def loaded(self):
+        """The encoder that embedded queries so far, or None."""
+        return self._local.loaded_query_encoder
+
+    @property
+    def text_backend(self) -> str:
+        """The class that embeds texts (OnnxEncoder when torch is not used)."""
+        return type(self._local.query_encoder).__name__
+
+    def embed_texts(self, texts):
+        return self._local.query_encoder.embed_texts(texts)
+
+    def embed_images(self, images):
+        encoder = self._local.query_encoder
+        if not getattr(encoder, "embeds_images", True):
+            encoder = self._local.encoder
+        return encoder.embed_images(images)
+
+
+class LockedEncoder:
+    """An encoder behind a lock: one forward pass at a time, whatever thread asks. Text
+    embeddings are remembered (LRU): a query asked again (another filter, the next page, the CLI
+    repeating it) skips the forward pass."""
+
+    def __init__(self, encoder, lock: threading.Lock, cache_size: int = TEXT_CACHE_SIZE):
+        self._encoder = encoder
+        self._lock = lock
+        self._texts: OrderedDict[str, Any] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
+        self._used = False
+
+    def embed_texts(self, texts):
+        import numpy as np
+
+        texts = list(texts)
+        with self._cache_lock:
+            cached = [self._texts.get(t) for t in texts]
+            for t in texts:
+                if t in self._texts:
+                    self._texts.move_to_end(t)
+        missing = [t for t, v in zip(texts, cached) if v is None]
+        if missing:
+            with self._lock:
+                self._used = True
+                fresh = dict(zip(missing, self._encoder.embed_texts(missing)))
+            with self._cache_lock:
+                for t, v in fresh.items():
+                    self._texts[t] = v
+                while len(self._texts) > self._cache_size:
+                    self._texts.popitem(last=False)
+            cached = [v if v is not None else fresh[t] for t, v in zip(texts, cached)]
+        return np.stack([np.asarray(v) for v in cached]) if cached else self._encoder.embed_texts([])
+
+    def embed_images(self, images):
+        with self._lock:
+            self._used = True
+            return self._encoder.embed_images(images)
+
+    @property
+    def text_backend(self) -> str:
+        """The class that embeds texts (for messages)."""
+        return getattr(self._encoder, "text_backend", None) or type(self._encoder).__name__
+
+    @property
+    def loaded_backend(self) -> str | None:
+        """text_backend once a query has needed the encoder, else None."""
+        loaded = getattr(self._encoder, "loaded", None) if isinstance(self._encoder, QueryEncoder) else self._used
+        return self.text_backend if loaded else None
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)

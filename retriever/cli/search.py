@@ -1,0 +1,254 @@
+"""`retriever search` and `retriever similar`: answered here, by a running `retriever serve`, or,
+when this runs inside the warm daemon, with the daemon's collection (its click context object)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from retriever.cli.options import (
+    home_dir,
+    FILTER_NAMES,
+    daemon_options,
+    device_option,
+    filter_options,
+    index_options,
+    output_options,
+    pop_filters,
+    reports_errors,
+    view_options,
+)
+from retriever.cli.output import ProgressReporter, print_hits, query_encoder_text, shown
+from retriever.errors import RetrieverError
+
+
+def _ask_server(home, index_name, top, keywords, verbose, kind, words, filter_values):
+    """Hits from a `retriever serve` running for this index, or None to search here: no server,
+    one that does not answer, or a query it cannot take (image terms in search). A server's
+    refusal of the query itself (a bad date...) is the same error a local search gives."""
+    from retriever.serve.client import ServerError, ServerUnsupported, find_server, hits_from_dicts, index_folder, server_query
+
+    info = find_server(index_folder(home, index_name))
+    if info is None:
+        return None
+    try:
+        hits = hits_from_dicts(server_query(info, words, top, filter_values, kind=kind, keywords=keywords))
+    except ServerUnsupported as exc:
+        if verbose:
+            click.echo(f"server not used: {exc}; searching here", err=True)
+        return None
+    except ServerError as exc:
+        if exc.status is not None and exc.status not in (401, 500, 501):
+            raise
+        if exc.status == 401 or verbose:
+            click.echo(f"the server at {info.url} did not answer ({exc}); searching here", err=True)
+        return None
+    if verbose:
+        click.echo(f"answered by the server at {info.url} (pid {info.pid})", err=True)
+    return hits
+
+
+def _rerank(hits, terms, rerank_with, device, top):
+    from retriever.cli.vlm import load_vlm_for_command
+    from retriever.query import keyword_text_of
+    from retriever.vlm.rerank import rerank
+
+    vlm_spec, rerank_top = rerank_with
+    vlm = load_vlm_for_command(vlm_spec, device, lambda m: click.echo(m, err=True))
+    progress = ProgressReporter(verb="reranking", past="reranked", unit="photo")
+    try:
+        reranked = rerank(vlm, keyword_text_of(terms), hits, top_n=rerank_top, on_progress=progress.callback)
+    finally:
+        progress.close()
+    from dataclasses import replace
+
+    return [replace(r.as_hit(), rank=i) for i, r in enumerate(reranked[:top], start=1)]
+
+
+
+def _open_collection(home, index_name, device, daemon_idle=None):
+    """A context manager giving the Collection to search: the warm daemon's when this command runs
+    inside one (its click context object; it stays open), else one opened here for one query."""
+    import contextlib
+
+    from retriever.api import open as open_collection
+
+    warm = click.get_current_context().find_root().obj
+    if warm is not None:
+        from retriever.index import check_name
+
+        return contextlib.nullcontext(warm(home_dir(home) / check_name(index_name), device, daemon_idle))
+    # one query, then exit: the catalog read without SQLAlchemy, ONNX sessions that start fast
+    return open_collection(home_dir(home), index_name, device=device, one_query=True)
+
+
+def _start_daemon(home, index_name, idle) -> None:
+    """After a local search: a warm daemon for the next one (unless one runs, or this is one)."""
+    from retriever.daemon.client import start_daemon
+    from retriever.locations import index_folder
+
+    start_daemon(index_folder(home, index_name), idle)
+
+
+
+QUERY_SYNTAX = """
+    \b
+    Combine terms with + and - (separate words), weight them with N*TERM:
+      retriever search beach + ~/ref.jpg - people
+      retriever search "red car" - 0.5*night
+    A term naming an existing image file is an image (its look); force one
+    with text:WORD or image:PATH. The query is the normalised weighted sum.
+"""
+
+
+@click.command()
+@click.argument("query", nargs=-1, required=True)
+@index_options
+@output_options
+@filter_options
+@device_option
+@click.option("--keywords/--no-keywords", default=True, show_default=True,
+              help="Also match the query's words in file names and captions (SQLite FTS5), fused with the "
+                   "embedding ranking; with no match the order is the embedding's.")
+@click.option("--rerank", is_flag=True,
+              help="Let a vision-language model rescore the best --rerank-top results: log P(yes) - log P(no) "
+                   "for 'Does this photo show: QUERY?'. Needs pip install 'retriever[vlm]'.")
+@click.option("--rerank-top", type=click.IntRange(1, 500), default=20, show_default=True, metavar="N",
+              help="How many results --rerank rescores.")
+@click.option("--vlm", "vlm_spec", metavar="MODEL",
+              help="Vision-language model for --rerank: a local folder or a Hugging Face id.  "
+                   "[default: HuggingFaceTB/SmolVLM-256M-Instruct on CPU, HuggingFaceTB/SmolVLM-Instruct on CUDA]")
+@view_options
+@daemon_options
+@reports_errors
+def search(query, home, index_name, top, as_json, paths_only, null_sep, device, verbose, keywords, rerank,
+           rerank_top, vlm_spec, **kwargs):
+    """Photos that match QUERY, best first: text, images, or both, combined.
+
+    \b
+      retriever search "a dog on the beach"
+      retriever search receipt -k 50 --paths
+      retriever search sunset --after 2023-06 --before 2023-09 --camera pixel
+      retriever search beach + ~/ref.jpg - people --json | jq .path
+    """
+    from retriever.query import keyword_text_of, parse
+
+    filter_values = {name: kwargs[name] for name in FILTER_NAMES}
+    filters = pop_filters(kwargs)
+    terms = parse(query, default="auto")
+    if rerank:
+        if not keyword_text_of(terms):
+            raise RetrieverError("--rerank needs text in the query: the model is asked whether each photo shows it")
+        from retriever.vlm.model import check_weights
+
+        check_weights(vlm_spec, device)  # no weights: fail within seconds, before loading anything
+    rerank_with = (vlm_spec, rerank_top) if rerank else None
+    _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose,
+               keywords=keywords, rerank_with=rerank_with, remote=("search", query, filter_values), **kwargs)
+
+
+search.help += QUERY_SYNTAX
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True)
+@index_options
+@output_options
+@filter_options
+@device_option
+@view_options
+@daemon_options
+@reports_errors
+def similar(images, home, index_name, top, as_json, paths_only, null_sep, device, verbose, **kwargs):
+    """Photos that look like IMAGES (files inside or outside the collection).
+
+    Several images are averaged; images of the collection are left out of
+    the results. Terms combine as in search (here a bare word is an image):
+
+    \b
+      retriever similar a.jpg b.jpg
+      retriever similar beach.jpg - text:people --in ~/Pictures/2024
+    """
+    from retriever.query import parse
+
+    filter_values = {name: kwargs[name] for name in FILTER_NAMES}
+    filters = pop_filters(kwargs)
+    terms = parse(images, default="image")
+    _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose,
+               remote=("similar", images, filter_values), **kwargs)
+
+
+def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose,
+               preview, preview_protocol, html_file, keywords=False, rerank_with=None, remote=None,
+               daemon=None, daemon_idle=None) -> None:
+    from retriever.query import describe
+
+    if verbose:
+        click.echo(f"query: {shown(describe(terms))}", err=True)
+        for condition in filters.describe():
+            click.echo(f"filter: {shown(condition)}", err=True)
+    in_daemon = click.get_current_context().find_root().obj is not None
+    if in_daemon and (rerank_with or preview or preview_protocol or html_file):
+        from retriever.daemon.client import RunLocally
+
+        raise RunLocally("--rerank, --preview and --html run in the client's process")
+    asked_server = not (rerank_with or remote is None or in_daemon)
+    hits = _ask_server(home, index_name, top, keywords, verbose, *remote) if asked_server else None
+    empty_index = False
+    searched_here = hits is None and not in_daemon
+    if hits is None:
+        with _open_collection(home, index_name, device, daemon_idle) as collection:
+            fetch = max(top, rerank_with[1]) if rerank_with else top
+            hits = collection.query(terms, fetch, filters, keywords=keywords)
+            if rerank_with:
+                hits = _rerank(hits, terms, rerank_with, device, top)
+            if verbose and collection.last_strategy:
+                click.echo(f"filtered search: {collection.last_strategy}", err=True)
+            backend = collection.query_backend()
+            if verbose and backend is not None:
+                click.echo(f"query encoder: {query_encoder_text(backend)}", err=True)
+            if verbose and in_daemon:
+                click.echo(f"answered by the warm daemon (pid {os.getpid()})", err=True)
+            empty_index = not hits and collection.is_empty()
+    if html_file:
+        from retriever.render import html_page, write_html
+
+        title = f"retriever: {describe(terms)}"
+        conditions = "; ".join(filters.describe())
+        write_html(html_file, html_page(
+            hits, title=title,
+            query_description=f"{describe(terms)}" + (f" ({conditions})" if conditions else "")
+            + f", index {index_name!r}: {len(hits)} results",
+        ))
+        click.echo(f"wrote {shown(str(html_file))} ({len(hits)} results)", err=True)
+    protocol = None
+    if (preview or preview_protocol) and not (as_json or paths_only or null_sep):
+        from retriever.render import choose_protocol, probe_sixel
+
+        protocol = choose_protocol(preview_protocol or "auto", os.environ, sys.stdout.isatty(), probe=probe_sixel)
+    if protocol is not None:
+        from retriever.render import multiplexer, preview_lines
+
+        tmux = multiplexer(os.environ) == "tmux"
+        for hit in hits:
+            click.echo(preview_lines(hit, protocol, tmux=tmux))
+    else:
+        print_hits(hits, as_json, paths_only, null_sep)
+    if not hits and not as_json and not paths_only:
+        if empty_index:
+            click.echo("no results: the index is empty", err=True)
+        elif filters.describe():
+            click.echo("no results: nothing passes " + "; ".join(filters.describe()), err=True)
+        else:
+            click.echo("no results", err=True)
+    if searched_here and not rerank_with:
+        from retriever.daemon.client import daemon_disabled
+
+        if daemon or (daemon is None and not daemon_disabled()):
+            _start_daemon(home, index_name, daemon_idle)
+
+
+
+COMMANDS = [search, similar]
