@@ -480,7 +480,7 @@ def run_child(mode: str, model: str, weights: str | None, files_list: Path, work
 def indexer_state() -> dict[str, Any]:
     """Which indexer is being measured: the commit, whether indexer.py has uncommitted changes, and
     whether it decodes in processes with a DRAFT_FACTOR."""
-    src = (REPO / "retriever" / "indexer.py").read_text()
+    src = "".join((REPO / "retriever" / name).read_text() for name in ("indexer.py", "decode_pool.py"))
 
     def git(*a: str) -> str | None:
         try:
@@ -492,7 +492,8 @@ def indexer_state() -> dict[str, Any]:
 
     return {
         "git_head": git("log", "-1", "--format=%h %s"),
-        "indexer_modified_uncommitted": bool(git("status", "--porcelain", "retriever/indexer.py")),
+        "indexer_modified_uncommitted": bool(git("status", "--porcelain", "retriever/indexer.py",
+                                                 "retriever/decode_pool.py")),
         "process_pool": "ProcessPool" in src,
         "draft_factor_in_indexer": getattr(ix, "DRAFT_FACTOR", None),
     }

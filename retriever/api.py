@@ -202,6 +202,10 @@ class Collection:
         searcher.last_strategy = None
         return searcher.hybrid(terms, k, filters=filters) if keywords else searcher.query(terms, k, filters=filters)
 
+    def text(self, text: str, k: int, filters: "Filters | None" = None) -> list["Hit"]:
+        """Hits for one text, embedded as it is (no query language): what ask shows the model."""
+        return self.searcher().text(text, k, filters=filters)
+
     @property
     def last_strategy(self) -> str | None:
         """How the last filtered search ran ("selector" or "overfetch"), or None."""

@@ -46,10 +46,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import func, select
 
-from retriever.store.catalog import STATUS_INDEXED, images, vectors
 from retriever.errors import RetrieverError
+from retriever.store.duplicates import count_files, shared_fingerprint_rows, vector_item_rows
 
 # Default near-duplicate threshold by the index's model id prefix (cosine similarity). Cosine
 # scales differ between encoders, so each family has its own:
@@ -228,39 +227,18 @@ def find_duplicates(
     )
 
 
-def count_files(catalog) -> int:
-    with catalog.engine.connect() as conn:
-        return int(
-            conn.execute(
-                select(func.count(func.distinct(images.c.path))).where(images.c.status == STATUS_INDEXED)
-            ).scalar_one()
-        )
-
-
 # -- exact copies -------------------------------------------------------------------------------
 
 
 def exact_groups(catalog) -> list[Group]:
     """Indexed files (still images, and videos as whole files) that share a fingerprint."""
-    shared = (
-        select(images.c.fingerprint)
-        .where(images.c.status == STATUS_INDEXED, images.c.fingerprint.is_not(None))
-        .group_by(images.c.fingerprint)
-        .having(func.count(func.distinct(images.c.path)) > 1)
-    )
     by_fp: dict[str, dict[str, dict[str, Any]]] = {}  # fingerprint -> path -> row (a video: its first frame)
     frames: dict[str, int] = {}
-    with catalog.engine.connect() as conn:
-        rows = conn.execute(
-            select(images)
-            .where(images.c.status == STATUS_INDEXED, images.c.fingerprint.in_(shared))
-            .order_by(images.c.id)
-        ).mappings()
-        for row in rows:
-            files = by_fp.setdefault(row["fingerprint"], {})
-            if row["frame_ms"] is not None:
-                frames[row["path"]] = frames.get(row["path"], 0) + 1
-            files.setdefault(row["path"], dict(row))
+    for row in shared_fingerprint_rows(catalog):
+        files = by_fp.setdefault(row["fingerprint"], {})
+        if row["frame_ms"] is not None:
+            frames[row["path"]] = frames.get(row["path"], 0) + 1
+        files.setdefault(row["path"], dict(row))
     groups = []
     for files in by_fp.values():
         members = [_member(row, 1.0, frames.get(path)) for path, row in files.items()]
@@ -325,7 +303,6 @@ def _only(chunks: Iterable[tuple[np.ndarray, np.ndarray]], wanted: np.ndarray):
 def _plan(catalog):
     """-> (ids that take part, id -> file number, is_video per file, first id per file, copies
     per file), or None when nothing is indexed. One file per fingerprint takes part."""
-    cols = (images.c.id, images.c.path, images.c.frame_ms, images.c.fingerprint)
     file_of: dict[int, int] = {}
     file_no: dict[str, int] = {}
     owner_of_fp: dict[str, int] = {}
@@ -333,29 +310,22 @@ def _plan(catalog):
     first_id: list[int] = []
     copies: list[list[str]] = []
     copy_seen: set[str] = set()
-    with catalog.engine.connect() as conn:
-        rows = conn.execute(
-            select(*cols)
-            .join(vectors, vectors.c.image_id == images.c.id)
-            .where(images.c.status == STATUS_INDEXED)
-            .order_by(images.c.id)
-        )
-        for image_id, path, frame_ms, fp in rows:
-            number = file_no.get(path)
-            if number is None:
-                owner = owner_of_fp.get(fp) if fp is not None else None
-                if owner is not None:  # a byte-identical copy of a file already taking part
-                    if path not in copy_seen:
-                        copy_seen.add(path)
-                        copies[owner].append(path)
-                    continue
-                number = file_no[path] = len(first_id)
-                if fp is not None:
-                    owner_of_fp[fp] = number
-                is_video.append(frame_ms is not None)
-                first_id.append(int(image_id))
-                copies.append([])
-            file_of[int(image_id)] = number
+    for image_id, path, frame_ms, fp in vector_item_rows(catalog):
+        number = file_no.get(path)
+        if number is None:
+            owner = owner_of_fp.get(fp) if fp is not None else None
+            if owner is not None:  # a byte-identical copy of a file already taking part
+                if path not in copy_seen:
+                    copy_seen.add(path)
+                    copies[owner].append(path)
+                continue
+            number = file_no[path] = len(first_id)
+            if fp is not None:
+                owner_of_fp[fp] = number
+            is_video.append(frame_ms is not None)
+            first_id.append(int(image_id))
+            copies.append([])
+        file_of[int(image_id)] = number
     if not file_of:
         return None
     wanted = np.fromiter(file_of.keys(), dtype=np.int64, count=len(file_of))

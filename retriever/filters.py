@@ -1,8 +1,9 @@
 """Filters on the catalog: which images a query may return.
 
 A `Filters` value is built from the command line (or an API call), turned into one SQL query over
-the catalog's `images` table, and the ids it selects are handed to the vector search, which
-returns the best k among them (see `Searcher`). Only `min_score` acts on the ranked hits.
+the catalog's `images` table (written in retriever/store/filters.py), and the ids it selects are
+handed to the vector search, which returns the best k among them (see `Searcher`). Only
+`min_score` acts on the ranked hits.
 
 Dates: an image's date is its EXIF DateTimeOriginal (local time as the camera wrote it), or the
 file's mtime in this machine's local time when the photo has none. `after` is inclusive, `before`
@@ -18,8 +19,8 @@ from datetime import date, datetime, timedelta
 from typing import Any, Sequence
 
 from retriever.errors import RetrieverError
+from retriever.store.filters import EARTH_RADIUS_KM, date_sql, filter_rows  # noqa: F401  (date_sql re-exported)
 
-EARTH_RADIUS_KM = 6371.0088
 DEFAULT_WITHIN_KM = 1.0
 
 # What users type -> what the catalog stores: Pillow's format names for images, the extension for
@@ -196,101 +197,21 @@ def build(
     )
 
 
-# -- SQL --------------------------------------------------------------------------------------------
+# -- the catalog side ------------------------------------------------------------------------------
 
 
 def matching_ids(catalog, filters: Filters) -> "Any":
     """Sorted int64 array of the ids of indexed items (each has a vector: rows and vectors are
-    committed together) that pass the catalog conditions of `filters`."""
+    committed together) that pass the catalog conditions of `filters` (the SQL is in
+    retriever/store/filters.py)."""
     import numpy as np
 
-    where, params = _where(filters)
-    columns = "images.id, images.gps_lat, images.gps_lon" if filters.near is not None else "images.id"
-    query = (
-        f"SELECT {columns} FROM images WHERE images.status = 'indexed'"
-        + "".join(f" AND ({w})" for w in where) + " ORDER BY images.id"
-    )
-    # The DB-API cursor, not SQLAlchemy's result rows: a broad filter passes every image, and
-    # row objects cost ~1 us each (200 ms at 200,000 images, against ~40 ms).
-    with catalog.cursor() as cursor:
-        rows = cursor.execute(query, params).fetchall()
+    rows = filter_rows(catalog, filters)
     if filters.near is None:
         return np.array([r[0] for r in rows], dtype=np.int64)
     lat0, lon0 = filters.near  # the SQL box is a superset: keep what is within the circle
     return np.array([r[0] for r in rows if haversine_km(lat0, lon0, r[1], r[2]) <= filters.within_km],
                     dtype=np.int64)
-
-
-_DATE_SQL = "COALESCE(images.taken_at, strftime('%Y-%m-%dT%H:%M:%S', images.mtime_ns / 1000000000, 'unixepoch', 'localtime'))"
-
-
-def date_sql() -> str:
-    """The SQL expression of an image's date (EXIF date taken, else local mtime), ISO text."""
-    return _DATE_SQL
-
-
-def _where(f: Filters) -> tuple[list[str], dict[str, Any]]:
-    from retriever.files import path_to_text
-
-    where: list[str] = []
-    params: dict[str, Any] = {}
-    if f.after:
-        where.append(f"{_DATE_SQL} >= :after")
-        params["after"] = f.after
-    if f.before:
-        where.append(f"{_DATE_SQL} < :before")
-        params["before"] = f.before
-    if f.folders:
-        from retriever.files import text_prefixes
-
-        parts = []
-        for i, folder in enumerate(f.folders):
-            # substr, not LIKE: LIKE ignores ASCII case in SQLite, and file names do not.
-            parts.append(f"images.path = :dir{i}")
-            params[f"dir{i}"] = path_to_text(folder)
-            for j, stored in enumerate(text_prefixes(folder.rstrip("/") + "/")):
-                parts.append(f"substr(images.path, 1, length(:pre{i}_{j})) = :pre{i}_{j}")
-                params[f"pre{i}_{j}"] = stored
-        where.append(" OR ".join(parts))
-    if f.cameras:
-        parts = []
-        for i, camera in enumerate(f.cameras):
-            parts.append(
-                f"instr(lower(COALESCE(images.camera_make, '') || ' ' || COALESCE(images.camera_model, '')), :cam{i}) > 0"
-            )
-            params[f"cam{i}"] = camera.lower()
-        where.append(" OR ".join(parts))
-    if f.formats:
-        names = []
-        for i, fmt in enumerate(f.formats):
-            if fmt == "VIDEO":
-                names.append("images.frame_ms IS NOT NULL")
-                continue
-            names.append(f"upper(images.format) = :fmt{i}")
-            params[f"fmt{i}"] = fmt
-        where.append(" OR ".join(names))
-    if f.min_size:
-        long_side, short_side = f.min_size
-        where.append(
-            "max(images.width, images.height) >= :long_side AND min(images.width, images.height) >= :short_side"
-        )
-        params["long_side"], params["short_side"] = long_side, short_side
-    if f.near is not None:
-        lat0, lon0 = f.near
-        dlat = math.degrees(f.within_km / EARTH_RADIUS_KM)
-        where.append("images.gps_lat BETWEEN :lat_lo AND :lat_hi")
-        params["lat_lo"], params["lat_hi"] = lat0 - dlat, lat0 + dlat
-        cos_lat = math.cos(math.radians(min(89.9, abs(lat0) + dlat)))
-        dlon = math.degrees(f.within_km / (EARTH_RADIUS_KM * max(cos_lat, 1e-6)))
-        if dlon < 180 and -180 <= lon0 - dlon and lon0 + dlon <= 180:
-            where.append("images.gps_lon BETWEEN :lon_lo AND :lon_hi")
-            params["lon_lo"], params["lon_hi"] = lon0 - dlon, lon0 + dlon
-        else:  # the box crosses the antimeridian (or a pole): longitude is checked in Python only
-            where.append("images.gps_lon IS NOT NULL")
-    for i, tag in enumerate(f.tags):
-        where.append(f"EXISTS (SELECT 1 FROM tags WHERE tags.image_id = images.id AND tags.label = :tag{i})")
-        params[f"tag{i}"] = tag
-    return where, params
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float | None, lon2: float | None) -> float:

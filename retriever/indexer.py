@@ -1,7 +1,8 @@
 """The pipeline that moves files into catalog + vectors.
 
-    walk (stat only) -> compare with the catalog -> in worker processes: read, fingerprint,
-    decode (JPEGs at reduced size), preprocess -> bounded queue, in order -> reuse a stored vector
+    walk (stat only) -> compare with the catalog -> in decode workers (threads, or the worker
+    processes of a ProcessPoolExecutor: retriever.decode_pool): read, fingerprint, decode (JPEGs
+    at reduced size), preprocess (`prepare`) -> bounded queue, in order -> reuse a stored vector
     when the content is already known (moved, copied, touched files), else encode in batches ->
     checkpoints: rows + vectors in one SQLite transaction -> the FAISS index, kept in step.
 
@@ -13,18 +14,24 @@ reflects and is rebuilt from the stored vectors when a killed run left it behind
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
 import sys
 import time
 from collections import deque
-from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from retriever.decode_pool import (  # noqa: F401  (PROCESS_MIN_FILES: re-exported)
+    PROCESS_MIN_FILES,
+    _make_pool,
+    _pool_starts,
+    _ThreadTuner,
+    choose_pool,
+    default_workers,
+)
 from retriever.store.catalog import STATUS_FAILED, STATUS_INDEXED, KnownFile
 from retriever.progress import Progress
 from retriever.errors import ImageDecodeError
@@ -37,26 +44,6 @@ from retriever.video import DEFAULT_EVERY_S, is_video_name, sample_frames
 # JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale as long as both sides stay at least
 # DRAFT_FACTOR x the model's input size (see benchmarks/draft_agreement.py for the measurement).
 DRAFT_FACTOR = 2
-# Below this many files to read, threads in this process beat starting worker processes.
-PROCESS_MIN_FILES = 64
-
-
-def choose_pool(requested: str, n_files: int, device: str, after_crash: bool = False) -> str:
-    """Where decoding runs.
-
-    With the model on a GPU, decoding is the bottleneck: worker processes, free of the GIL. With
-    the model on the CPU, the forward pass dominates and shares the same cores: decode threads
-    beside it were measured faster than worker processes (ViT-B-32 on 2 cores, 12-MP JPEGs: 13.0
-    vs 8.7 images/s; benchmarks/indexing.py), with less memory and no pool start-up. Only worker
-    processes contain a decoder that crashes the process, so a run that follows a run that died
-    uses them: the file that killed it is then found and recorded, and the next runs are fast again."""
-    if requested != "auto":
-        return requested
-    if after_crash:
-        return "process"
-    if n_files < PROCESS_MIN_FILES:
-        return "thread"
-    return "process" if device.startswith("cuda") else "thread"
 # A checkpoint is committed after every encoded batch, and for files that need no encoding
 # (moved, touched, failed) at least this often.
 CHECKPOINT_SECONDS = 5.0
@@ -195,117 +182,6 @@ def _prepare_video(task: _Task, preprocessor, known_content, force: bool, every_
         return _Prepared(task, fingerprint=fp, error=f"video decoding failed: {type(exc).__name__}: {exc}"[:300])
     meta.pop("duration_ms", None)
     return _Prepared(task, fingerprint=fp, meta=meta, frames=inputs)
-
-
-_worker_state: dict[str, Any] = {}
-
-
-def _init_worker(preprocessor, draft_min_side, known_content, video_every_s) -> None:
-    # Ctrl-C reaches the whole process group: the main process decides what to keep; workers
-    # must not die with tracebacks of their own.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch = sys.modules.get("torch")  # imported only if the preprocessor needs it (open_clip's transforms)
-    if torch is not None:  # one thread each: the workers already use every core between them
-        torch.set_num_threads(1)
-    _worker_state.update(preprocessor=preprocessor, draft=draft_min_side, known=known_content, every=video_every_s)
-
-
-def _prepare_in_worker(task: _Task) -> _Prepared:
-    s = _worker_state
-    return prepare(task, s["preprocessor"], s["draft"], s["known"], video_every_s=s["every"])
-
-
-def _ping() -> bool:
-    return True
-
-
-def _pool_starts(pool: Executor) -> bool:
-    try:
-        return pool.submit(_ping).result(timeout=120)
-    except (BrokenExecutor, TimeoutError, OSError):
-        return False
-
-
-def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 2))
-
-
-def _make_pool(kind: str, workers: int, preprocessor, draft, known, every) -> tuple[Executor, Callable[[_Task], Any]]:
-    if kind == "process":
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(method)
-        if method == "forkserver":
-            # Workers fork from a server that has already imported what unpickling the
-            # preprocessor needs (open_clip's transforms import torch): seconds saved per worker.
-            # It has started no threads, so forking it is safe.
-            preload = ["retriever.indexer", *getattr(preprocessor, "preload_modules", ())]
-            context.set_forkserver_preload(preload)
-        pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(preprocessor, draft, known, every),
-        )
-        return pool, lambda task: pool.submit(_prepare_in_worker, task)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retriever-decode")
-    return pool, lambda task: pool.submit(prepare, task, preprocessor, draft, known, False, every)
-
-
-class _ThreadTuner:
-    """How many threads torch gets while decode threads share the CPU with the forward pass.
-
-    The right split depends on the model: a light CNN (the offline encoder) runs best with one
-    torch thread, leaving the other cores to decoding (29 vs 23 images/s on 2 cores); a heavy ViT
-    needs every core (12 vs 8 images/s). So both are tried after a warm-up batch, one batch at a
-    time in the order A B B A (A B for short runs), which cancels a steady drift, and the faster
-    kept. Torch's setting is restored at the end of the run.
-
-    A trial's rate counts what the pipeline *produced* while it ran: results taken from the
-    workers plus the change in results decoded and waiting. Timing forward passes alone would
-    reward whichever split ran while a backlog decoded earlier was being used up."""
-
-    ABBA_MIN_BATCHES = 8  # below, A B only
-
-    def __init__(self, workers: int, batches: int):
-        import torch
-
-        self.torch = torch
-        self.original = torch.get_num_threads()
-        lean = max(1, (os.cpu_count() or 1) - workers)
-        self.candidates = [self.original, lean] if lean != self.original else []
-        self.slots = [0, 1, 1, 0] if batches >= self.ABBA_MIN_BATCHES else [0, 1]
-        self.step = 0
-        self.last: tuple[float, int] | None = None  # (time, produced) at the last batch
-        self.work = [0] * len(self.candidates)
-        self.time = [0.0] * len(self.candidates)
-        self.decided = not self.candidates
-        self.choice: int | None = None if self.candidates else self.original
-        self.report: dict[str, Any] | None = None  # images/s of each candidate, once decided
-
-    def batch_done(self, produced: int) -> None:
-        """After each forward pass; `produced` counts every result the workers have finished so
-        far (taken or waiting)."""
-        if self.decided:
-            return
-        now = time.monotonic()
-        if self.last is not None:  # the first call ends the warm-up batch
-            slot = self.slots[self.step]
-            self.time[slot] += now - self.last[0]
-            self.work[slot] += produced - self.last[1]
-            self.step += 1
-            if self.step == len(self.slots):
-                rates = [w / t if t > 0 else 0.0 for w, t in zip(self.work, self.time)]
-                self.choice = self.candidates[rates.index(max(rates))]
-                self.report = {"torch_threads": self.choice,
-                               "tried": {str(c): round(r, 2) for c, r in zip(self.candidates, rates)}}
-                self.torch.set_num_threads(self.choice)
-                self.decided = True
-                return
-        self.torch.set_num_threads(self.candidates[self.slots[self.step]])
-        self.last = (time.monotonic(), produced)
-
-    def restore(self) -> None:
-        self.torch.set_num_threads(self.original)
 
 
 # -- the main side ----------------------------------------------------------------------------------
@@ -476,7 +352,7 @@ class _Run:
         queue: deque[_Task] = deque(tasks)
         suspects: deque[_Task] = deque()  # in flight when a worker died
         while queue or suspects:
-            pool, submit = _make_pool(kind, workers, *args)
+            pool, submit = _make_pool(kind, workers, prepare, *args)
             if kind == "process" and not _pool_starts(pool):
                 pool.shutdown(wait=True, cancel_futures=True)
                 kind = "thread"  # worker processes cannot start here (e.g. no importable __main__)

@@ -12,7 +12,8 @@ words are OR-ed (each quoted, so nothing the user types is FTS query syntax), mi
 of English stop words: a photo matching more, rarer words ranks higher.
 
 Hybrid ranking is reciprocal rank fusion (Cormack, Clarke & Buettcher, SIGIR 2009): see `fuse`.
-Importing this module imports no model code; it needs only the catalog.
+Importing this module imports no model code; it needs only the catalog. The FTS5 queries are in
+retriever/store/keywords.py.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Collection, Sequence
 
+from retriever.store.keywords import has_keyword_index, keyword_matches
 
 NAME_WEIGHT = 2.0  # BM25 weight of the file-name column against the caption column (1.0)
 RRF_K = 60  # the rank offset of reciprocal rank fusion (the value of the original paper)
@@ -45,12 +47,6 @@ def fts_query(words: Sequence[str]) -> str:
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
-def has_keyword_index(catalog) -> bool:
-    with catalog.cursor() as cursor:
-        return cursor.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keywords'").fetchone() \
-            is not None
-
-
 def keyword_search(
     catalog, text_query: str, limit: int, allowed: Collection[int] | None = None, exclude: Collection[int] = ()
 ) -> list[tuple[int, float]]:
@@ -64,23 +60,8 @@ def keyword_search(
         return []
     allowed_set = None if allowed is None else set(int(i) for i in allowed)
     excluded = set(int(i) for i in exclude)
-    filtered = allowed_set is not None or bool(excluded)
-    sql = (
-        "SELECT k.rowid, bm25(keywords, :name_weight, 1.0) AS rank FROM keywords k "
-        "JOIN images i ON i.id = k.rowid "
-        "WHERE keywords MATCH :match AND i.status = 'indexed' ORDER BY rank"
-        + ("" if filtered else " LIMIT :limit")
-    )
-    found: list[tuple[int, float]] = []
-    with catalog.cursor() as cursor:
-        rows = cursor.execute(sql, {"match": fts_query(words), "name_weight": NAME_WEIGHT, "limit": limit})
-        for image_id, rank in rows:  # streamed: when filtering, read only until `limit` pass
-            if (allowed_set is not None and int(image_id) not in allowed_set) or int(image_id) in excluded:
-                continue
-            found.append((int(image_id), -float(rank)))
-            if len(found) >= limit:
-                break
-    return found
+    return keyword_matches(catalog, fts_query(words), limit, name_weight=NAME_WEIGHT, allowed=allowed_set,
+                           excluded=excluded)
 
 
 @dataclass(frozen=True)

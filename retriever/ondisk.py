@@ -6,7 +6,8 @@
                         holds a few shards' codes, never the collection), merges the shards into
                         one file of inverted lists (`faiss.contrib.ondisk.merge_ondisk`, in a
                         short-lived subprocess: it leaks the shards' lists), and tunes nprobe as
-                        the in-memory IVF does (retriever.vectors.tune_nprobe).
+                        the in-memory IVF does (retriever.tuning.tune_nprobe). Filling and
+                        merging: retriever.ondisk_shards.
     OnDiskVectorIndex   the merged index with its lists memory-mapped read-only, plus what changed
                         since it was built: an in-memory exact *delta* of vectors added, and
                         *tombstones* for ids removed or replaced (the lists are read-only).
@@ -14,7 +15,7 @@
                         a fresh build.
 
 Files, beside the catalog (TOKEN names one build; only vectors.faiss, the sidecar, the delta and
-the tombstones are ever replaced, each by an atomic rename):
+the tombstones are ever replaced, each by an atomic rename; names and reading: retriever.ondisk_files):
 
     vectors.faiss                the trained index; its inverted lists live in the .ivfdata
     vectors.faiss.json           sidecar (vectors.IndexInfo): generation, token, counts, nprobe, recall
@@ -39,13 +40,7 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import re
 import shutil
-import struct
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from dataclasses import asdict
@@ -54,6 +49,20 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from retriever.ondisk_files import (
+    BUILD_DIR_PREFIX,
+    OnDiskIndexError,
+    _Files,
+    _fsync,
+    _mmap_hashes,
+    _mmap_ids,
+    _read_main,
+    _save_npy,
+    remove_ondisk_files,
+    vector_hashes,
+)
+from retriever.ondisk_shards import DEFAULT_SHARD_SIZE, _fill_shards, _merge_in_subprocess
+from retriever.tuning import _ExactTopK, tune_nprobe, tuning_queries
 from retriever.vectors import (
     DEFAULT_TARGET_RECALL,
     IVF_PQ,
@@ -67,31 +76,18 @@ from retriever.vectors import (
     VectorIndexError,
     _atomic_write,
     _clean,
-    _ExactTopK,
     _padded,
     _sidecar,
     read_info,
     sample_and_train,
-    tune_nprobe,
-    tuning_queries,
 )
 
 ONDISK_SUFFIX = "-ondisk"
 IVF_SQ8_ONDISK = IVF_SQ8 + ONDISK_SUFFIX
 IVF_PQ_ONDISK = IVF_PQ + ONDISK_SUFFIX
 ONDISK_KINDS = (IVF_SQ8_ONDISK, IVF_PQ_ONDISK)
-# Vectors a shard holds before it is written out: its codes stay in memory until then, one shard
-# per worker, up to twice their size as FAISS's lists grow (~(dim + 8) B a vector for SQ8: 130 MB
-# at dim 512). Shards of 1M took the 5M build to 2.5 GB RSS (benchmarks/ondisk.py).
-DEFAULT_SHARD_SIZE = 250_000
-BUILD_DIR_PREFIX = ".ondisk-build-"
-PREFETCH_THREADS = 0  # see _read_main
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total): "sample", "fill", "merge", "tune"
-
-
-class OnDiskIndexError(VectorIndexError):
-    """An on-disk index cannot be built or opened."""
 
 
 def is_ondisk(index_type: str | None) -> bool:
@@ -111,71 +107,6 @@ def ondisk_kind(kind: str) -> str:
 
 def base_kind(kind: str) -> str:
     return kind[: -len(ONDISK_SUFFIX)] if kind.endswith(ONDISK_SUFFIX) else kind
-
-
-# -- file names ------------------------------------------------------------------------------------
-
-
-class _Files:
-    """The files of one build, named after the main file (vectors.faiss) and the build's token."""
-
-    def __init__(self, main: Path, token: str):
-        self.main = Path(main)
-        self.token = token
-        stem = self.main.name.rsplit(".", 1)[0]  # vectors
-        base = self.main.parent / f"{stem}.{token}"
-        self.ivfdata = base.with_name(base.name + ".ivfdata")
-        self.ids = base.with_name(base.name + ".ids")
-        self.hashes = base.with_name(base.name + ".hashes")
-        self.build = base.with_name(base.name + ".build.json")
-        self.delta = base.with_name(base.name + ".delta.faiss")
-        self.tombstones = base.with_name(base.name + ".tombstones.npy")
-        self.staged_main = self.main.parent / f".{stem}.{token}.faiss.tmp"  # before the swap
-
-    def owned(self) -> list[Path]:
-        return [self.ivfdata, self.ids, self.hashes, self.build, self.delta, self.tombstones, self.staged_main]
-
-    @staticmethod
-    def token_of_ivfdata(main: Path, ivfdata_name: str) -> str:
-        stem = Path(main).name.rsplit(".", 1)[0] + "."
-        name = Path(ivfdata_name).name
-        if not (name.startswith(stem) and name.endswith(".ivfdata")):
-            raise ValueError(f"{main} names inverted lists {name!r}, not of this index")
-        return name[len(stem) : -len(".ivfdata")]
-
-
-def remove_ondisk_files(main: Path, keep_token: str | None = None) -> None:
-    """Delete every on-disk build's files beside `main` except `keep_token`'s (None: all), and any
-    shard folder a killed build left. A search that has them open keeps reading them (POSIX)."""
-    main = Path(main)
-    stem = main.name.rsplit(".", 1)[0]
-    for path in main.parent.iterdir():
-        name = path.name
-        if name.startswith(BUILD_DIR_PREFIX) and path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-            continue
-        for prefix in (f"{stem}.", f".{stem}."):
-            if not name.startswith(prefix) or name in (main.name, _sidecar(main).name):
-                continue
-            token = name[len(prefix) :].split(".", 1)[0]
-            if token != keep_token and name.endswith((".ivfdata", ".ids", ".hashes", ".build.json", ".delta.faiss",
-                                                      ".tombstones.npy", ".faiss.tmp", ".faiss.tmp.part")):
-                path.unlink(missing_ok=True)
-
-
-def vector_hashes(vecs: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each float32 row (its bytes): equal rows hash equal; rows that differ
-    collide with probability ~2^-64 (a multiply-add over the row's 64-bit words with random odd
-    multipliers: a difference in one word never cancels). ~25 ms for 20,000 x 512."""
-    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-    words = vecs.view(np.uint64) if vecs.shape[1] % 2 == 0 else vecs.view(np.uint32).astype(np.uint64)
-    mult = np.random.default_rng(0x5EED).integers(1, 2**63, size=words.shape[1], dtype=np.uint64) | np.uint64(1)
-    with np.errstate(over="ignore"):
-        h = (words * mult).sum(axis=1, dtype=np.uint64)
-        h ^= h >> np.uint64(29)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(32)
-    return h
 
 
 # -- building ----------------------------------------------------------------------------------------
@@ -277,178 +208,6 @@ def build_ondisk(
     report = BuildReport(kind + ONDISK_SUFFIX, factory, dict(vi.params), vi.recall_at_10, target_recall,
                          recall >= target_recall, int(total), train_s, add_s, tune_s, curve)
     return vi, report
-
-
-def _fill_shards(trained, chunks, build_dir: Path, files: _Files, workers: int, shard_size: int,
-                 truth: _ExactTopK, on_progress: Callable[[int], None]) -> tuple[list[Path], int]:
-    """Reads the chunks in this thread (ids and hashes to their files, the tuning queries' exact
-    top 10) and hands them to `workers` threads, each filling a clone of the trained index and
-    writing it to a shard file whenever it holds shard_size vectors. FAISS releases the GIL."""
-    import faiss
-
-    work: queue.Queue = queue.Queue(maxsize=2 * workers)
-    shards: list[Path] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def write_shard(shard) -> None:
-        with lock:
-            path = build_dir / f"shard-{len(shards):05d}.faiss"
-            shards.append(path)
-        faiss.write_index(shard, str(path))
-
-    def worker() -> None:
-        if workers > 1:
-            faiss.omp_set_num_threads(1)  # this thread's OpenMP teams: the workers are the parallelism
-        shard = None
-        try:
-            while (item := work.get()) is not None:
-                if errors:
-                    continue  # drain: the reader must never block on a full queue
-                ids, vecs = item
-                if shard is None:
-                    shard = faiss.clone_index(trained)
-                shard.add_with_ids(vecs, ids)
-                if shard.ntotal >= shard_size:
-                    write_shard(shard)
-                    shard = None
-            if shard is not None and shard.ntotal and not errors:
-                write_shard(shard)
-        except BaseException as exc:  # noqa: BLE001  (re-raised by the reader)
-            errors.append(exc)
-            while work.get() is not None:
-                pass
-
-    threads = [threading.Thread(target=worker, name=f"ondisk-shard-{i}", daemon=True) for i in range(workers)]
-    for t in threads:
-        t.start()
-    total, last_id = 0, -1
-    sorted_ids = True
-    try:
-        with open(files.ids, "wb") as ids_out, open(files.hashes, "wb") as hashes_out:
-            for ids, vecs in chunks():
-                if errors:
-                    break
-                ids = np.ascontiguousarray(ids, dtype=np.int64)
-                vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-                if len(ids) == 0:
-                    continue
-                sorted_ids = sorted_ids and bool(ids[0] > last_id) and bool(np.all(ids[1:] > ids[:-1]))
-                last_id = int(ids[-1])
-                ids_out.write(ids.tobytes())
-                hashes_out.write(vector_hashes(vecs).tobytes())
-                # split among the workers: a catalog chunk (20,000) keeps every worker busy
-                for part in np.array_split(np.arange(len(ids)), min(workers, len(ids))):
-                    work.put((ids[part[0] : part[-1] + 1], vecs[part[0] : part[-1] + 1]))
-                truth.update(ids, vecs)
-                total += len(ids)
-                on_progress(total)
-            for f in (ids_out, hashes_out):
-                f.flush()
-                os.fsync(f.fileno())
-    finally:
-        for _ in threads:
-            work.put(None)
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
-    if not sorted_ids and total:
-        _sort_id_files(files, total)
-    return sorted(shards), total
-
-
-def _sort_id_files(files: _Files, total: int) -> None:
-    ids = np.fromfile(files.ids, dtype=np.int64, count=total)
-    hashes = np.fromfile(files.hashes, dtype=np.uint64, count=total)
-    order = np.argsort(ids, kind="stable")
-    ids, hashes = ids[order], hashes[order]
-    if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):
-        raise OnDiskIndexError("duplicate ids in the vectors to index")
-    ids.tofile(files.ids)
-    hashes.tofile(files.hashes)
-
-
-def _merge_in_subprocess(trained: Path, shards: list[Path], ivfdata: Path, main_out: Path) -> None:
-    """merge_ondisk leaves the shards' inverted lists unowned (a leak in the process that merges):
-    it runs in a short-lived Python process of its own."""
-    args = json.dumps({"trained": str(trained), "shards": [str(s) for s in shards],
-                       "ivfdata": str(ivfdata.resolve()), "main": str(main_out)})
-    proc = subprocess.run([sys.executable, "-m", "retriever.ondisk", "merge", args],
-                          capture_output=True, text=True)
-    if proc.returncode != 0 or not main_out.is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        raise OnDiskIndexError(f"merging the shards failed: {tail[0]}")
-
-
-def _merge_main(args: dict[str, Any]) -> None:
-    import faiss
-    from faiss.contrib.ondisk import merge_ondisk
-
-    index = faiss.read_index(args["trained"])
-    merge_ondisk(index, args["shards"], args["ivfdata"])
-    # stored by base name: _read_main makes it absolute again, for wherever the folder is
-    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
-    lists.filename = Path(args["ivfdata"]).name
-    main = Path(args["main"])
-    tmp = main.with_name(main.name + ".part")
-    faiss.write_index(index, str(tmp))
-    _fsync(tmp)
-    os.replace(tmp, main)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _read_main(path: Path, files: _Files | None = None):
-    """The main index, its lists memory-mapped read-only. Checks that the lists are on disk and,
-    with `files`, that they are that build's.
-
-    The main file names its .ivfdata by its base name alone; it is read from a copy of its bytes
-    where that name is made absolute (the folder of `path`), so the index works from any working
-    directory and wherever the folder moves. (IO_FLAG_ONDISK_SAME_DIR does the same but prints a
-    line on stdout, which would land in `retriever search` output; IO_FLAG_MMAP segfaults on a
-    merged index.)"""
-    import faiss
-
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise FileNotFoundError(path) from exc
-    stem = (files.main if files is not None else path).name.rsplit(".", 1)[0]
-    found = None
-    for m in re.finditer(re.escape(f"{stem}.".encode()) + rb"[0-9a-f]{1,64}\.ivfdata", data):
-        if m.start() >= 8 and struct.unpack("<Q", data[m.start() - 8 : m.start()])[0] == m.end() - m.start():
-            found = m
-    if found is None:
-        raise ValueError(f"{path} is not an on-disk IVF index of this folder")
-    absolute = str(path.parent.resolve() / found.group().decode()).encode()
-    data = data[: found.start() - 8] + struct.pack("<Q", len(absolute)) + absolute + data[found.end() :]
-    try:
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8), faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError as exc:
-        raise ValueError(f"unreadable on-disk index {path}: {exc}") from exc
-    ivf = faiss.try_extract_index_ivf(index)
-    lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
-    if not isinstance(lists, faiss.OnDiskInvertedLists):
-        raise ValueError(f"{path} is not an on-disk IVF index")
-    if files is not None and Path(lists.filename).name != files.ivfdata.name:
-        raise ValueError(f"{path} holds the lists of another build than its sidecar's")
-    # FAISS starts 32 threads per search to read the lists ahead: 1.4 ms a query on a warm page
-    # cache, 6x the scan itself (benchmarks/ondisk.py); the kernel's readahead does without.
-    lists.prefetch_nthread = PREFETCH_THREADS
-    return index
-
-
-def _mmap_ids(path: Path, count: int) -> np.ndarray:
-    if count == 0:
-        return np.zeros(0, np.int64)
-    if not path.is_file() or path.stat().st_size != 8 * count:
-        raise ValueError(f"{path} does not hold {count} ids")
-    return np.memmap(path, dtype=np.int64, mode="r", shape=(count,))
 
 
 # -- the index ---------------------------------------------------------------------------------------
@@ -721,19 +480,6 @@ class OnDiskVectorIndex:
         return cls(index.d, main, files, _mmap_ids(files.ids, int(index.ntotal)))
 
 
-def _mmap_hashes(path: Path, count: int) -> np.ndarray:
-    if count == 0:
-        return np.zeros(0, np.uint64)
-    if not path.is_file() or path.stat().st_size != 8 * count:
-        raise ValueError(f"{path} does not hold {count} hashes")
-    return np.memmap(path, dtype=np.uint64, mode="r", shape=(count,))
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array)
-
-
 def build_size(vi: OnDiskVectorIndex) -> int:
     """Bytes of a build's files on disk: main file (or its staged copy), lists, ids and hashes."""
     files = vi.files
@@ -771,9 +517,3 @@ def load_any(path: Path):
     if info is not None and is_ondisk(info.index_type):
         return OnDiskVectorIndex.load(path)
     return VectorIndex.load(path)
-
-
-if __name__ == "__main__":  # python -m retriever.ondisk merge '{"trained": ..., "shards": [...], ...}'
-    if len(sys.argv) != 3 or sys.argv[1] != "merge":
-        sys.exit("usage: python -m retriever.ondisk merge JSON")
-    _merge_main(json.loads(sys.argv[2]))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -42,6 +44,32 @@ def test_offline_vectors_are_normalised_and_text_is_in_the_same_space(offline_en
     assert img.shape == (1, offline_encoder.dim) and txt.shape == (2, offline_encoder.dim)
     np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
     assert float(img[0] @ txt[0]) > float(img[0] @ txt[1])
+
+
+# Run without the hub switched off: the libraries first (torch sets variables of its own), then
+# the offline encoder, with every connection refused and counted.
+OFFLINE_ALONE = """
+import os, socket
+import sentence_transformers, torch, torchvision, transformers
+tried = []
+def refuse(*args, **kwargs):
+    tried.append(args[:1])
+    raise OSError("no network in this test")
+socket.create_connection = socket.getaddrinfo = refuse
+before = dict(os.environ)
+from retriever.encoders.offline import OfflineEncoder
+OfflineEncoder(device="cpu").embed_texts(["a cat"])
+assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())
+assert tried == [], tried
+"""
+
+
+def test_the_offline_encoder_neither_asks_the_hub_nor_switches_it_off():
+    """Its MiniLM loads from the pip package's folder, and the process's environment stays as it
+    was (HF_HUB_OFFLINE set behind the user's back would make a later hub probe fail)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    proc = subprocess.run([sys.executable, "-c", OFFLINE_ALONE], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def degraded_copy(path, tmp_path, name):

@@ -85,16 +85,15 @@ def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_
         vlm = load_vlm_for_command(vlm_spec, device, say)
         result = ask_about(vlm, text, list(image_paths), max_new_tokens)
     else:
-        from retriever.index import Index
-        from retriever.search import Searcher
+        from retriever.api import open as open_collection
 
-        with Index.open(home_dir(home), index_name) as idx:
+        with open_collection(home_dir(home), index_name, device=device) as collection:
             from retriever.vlm.model import check_weights
 
             check_weights(vlm_spec, device)  # no weights: fail before loading the encoder and searching
-            hits = Searcher(idx, device=device).text(text, top, filters=filters)
+            hits = collection.text(text, top, filters)
             if not hits:
-                empty = idx.catalog.counts()["images"] == 0
+                empty = collection.is_empty()
                 reason = "the index is empty" if empty else "nothing passes " + "; ".join(filters.describe())
                 raise click.ClickException(f"no photos to ask about: {reason}")
         vlm = load_vlm_for_command(vlm_spec, device, say)

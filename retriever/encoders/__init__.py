@@ -9,12 +9,12 @@ costs nothing.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import replace
 from pathlib import Path
 
 from retriever.errors import UnknownModelError
 from retriever.encoders.base import Encoder, ModelSpec, l2_normalize
+from retriever.encoders.hub import HUB_PROBE_SECONDS, hub_reachable  # noqa: F401  (re-exported)
 
 __all__ = [
     "Encoder",
@@ -34,7 +34,6 @@ OFFLINE = "offline"
 DEFAULT_OPEN_CLIP = ModelSpec(name="ViT-B-32", pretrained="laion2b_s34b_b79k")
 DEFAULT_OPEN_CLIP_HUB_REPO = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
 DEFAULT_OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-HUB_PROBE_SECONDS = 3.0
 
 
 def create_encoder(spec: ModelSpec) -> Encoder:
@@ -60,33 +59,6 @@ def _default_weights_cached() -> bool:
         if isinstance(found, str) and os.path.isfile(found):
             return True
     return False
-
-
-def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
-    """One TCP connection to the hub, bounded in time (DNS included): no retry storm."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    from urllib.parse import urlparse
-
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    parsed = urlparse(endpoint)
-    host, port = parsed.hostname or "huggingface.co", parsed.port or (443 if parsed.scheme == "https" else 80)
-    result: list[bool] = []
-
-    def probe() -> None:
-        import socket
-
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    # getaddrinfo ignores socket timeouts, so the probe runs in a thread we stop waiting for.
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
 
 
 def default_model_spec(device: str = "auto", batch_size: int | None = None) -> tuple[ModelSpec, str | None]:

@@ -60,9 +60,6 @@ import numpy as np
 from retriever.errors import MissingDependencyError
 from retriever.encoders.base import Encoder, default_batch_size, resolve_device, to_device
 
-# huggingface_hub reads this once, at its import: set it first so nothing tries the network.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 
 def _require(module: str, pip_name: str) -> Any:
     try:
@@ -187,7 +184,9 @@ class OfflineEncoder(Encoder):
         bars_were_on = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # a library must not draw "Loading weights" bars
         try:
-            self._text = st.SentenceTransformer(str(text_dir), device=self.device)
+            # A local folder, read as it is: no hub lookup (and no HF_HUB_OFFLINE in the process's
+            # environment, which would switch the hub off for everything else in the process).
+            self._text = st.SentenceTransformer(str(text_dir), device=self.device, local_files_only=True)
         finally:
             if bars_were_on:
                 hf_logging.enable_progress_bar()

@@ -187,7 +187,7 @@ class TransformToArray:
 
 def _check_tag_reachable(open_clip, arch: str, tag: str) -> None:
     """Fail within seconds when a tag's weights are neither cached nor downloadable."""
-    from retriever.encoders import hub_reachable
+    from retriever.encoders.hub import hub_reachable
 
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     hub = cfg.get("hf_hub", "")

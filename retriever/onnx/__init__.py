@@ -18,93 +18,36 @@ This module imports neither torch nor onnxruntime at its top; exporting imports 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from retriever.encoders.base import Encoder
-from retriever.errors import MissingDependencyError, RetrieverError
+from retriever.errors import MissingDependencyError
+from retriever.onnx.record import (  # noqa: F401  (re-exported: the package's interface)
+    IMAGE_FILE,
+    OPSET,
+    TEXT_FILE,
+    TOLERANCE,
+    ExportReport,
+    OnnxExportError,
+    TowerReport,
+)
+from retriever.onnx.session import make_session
 
 __all__ = ["OPSET", "TOLERANCE", "ONNX_SETTING", "ExportReport", "TowerReport", "OnnxExportError",
            "OnnxEncoder", "export_index", "onnx_encoder_for", "valid_record", "make_session",
            "BACKENDS", "measure_indexing", "indexing_encoder_for"]
 
-OPSET = 17  # LayerNormalization is a single op from 17; every onnxruntime >= 1.14 runs it
-TOLERANCE = 1e-4  # max abs difference of unit embeddings, ONNX Runtime vs PyTorch
 ONNX_SETTING = "onnx"  # catalog setting: the last export's ExportReport.as_setting()
 ONNX_FOLDER = "onnx"
-TEXT_FILE, IMAGE_FILE = "text.onnx", "image.onnx"
 BACKENDS = ("auto", "onnx", "pytorch")  # retriever index --backend
 # ONNX Runtime indexes when its image tower ran at least this much faster than PyTorch's at export
 INDEXING_MIN_SPEEDUP = 1.05
 MEASURE_BATCH = 8  # images per timed call at export (about 5 s in all for ViT-B-32 on 2 cores)
 ORDER = ("pytorch", "onnx", "onnx", "pytorch", "onnx", "pytorch", "pytorch", "onnx")
-
-
-class OnnxExportError(RetrieverError):
-    """A model that cannot be exported to ONNX, or an export that cannot be used."""
-
-
-@dataclass(frozen=True)
-class TowerReport:
-    file: str
-    max_abs_diff: float  # against PyTorch, unit embeddings, on the fixed check batch
-    seconds: float  # export + check
-    data: str | None = None  # the weights' file beside the graph (ONNX external data)
-
-
-@dataclass(frozen=True)
-class ExportReport:
-    ok: bool
-    reason: str | None  # why it was refused (ok False)
-    model_id: str
-    opset: int
-    onnxruntime: str
-    torch: str
-    tolerance: float
-    dim: int
-    towers: dict[str, TowerReport] = field(default_factory=dict)  # "text", "image"
-    tokenizer: dict[str, Any] | None = None  # kind, file, context_length | max_length
-    # the PIL + numpy twin of the encoder's image preprocessing (preprocess.py) and its max abs
-    # difference on the check images; None: no twin, image queries stay on PyTorch
-    image_preprocess: dict[str, Any] | None = None
-    # which backend indexing uses on the CPU, measured at export (see measure_indexing); None:
-    # not measured (no image twin, or the export ran on CUDA): indexing stays on PyTorch
-    indexing: dict[str, Any] | None = None
-
-    def as_setting(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _require_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise MissingDependencyError("ONNX Runtime is not installed: pip install 'retriever[onnx]'") from exc
-    return onnxruntime
-
-
-def make_session(path: str | os.PathLike, threads: int | None = None, one_shot: bool = False,
-                 spinning: bool = True):
-    """An ONNX Runtime CPU session, quiet, with every graph optimisation on. threads: intra-op
-    threads (None: onnxruntime's default, one per physical core). one_shot: for a process that
-    runs the model once or twice (a CLI search): the weights are not repacked for the matrix
-    kernels, which halves the session's start (ViT-B-32 text: 0.14 s of CPU, not 0.28) for
-    a slower run (+20-30 ms). spinning False: idle intra-op threads sleep instead of spinning,
-    leaving the cores to other work between runs (indexing: the decode workers)."""
-    ort = _require_onnxruntime()
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # fatal only: a library does not print; failures raise anyway
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    if one_shot:
-        options.add_session_config_entry("session.disable_prepacking", "1")
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 class OnnxEncoder(Encoder):

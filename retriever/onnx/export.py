@@ -22,16 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from retriever.onnx import (
-    IMAGE_FILE,
-    OPSET,
-    TEXT_FILE,
-    TOLERANCE,
-    ExportReport,
-    OnnxExportError,
-    TowerReport,
-    make_session,
-)
+from retriever.onnx.record import IMAGE_FILE, OPSET, TEXT_FILE, TOLERANCE, ExportReport, OnnxExportError, TowerReport
+from retriever.onnx.session import make_session
 from retriever.onnx.text_tokens import CLIP_VOCAB_FILE, ClipBpe, WordPiece, open_clip_vocab_path
 
 CHECK_TEXTS = (

@@ -1,13 +1,14 @@
 """`retriever caption`: a one-sentence caption for each photo of an index, written to the catalog.
 
-Storage (catalog migration 003_captions): `captions(image_id, caption, model, fingerprint,
-created_at)`, one row per captioned item. A caption belongs to the content it describes: when an
-image's fingerprint changes (the file was edited) or the image leaves the catalog, SQLite
-triggers drop its caption, and the FTS `keywords` table (see keywords.py) follows. A caption is
-written only if its image still has the fingerprint it was made from (one conditional statement),
-so an indexing run going on at the same time can never leave a stale or orphaned caption: that is
-why a caption run does not take the index's writer lock (indexing may go on for hours beside a
-caption run), but a lock of its own (caption.lock), so that two caption runs do not duplicate work.
+Storage (catalog migration 003_captions; the SQL is in retriever/store/captions.py):
+`captions(image_id, caption, model, fingerprint, created_at)`, one row per captioned item. A
+caption belongs to the content it describes: when an image's fingerprint changes (the file was
+edited) or the image leaves the catalog, SQLite triggers drop its caption, and the FTS `keywords`
+table (see retriever/keywords.py) follows. A caption is written only if its image still has the
+fingerprint it was made from (one conditional statement), so an indexing run going on at the same
+time can never leave a stale or orphaned caption: that is why a caption run does not take the
+index's writer lock (indexing may go on for hours beside a caption run), but a lock of its own
+(caption.lock), so that two caption runs do not duplicate work.
 
 A run is incremental and resumable like indexing: it captions the indexed items that have no
 caption (new, edited, or failed to decode last time), in batches, and commits each batch in one
@@ -25,30 +26,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text, and_, func, or_, select, text
-
-from retriever.store.catalog import STATUS_INDEXED, images, utcnow
 from retriever.errors import IndexLockedError, RetrieverError
-from retriever.vlm.errors import VLMError
 from retriever.progress import Progress
+from retriever.store.captions import (  # noqa: F401  (caption_counts, captions_for: re-exported)
+    caption_counts,
+    caption_rows,
+    captions_for,
+    pending_rows,
+    write_captions,
+)
+from retriever.store.catalog import utcnow
+from retriever.vlm.errors import VLMError
 from retriever.vlm.photos import load_photo
 from retriever.vlm.prompts import caption_messages
 
 CAPTION_MAX_NEW_TOKENS = 60  # one sentence
 CAPTION_MAX_CHARS = 500
 CAPTION_LOCK_FILE = "caption.lock"
-
-# Created by migration 003_captions (retriever/catalog.py), whose DDL is the reference.
-captions = Table(
-    "captions",
-    MetaData(),
-    Column("image_id", Integer, primary_key=True),  # = images.id
-    Column("caption", Text, nullable=False),
-    Column("model", String, nullable=False),  # the VLM that wrote it: a hub id or an absolute folder
-    Column("fingerprint", String),  # the image's fingerprint when captioned
-    Column("created_at", String, nullable=False),  # UTC ISO
-)
-
 
 @dataclass
 class CaptionSummary:
@@ -91,55 +85,10 @@ def pending_items(catalog, model: str, *, replace: bool = False, frames: bool = 
                   limit: int | None = None) -> list[PendingItem]:
     """Indexed items that need a caption, by id: none yet, or one made from other content (kept
     only if a trigger was bypassed), or (replace) one made by another model."""
-    c, i = captions, images
-    needs = [c.c.image_id.is_(None), c.c.fingerprint.is_not(i.c.fingerprint)]
-    if replace:
-        needs.append(c.c.model != model)
-    query = (
-        select(i.c.id, i.c.path, i.c.frame_ms, i.c.fingerprint)
-        .select_from(i.outerjoin(c, c.c.image_id == i.c.id))
-        .where(i.c.status == STATUS_INDEXED, or_(*needs))
-        .order_by(i.c.id)
-    )
-    if not frames:
-        query = query.where(i.c.frame_ms.is_(None))
-    if limit is not None:
-        query = query.limit(limit)
-    with catalog.engine.connect() as conn:
-        return [PendingItem(int(r.id), r.path, r.frame_ms, r.fingerprint) for r in conn.execute(query)]
+    return [PendingItem(*row) for row in pending_rows(catalog, model, replace=replace, frames=frames, limit=limit)]
 
 
-_WRITE = text(
-    "INSERT INTO captions (image_id, caption, model, fingerprint, created_at) "
-    "SELECT :image_id, :caption, :model, :fingerprint, :created_at "
-    "WHERE EXISTS (SELECT 1 FROM images WHERE id = :image_id AND fingerprint IS :fingerprint) "
-    "ON CONFLICT (image_id) DO UPDATE SET caption = excluded.caption, model = excluded.model, "
-    "fingerprint = excluded.fingerprint, created_at = excluded.created_at"
-)
-
-
-def write_captions(catalog, rows: Sequence[tuple[int, str, str | None]], model: str) -> int:
-    """Store (image_id, caption, fingerprint) rows in one transaction. A row whose image is gone
-    or no longer has that fingerprint is not written. Returns how many were written."""
-    now = utcnow()
-    written = 0
-    with catalog.engine.begin() as conn:
-        for image_id, caption, fingerprint in rows:
-            written += conn.execute(_WRITE, {"image_id": int(image_id), "caption": caption, "model": model,
-                                             "fingerprint": fingerprint, "created_at": now}).rowcount
-    return written
-
-
-def captions_for(catalog, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """image_id -> {"caption", "model", "created_at"} for the ids that have one."""
-    out: dict[int, dict[str, Any]] = {}
-    ids = [int(i) for i in ids]
-    with catalog.engine.connect() as conn:
-        for start in range(0, len(ids), 500):
-            rows = conn.execute(select(captions).where(captions.c.image_id.in_(ids[start:start + 500])))
-            for r in rows.mappings():
-                out[int(r["image_id"])] = {"caption": r["caption"], "model": r["model"], "created_at": r["created_at"]}
-    return out
+# write_captions, captions_for and caption_counts are the store's (retriever/store/captions.py).
 
 
 def all_captions(catalog) -> Iterator[dict[str, Any]]:
@@ -147,27 +96,10 @@ def all_captions(catalog) -> Iterator[dict[str, Any]]:
     "created_at"}, by path then time in the video."""
     from retriever.video import format_timestamp
 
-    query = (select(images.c.id, images.c.path, images.c.frame_ms, captions.c.caption, captions.c.model,
-                    captions.c.created_at)
-             .select_from(images.join(captions, captions.c.image_id == images.c.id))
-             .order_by(images.c.path, images.c.frame_ms))
-    with catalog.engine.connect() as conn:
-        for r in conn.execute(query).mappings():
-            label = r["path"] if r["frame_ms"] is None else f"{r['path']}@{format_timestamp(r['frame_ms'])}"
-            yield {"id": int(r["id"]), "path": r["path"], "frame_ms": r["frame_ms"], "label": label,
-                   "caption": r["caption"], "model": r["model"], "created_at": r["created_at"]}
-
-
-def caption_counts(catalog, frames: bool = False) -> dict[str, int]:
-    """{"items": indexed items a run would caption, "with_caption": of them, those with one}."""
-    i, c = images, captions
-    where = [i.c.status == STATUS_INDEXED] + ([] if frames else [i.c.frame_ms.is_(None)])
-    with catalog.engine.connect() as conn:
-        total = conn.execute(select(func.count()).select_from(i).where(*where)).scalar_one()
-        done = conn.execute(
-            select(func.count()).select_from(i.join(c, and_(c.c.image_id == i.c.id))).where(*where)
-        ).scalar_one()
-    return {"items": int(total), "with_caption": int(done)}
+    for image_id, path, frame_ms, caption, model, created_at in caption_rows(catalog):
+        label = path if frame_ms is None else f"{path}@{format_timestamp(frame_ms)}"
+        yield {"id": image_id, "path": path, "frame_ms": frame_ms, "label": label,
+               "caption": caption, "model": model, "created_at": created_at}
 
 
 def clean_caption(raw: str) -> str:

@@ -1,0 +1,201 @@
+"""The catalog's schema: its tables (SQLAlchemy Core) and the named, ordered migrations that create
+and upgrade them. `Catalog.migrate` (catalog.py) applies each pending one once, in its own
+transaction, and records it in `migrations`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import (
+    REAL,
+    Column,
+    Connection,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    text,
+)
+
+from retriever.files import path_from_text, path_to_text
+from retriever.store.reader import METADATA_FIELDS, SCHEMA_MIGRATIONS
+
+STATUS_INDEXED = "indexed"
+STATUS_FAILED = "failed"
+
+metadata = MetaData()
+
+
+class PathText(TypeDecorator):
+    """File paths as TEXT. A name that is not valid UTF-8 (Linux allows any bytes) arrives from
+    os.walk with surrogate escapes, which SQLite cannot store: files.path_to_text spells it
+    reversibly, and valid names are stored as they are."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else path_to_text(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else path_from_text(value)
+
+
+migrations_table = Table(
+    "migrations",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("applied_at", String, nullable=False),
+)
+
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("value", Text, nullable=False),  # JSON
+)
+
+images = Table(
+    "images",
+    metadata,
+    Column("id", Integer, primary_key=True),  # AUTOINCREMENT: an id is never reused, so FAISS ids stay unique
+    Column("path", PathText, nullable=False),  # absolute; (path, frame_ms) is unique
+    Column("frame_ms", Integer),  # a video frame's timestamp; NULL for a still image
+    Column("size", Integer, nullable=False),
+    Column("mtime_ns", Integer, nullable=False),
+    Column("fingerprint", String),  # BLAKE2b-128 of the whole file, hex
+    Column("status", String, nullable=False),  # indexed | failed
+    Column("error", Text),  # why it failed, one line
+    Column("width", Integer),
+    Column("height", Integer),
+    Column("format", String),  # Pillow's name: JPEG, PNG, ...
+    Column("taken_at", String),  # EXIF DateTimeOriginal as ISO 8601, local time as the camera wrote it
+    Column("camera_make", String),
+    Column("camera_model", String),
+    Column("gps_lat", Float),
+    Column("gps_lon", Float),
+    Column("indexed_at", String, nullable=False),  # when this row was last written, UTC ISO
+    sqlite_autoincrement=True,
+)
+
+vectors = Table(
+    "vectors",
+    metadata,
+    Column("image_id", Integer, primary_key=True),  # = images.id = the FAISS id
+    Column("vector", LargeBinary, nullable=False),  # float32, little-endian, `dim` values, L2-normalised
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("started_at", String, nullable=False),
+    Column("finished_at", String),
+    Column("roots", Text, nullable=False),  # JSON list
+    Column("summary", Text),  # JSON counts; NULL while running or if interrupted before the end
+    Column("status", String, nullable=False),  # running | completed | interrupted | failed
+)
+
+# Zero-shot tags (retriever/tags.py). Created by migration 002_tags, whose DDL is the reference.
+tags = Table(
+    "tags",
+    metadata,
+    Column("image_id", Integer, primary_key=True, autoincrement=False),  # = images.id
+    Column("label", Text, primary_key=True),  # normalised: tags.normalize_label
+    Column("score", REAL, nullable=False),  # the label's calibrated probability for this image
+)
+TAG_SET_KEY = "tag_set"  # settings key: the label set, its templates, threshold, scale and model id
+
+# VLM captions (retriever/vlm/captions.py; statements in store/captions.py). Created by migration
+# 003_captions, whose DDL is the reference.
+captions = Table(
+    "captions",
+    metadata,
+    Column("image_id", Integer, primary_key=True),  # = images.id
+    Column("caption", Text, nullable=False),
+    Column("model", String, nullable=False),  # the VLM that wrote it: a hub id or an absolute folder
+    Column("fingerprint", String),  # the image's fingerprint when captioned
+    Column("created_at", String, nullable=False),  # UTC ISO
+)
+
+# Columns a caller may set on an image row (everything but id).
+IMAGE_FIELDS = tuple(c.name for c in images.columns if c.name != "id")
+assert set(METADATA_FIELDS) <= set(IMAGE_FIELDS)
+
+
+def _m001_initial(conn: Connection) -> None:
+    for table in (settings, images, vectors, runs):
+        table.create(conn)
+    # One row per still image, one per sampled frame of a video.
+    conn.execute(text("CREATE UNIQUE INDEX ux_images_item ON images (path, IFNULL(frame_ms, -1))"))
+    conn.execute(text("CREATE INDEX ix_images_fingerprint ON images (fingerprint)"))
+    conn.execute(text("CREATE INDEX ix_images_status ON images (status)"))
+
+
+def _m002_tags(conn: Connection) -> None:
+    # Written out rather than tags.create(): a migration is frozen, the Table object may move on.
+    # WITHOUT ROWID: rows are clustered by (image_id, label), so an image's tags are one range
+    # (read, or dropped with the image) and the search filter's EXISTS is one key look-up.
+    conn.execute(
+        text(
+            "CREATE TABLE tags ("
+            " image_id INTEGER NOT NULL,"
+            " label TEXT NOT NULL,"
+            " score REAL NOT NULL,"
+            " PRIMARY KEY (image_id, label)"
+            ") WITHOUT ROWID"
+        )
+    )
+    conn.execute(text("CREATE INDEX ix_tags_label ON tags (label)"))
+
+
+def _m003_captions(conn: Connection) -> None:
+    # VLM captions (retriever/vlm/captions.py) and `keywords`, an FTS5 index of every item's file
+    # name and caption (retriever/keywords.py), filled here for the items already indexed.
+    # Triggers keep it in step whoever writes images or captions: a caption goes with its item,
+    # and with the item's old content (a new fingerprint). Without FTS5 in this SQLite, only the
+    # captions table is made (keyword search then finds nothing).
+    conn.execute(text("CREATE TABLE captions (image_id INTEGER PRIMARY KEY, caption TEXT NOT NULL, "
+                      "model TEXT NOT NULL, fingerprint TEXT, created_at TEXT NOT NULL)"))
+    conn.execute(text("CREATE TRIGGER tr_captions_stale AFTER UPDATE OF fingerprint ON images "
+                      "WHEN old.fingerprint IS NOT new.fingerprint "
+                      "BEGIN DELETE FROM captions WHERE image_id = new.id; END"))
+    conn.execute(text("CREATE TRIGGER tr_captions_gone AFTER DELETE ON images "
+                      "BEGIN DELETE FROM captions WHERE image_id = old.id; END"))
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        conn.execute(text("CREATE VIRTUAL TABLE keywords USING fts5(name, caption, "
+                          "tokenize = 'porter unicode61 remove_diacritics 2')"))
+    except OperationalError:  # no such module: fts5
+        return
+    name = "replace({0}, rtrim({0}, replace({0}, '/', '')), '')"  # the path after its last '/'
+    for statement in (
+        f"INSERT INTO keywords (rowid, name, caption) SELECT id, {name.format('path')}, '' FROM images",
+        f"CREATE TRIGGER tr_keywords_add AFTER INSERT ON images BEGIN INSERT INTO keywords "
+        f"(rowid, name, caption) VALUES (new.id, {name.format('new.path')}, ''); END",
+        f"CREATE TRIGGER tr_keywords_move AFTER UPDATE OF path ON images WHEN old.path IS NOT new.path "
+        f"BEGIN UPDATE keywords SET name = {name.format('new.path')} WHERE rowid = new.id; END",
+        "CREATE TRIGGER tr_keywords_gone AFTER DELETE ON images BEGIN DELETE FROM keywords WHERE rowid = old.id; END",
+        "CREATE TRIGGER tr_keywords_caption AFTER INSERT ON captions "
+        "BEGIN UPDATE keywords SET caption = new.caption WHERE rowid = new.image_id; END",
+        "CREATE TRIGGER tr_keywords_recaption AFTER UPDATE OF caption ON captions "
+        "BEGIN UPDATE keywords SET caption = new.caption WHERE rowid = new.image_id; END",
+        "CREATE TRIGGER tr_keywords_uncaption AFTER DELETE ON captions "
+        "BEGIN UPDATE keywords SET caption = '' WHERE rowid = old.image_id; END",
+    ):
+        conn.execute(text(statement))
+
+
+# Named, ordered, applied once each. Append only; never edit or reorder a released migration.
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("001_initial", _m001_initial),
+    ("002_tags", _m002_tags),
+    ("003_captions", _m003_captions),
+]
+assert tuple(name for name, _ in MIGRATIONS) == SCHEMA_MIGRATIONS, "catalog_reader.SCHEMA_MIGRATIONS lags"
