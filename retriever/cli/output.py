@@ -13,28 +13,25 @@ import click
 class ProgressReporter:
     """Progress of a long job on stderr (indexing, captioning, reranking): a bar with the rate and
     ETA on a terminal, a plain log line every few seconds otherwise. `update` takes a
-    retriever.indexer.Progress (done, total, failed, rate)."""
+    retriever.progress.Progress (done, total, failed, rate)."""
 
     LOG_EVERY_S = 5.0
 
     def __init__(self, enabled: bool = True, *, verb: str = "indexing", past: str = "indexed", unit: str = "img",
                  log_ends: bool = True):
         """log_ends: off a terminal, also a line at the first report and at the end (else only
-        every LOG_EVERY_S, so a short job says nothing)."""
+        every LOG_EVERY_S after the first report, so a short job says nothing)."""
         self.enabled = enabled
         self.verb, self.past, self.unit = verb, past, unit
         self.log_ends = log_ends
         self.tty = sys.stderr.isatty()
         self.bar = None
-        self.last_log = 0.0 if log_ends else time.monotonic()
+        self.last_log: float | None = 0.0 if log_ends else None  # None: set at the first report
         self.last_done = 0
 
     @property
     def callback(self):
         return self.update if self.enabled else None
-
-    def run(self, job):
-        return job(self.callback)
 
     def update(self, p) -> None:
         if self.tty:
@@ -48,7 +45,9 @@ class ProgressReporter:
             self.last_done = p.done
             return
         now = time.monotonic()
-        if now - self.last_log >= self.LOG_EVERY_S or (self.log_ends and p.done == p.total):
+        if self.last_log is None:
+            self.last_log = now
+        elif now - self.last_log >= self.LOG_EVERY_S or (self.log_ends and p.done == p.total):
             self.last_log = now
             eta = (p.total - p.done) / p.rate if p.rate > 0 else float("nan")
             click.echo(
