@@ -189,6 +189,10 @@ class Collection:
 
     # -- for retriever's front ends -------------------------------------------------------------
 
+    def failures(self) -> list[dict[str, Any]]:
+        """The files that could not be indexed: path, error, indexed_at."""
+        return self.idx.catalog.failures()
+
     @staticmethod
     def filters(**values: Any) -> "Filters":
         """Keyword filter values -> a Filters (unknown names and bad values: a RetrieverError)."""

@@ -56,7 +56,7 @@ class Index(IndexVectors):
     @classmethod
     def open(cls, home: Path, name: str, read_only: bool = False) -> "Index":
         """read_only: for a process that only searches and exits (a CLI search): the catalog is
-        read through sqlite3 (catalog_reader.CatalogReader), without importing SQLAlchemy; an
+        read through sqlite3 (store.reader.CatalogReader), without importing SQLAlchemy; an
         index whose catalog needs migrating opens as usual."""
         folder = Path(home) / check_name(name)
         if not (folder / CATALOG_FILE).is_file():

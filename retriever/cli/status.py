@@ -17,13 +17,12 @@ from retriever.cli.output import shown
 @reports_errors
 def status(home, index_name, as_json):
     """Where the index lives, its model, and its counts (images, vectors, failed, last run)."""
-    from retriever.index import Index
-
+    from retriever.api import open as open_collection
     from retriever.daemon.client import is_running
 
-    with Index.open(home_dir(home), index_name) as idx:
-        info = idx.status()
-        info["daemon"] = is_running(idx.folder)  # a warm query daemon listens for this index
+    with open_collection(home_dir(home), index_name) as collection:
+        info = collection.status()
+        info["daemon"] = is_running(collection.folder)  # a warm query daemon listens for this index
     if as_json:
         click.echo(json.dumps(info))
         return
@@ -90,10 +89,10 @@ def _index_kind_text(info: dict[str, Any]) -> str:
 @reports_errors
 def errors(home, index_name, as_json):
     """Files that could not be indexed, with the reason. They are retried when they change."""
-    from retriever.index import Index
+    from retriever.api import open as open_collection
 
-    with Index.open(home_dir(home), index_name) as idx:
-        failures = idx.catalog.failures()
+    with open_collection(home_dir(home), index_name) as collection:
+        failures = collection.failures()
     for f in failures:
         if as_json:
             click.echo(shown(json.dumps({"path": f["path"], "error": f["error"], "at": f["indexed_at"]},

@@ -102,7 +102,7 @@ class Catalog:
     @contextlib.contextmanager
     def cursor(self) -> Iterator[Any]:
         """A DB-API cursor on a pooled connection: for SQL where SQLAlchemy's row objects would
-        cost too much (filters over every image) and that catalog_reader.CatalogReader shares."""
+        cost too much (filters over every image) and that store.reader.CatalogReader shares."""
         with self.engine.connect() as conn:
             cursor = conn.connection.dbapi_connection.cursor()
             try:

@@ -198,4 +198,4 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("002_tags", _m002_tags),
     ("003_captions", _m003_captions),
 ]
-assert tuple(name for name, _ in MIGRATIONS) == SCHEMA_MIGRATIONS, "catalog_reader.SCHEMA_MIGRATIONS lags"
+assert tuple(name for name, _ in MIGRATIONS) == SCHEMA_MIGRATIONS, "store.reader.SCHEMA_MIGRATIONS lags"
