@@ -46,6 +46,7 @@ class NewIndex:
     batch_size: int | None = None  # images per forward pass; None: 32 on CPU, 256 on CUDA
     onnx_export: bool = True  # export both towers to ONNX (checked against PyTorch) when it is created
     backend: str = "auto"  # what runs the image tower on the CPU: auto, onnx, pytorch
+    cache_dir: str | None = None  # the shared model cache (None: $RETRIEVER_CACHE_DIR, else the user's cache)
 
 
 def open(home: str | Path | None = None, index: str = "default", *, writable: bool = False,
@@ -73,6 +74,7 @@ def open(home: str | Path | None = None, index: str = "default", *, writable: bo
     idx, encoder, note = open_for_writing(
         home_dir, index, model=new.model, pretrained=new.pretrained, device=device, batch_size=new.batch_size,
         onnx_export=new.onnx_export, backend=new.backend, on_backend=lambda why: say(f"image encoder: {why}"),
+        cache_dir=new.cache_dir,
     )
     collection = Collection(idx, device=device, indexing_encoder=encoder, batch_size=new.batch_size, on_message=say)
     collection.note = note

@@ -18,6 +18,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # No search in a test (nor a `retriever` subprocess it starts) leaves a warm daemon behind;
 # tests/test_daemon.py starts its own, with short idle timeouts, and stops them.
 os.environ["RETRIEVER_NO_DAEMON"] = "1"
+# The shared ONNX model cache of the indexes the session fixtures build (each test gets its own
+# below): never the user's ~/.cache.
+os.environ["RETRIEVER_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="retriever-test-cache-")
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO / "examples" / "photos"
@@ -35,6 +38,7 @@ def _isolated_env(tmp_path, monkeypatch):
     """Each test gets its own index home and cache: nothing leaks between tests or to ~."""
     monkeypatch.setenv("RETRIEVER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("RETRIEVER_CACHE_DIR", str(tmp_path / "model-cache"))
 
 
 @pytest.fixture(scope="session")

@@ -171,11 +171,11 @@ def test_onnx_similar_to_an_outside_image_ranks_as_pytorch(onnx_index, offline_e
 
 def test_without_a_preprocessing_twin_images_go_through_pytorch(onnx_index, offline_encoder, monkeypatch, tmp_path):
     import retriever.onnx
-    from retriever.onnx import OnnxEncoder, OnnxExportError, valid_record
+    from retriever.onnx import OnnxEncoder, OnnxExportError, export_folder, valid_record
     from retriever.search import Searcher
 
     record = {**valid_record(onnx_index), "image_preprocess": None}
-    no_twin = OnnxEncoder(onnx_index.folder / "onnx", record)
+    no_twin = OnnxEncoder(export_folder(onnx_index, record), record)
     assert not no_twin.embeds_images
     with pytest.raises(OnnxExportError, match="no torch-free image preprocessing"):
         no_twin.embed_images(_photos(1))
@@ -240,14 +240,18 @@ def test_stale_record_is_ignored(onnx_index, tmp_path):
 
     assert valid_record(Other()) is None
 
-    class Elsewhere:  # the record without its files
-        catalog, folder, model_id = onnx_index.catalog, tmp_path, onnx_index.model_id
-
-    assert valid_record(Elsewhere()) is None
+    entry = Path(onnx_index.catalog.get_setting("onnx")["cache_folder"])  # the record without its files
+    entry.rename(tmp_path / "moved")
+    try:
+        assert valid_record(onnx_index) is None
+    finally:
+        (tmp_path / "moved").rename(entry)
+    assert valid_record(onnx_index) is not None
 
 
 def test_new_index_is_exported_at_creation(tmp_path, tiny_clip):
     from retriever.index import open_for_writing
+    from retriever.onnx import export_folder
 
     index, encoder, note = open_for_writing(tmp_path / "home", "t", model=tiny_clip["config"],
                                             pretrained=tiny_clip["pt"], device="cpu")
@@ -255,7 +259,9 @@ def test_new_index_is_exported_at_creation(tmp_path, tiny_clip):
         assert note is None
         row = index.status()["onnx"]
         assert row["usable"], row
-        assert (index.folder / "onnx" / "text.onnx").is_file() and (index.folder / "onnx" / "image.onnx").is_file()
+        folder = export_folder(index, index.catalog.get_setting("onnx"))
+        assert (folder / "text.onnx").is_file() and (folder / "image.onnx").is_file()
+        assert not (index.folder / "onnx").exists()  # in the shared model cache, not the index
     finally:
         index.close()
     index, _, _ = open_for_writing(tmp_path / "home", "u", model=tiny_clip["config"], pretrained=tiny_clip["pt"],
@@ -334,7 +340,7 @@ print("TORCH", "torch" in sys.modules, "open_clip" in sys.modules, file=sys.stde
 
 
 def test_export_measures_the_indexing_backend_and_keeps_weights_beside_the_graph(onnx_index):
-    from retriever.onnx import ONNX_SETTING
+    from retriever.onnx import ONNX_SETTING, export_folder
 
     record = onnx_index.catalog.get_setting(ONNX_SETTING)
     measured = record["indexing"]
@@ -342,7 +348,7 @@ def test_export_measures_the_indexing_backend_and_keeps_weights_beside_the_graph
     assert measured["onnx_images_per_s"] > 0 and measured["pytorch_images_per_s"] > 0
     expected = "onnx" if measured["speedup"] >= measured["min_speedup"] else "pytorch"
     assert measured["backend"] == expected
-    folder = onnx_index.folder / "onnx"
+    folder = export_folder(onnx_index, record)
     for tower in record["towers"].values():
         graph, data = folder / tower["file"], folder / tower["data"]
         assert data.stat().st_size > 10 * graph.stat().st_size  # the weights are in the data file

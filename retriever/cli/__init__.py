@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from retriever import __version__
-from retriever.cli import daemon, duplicates, indexing, optimize, search, serve, status, tags, vlm
+from retriever.cli import cache, daemon, duplicates, indexing, optimize, search, serve, status, tags, vlm
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -35,6 +35,6 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*decompression bomb.*")
 
 
-for _module in (indexing, search, daemon, status, duplicates, optimize, serve, tags, vlm):
+for _module in (indexing, search, daemon, status, cache, duplicates, optimize, serve, tags, vlm):
     for _command in _module.COMMANDS:
         main.add_command(_command)

@@ -11,6 +11,7 @@ import click
 
 from retriever.cli.options import (
     EXIT_INTERRUPTED,
+    cache_option,
     device_option,
     home_dir,
     index_options,
@@ -45,8 +46,9 @@ from retriever.errors import RetrieverError
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching GLOB (repeatable).")
 @click.option("--include-hidden", is_flag=True, help="Also index hidden files/folders and system litter.")
 @click.option("--onnx/--no-onnx", "onnx", default=True, show_default=True,
-              help="When creating an index, export its model to ONNX (checked against PyTorch) so that "
-                   "searches never import torch; skipped without pip install 'retriever[onnx]'.")
+              help="When creating an index, take its model's ONNX export (checked against PyTorch) from the "
+                   "model cache, exporting it there once per model, so that searches never import torch.")
+@cache_option
 @click.option("--backend", type=click.Choice(["auto", "onnx", "pytorch"]), default="auto", show_default=True,
               help="What runs the model on the CPU. auto: ONNX Runtime when the ONNX export measured it "
                    "faster than PyTorch for this model (`retriever status` shows the figures), else "
@@ -63,7 +65,7 @@ from retriever.errors import RetrieverError
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @reports_errors
 def index(paths, home, index_name, model, pretrained, device, batch_size, workers, pool, retry_failed,
-          video_every, exclude, include_hidden, onnx, backend, engine, address, ray_actors, as_json, quiet):
+          video_every, exclude, include_hidden, onnx, cache_dir, backend, engine, address, ray_actors, as_json, quiet):
     """Add the photos under PATHS (folders, walked recursively, or files) to an index.
 
     Runs are incremental: unchanged files are not read again (no model is even loaded when
@@ -97,7 +99,8 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
             raise RetrieverError(f"no such file or folder: {p}")
     stop_on_sigterm()
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    new = NewIndex(model=model, pretrained=pretrained, batch_size=batch_size, onnx_export=onnx, backend=backend)
+    new = NewIndex(model=model, pretrained=pretrained, batch_size=batch_size, onnx_export=onnx, backend=backend,
+                   cache_dir=str(cache_dir) if cache_dir else None)
     collection = open_collection(home_dir(home), index_name, writable=True, device=device, new=new, on_message=say)
     if collection.note:
         click.echo(collection.note, err=True)

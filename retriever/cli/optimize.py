@@ -8,7 +8,7 @@ import time
 
 import click
 
-from retriever.cli.options import home_dir, index_options, reports_errors
+from retriever.cli.options import cache_option, home_dir, index_options, reports_errors
 
 KIND_CHOICES = ["auto", "flat", "ivf-sq8", "ivf-pq"]  # = "auto" + retriever.vectors.KINDS
 
@@ -37,11 +37,13 @@ KIND_CHOICES = ["auto", "flat", "ivf-sq8", "ivf-pq"]  # = "auto" + retriever.vec
               help="auto: the most vectors an exact index holds. Recorded for later runs.  "
                    "[default: 10,000,000 / dim: 19,531 at dim 512, 14,204 at 704]")
 @click.option("--onnx/--no-onnx", "onnx", default=True, show_default=True,
-              help="Also export the model's towers to ONNX (checked against PyTorch to 1e-4), so that "
-                   "searches run without torch. Needs pip install 'retriever[onnx]'; skipped without it.")
+              help="Also take the model's ONNX export (checked against PyTorch to 1e-4) from the model cache, "
+                   "exporting it there when it is missing or damaged, so that searches run without torch.")
+@cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print what was built as one JSON object.")
 @reports_errors
-def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers, shard_size, onnx, as_json):
+def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers, shard_size, onnx, cache_dir,
+             as_json):
     """Rebuild the vector index from the stored vectors (no re-encoding, no model loaded).
 
     Up to a size threshold search is exact; above it an IVF index with 8-bit codes is trained
@@ -63,7 +65,7 @@ def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers,
         report, size = idx.optimize(kind, target_recall=target_recall, exact_max=exact_max, on_disk=on_disk,
                                     workers=workers, shard_size=shard_size, progress=_Progress())
         count = report.count
-        onnx_result = _export_onnx(idx) if onnx else None
+        onnx_result = _export_onnx(idx, cache_dir) if onnx else None
     result = {
         "index": index_name,
         "index_type": report.index_type,
@@ -92,13 +94,13 @@ def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers,
                    f"scanning every list; `retriever optimize --kind flat` gives exact search", err=True)
 
 
-def _export_onnx(idx) -> dict:
+def _export_onnx(idx, cache_dir=None) -> dict:
     """The index's model exported to ONNX and checked; {"ok": False, "reason": ...} when refused or
     when onnx/onnxruntime are not installed (searches then stay on PyTorch)."""
     from retriever.errors import MissingDependencyError
 
     try:
-        report = idx.export_onnx()
+        report = idx.export_onnx(cache_dir=cache_dir)
     except MissingDependencyError as exc:
         return {"ok": False, "reason": str(exc)}
     return {"ok": report.ok, "reason": report.reason, "opset": report.opset,

@@ -105,6 +105,15 @@ def view_options(fn: Callable) -> Callable:
     return fn
 
 
+def cache_option(fn: Callable) -> Callable:
+    """--cache-dir: the shared model cache (retriever.onnx.cache)."""
+    return click.option(
+        "--cache-dir", type=click.Path(file_okay=False, path_type=Path), envvar="RETRIEVER_CACHE_DIR",
+        show_envvar=True,
+        help="The model cache: one ONNX export per model, shared by every index.  [default: the user's "
+             "cache folder, ~/.cache/retriever]")(fn)
+
+
 def daemon_options(fn: Callable) -> Callable:
     """--daemon/--no-daemon and --daemon-idle of search and similar (retriever.daemon.server)."""
     fn = click.option("--daemon-idle", type=click.FloatRange(min=1), envvar="RETRIEVER_DAEMON_IDLE", show_envvar=True,

@@ -259,7 +259,7 @@ class Daemon:
         """What must not change under a running daemon: the catalog file (a rebuilt index is a new
         file) and the ONNX export (it decides the query encoder)."""
         catalog = os.stat(self.folder / "catalog.db")
-        return (catalog.st_dev, catalog.st_ino, _file_sig(self.folder / "onnx"))
+        return (catalog.st_dev, catalog.st_ino, _file_sig(self.folder / "onnx"), _file_sig(self.folder / "onnx.json"))
 
     def _same_index(self) -> bool:
         try:

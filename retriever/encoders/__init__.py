@@ -49,6 +49,27 @@ def create_encoder(spec: ModelSpec) -> Encoder:
     return OpenClipEncoder(spec)
 
 
+def model_id_of(spec: ModelSpec) -> str | None:
+    """The model id `create_encoder(spec)` gives, worked out without loading torch or the model;
+    None where only loading can tell (hf-hub:, local-dir:, no weights named). A wrong name or
+    file is not caught here: it gives an id no cache entry has, and the model is then loaded."""
+    if spec.name == OFFLINE:
+        from retriever.encoders.offline import OfflineEncoder
+
+        return None if spec.pretrained else OfflineEncoder.model_id
+    from retriever.encoders.openclip import _looks_like_path, file_digest
+
+    name, pretrained = spec.name, spec.pretrained
+    if name.startswith(("hf-hub:", "local-dir:")) or not pretrained:
+        return None
+    if name.endswith(".json"):
+        name = Path(name).stem
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return f"open_clip/{name}/file-{file_digest(path)}"
+    return None if _looks_like_path(pretrained) else f"open_clip/{name}/{pretrained}"
+
+
 def _default_weights_cached() -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache

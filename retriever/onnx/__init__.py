@@ -104,13 +104,25 @@ class OnnxEncoder(Encoder):
         return self._text_session.run(["embedding"], self.tokenizer(list(texts)))[0]
 
 
+def export_folder(index, record: dict[str, Any]) -> Path:
+    """Where the files of an index's export are: its entry of the shared model cache, or (an
+    index exported before the cache) INDEX/onnx."""
+    if record.get("cache_folder"):
+        return Path(record["cache_folder"])
+    return Path(index.folder) / ONNX_FOLDER
+
+
 def valid_record(index) -> dict[str, Any] | None:
     """The index's ONNX record when it is a successful export of the index's own model whose
-    files are all present; else None."""
+    files are all present (and, in the shared cache, intact: sizes and hashes); else None."""
     record = index.catalog.get_setting(ONNX_SETTING)
     if not record or not record.get("ok") or record.get("model_id") != index.model_id:
         return None
-    folder = Path(index.folder) / ONNX_FOLDER
+    folder = export_folder(index, record)
+    if record.get("cache_folder"):
+        from retriever.onnx.cache import open_entry
+
+        return record if open_entry(folder, index.model_id) is not None else None
     files = [f for t in record.get("towers", {}).values() for f in (t["file"], t.get("data")) if f is not None]
     files.append((record.get("tokenizer") or {}).get("file", ""))
     if "text" not in record.get("towers", {}) or not all(f and (folder / f).is_file() for f in files):
@@ -125,35 +137,120 @@ def onnx_encoder_for(index, threads: int | None = None, one_shot: bool = False) 
     if record is None:
         return None
     try:
-        return OnnxEncoder(Path(index.folder) / ONNX_FOLDER, record, threads, one_shot=one_shot)
+        return OnnxEncoder(export_folder(index, record), record, threads, one_shot=one_shot)
     except (MissingDependencyError, ImportError, OSError):
         return None
 
 
-def export_index(index, encoder, images: Sequence[Any] | None = None, tolerance: float = TOLERANCE) -> ExportReport:
-    """Export `encoder` (the index's own) into INDEX/onnx and record the outcome in the catalog
-    (setting "onnx"). A refused export removes any earlier one, so search falls back to PyTorch.
-    Raises MissingDependencyError when onnx/onnxruntime are not installed (nothing recorded)."""
-    if encoder.model_id != index.model_id:
-        raise OnnxExportError(f"the encoder is {encoder.model_id}, the index's model is {index.model_id}")
+def export_index(index, encoder, images: Sequence[Any] | None = None, tolerance: float = TOLERANCE,
+                 cache_dir: str | os.PathLike | None = None) -> ExportReport:
+    """The index's export, from the shared model cache (retriever.onnx.cache): made once per
+    machine and model, so a second index of the model exports and measures nothing. Made here
+    when the cache has no intact entry: `encoder` (the index's own) exported, checked against
+    PyTorch and, on the CPU, timed against ONNX Runtime for indexing. The outcome is recorded in
+    the catalog (setting "onnx") and in INDEX/onnx.json; a refused export (or a cache that cannot
+    be written) leaves search on PyTorch. `encoder` may be a callable that loads it, called only
+    when the export is made here. Raises MissingDependencyError when onnx/onnxruntime are not
+    installed (nothing recorded)."""
+    if hasattr(encoder, "embed_texts"):
+        _same_model(encoder, index)
+        loaded = encoder
+
+        def encoder():
+            return loaded
     for module, pip_name in (("onnx", "onnx"), ("onnxruntime", "onnxruntime")):
         try:
             __import__(module)
         except ImportError as exc:
-            raise MissingDependencyError(f"ONNX export needs {pip_name}: pip install 'retriever[onnx]'") from exc
-    from retriever.onnx.export import export_onnx
+            raise MissingDependencyError(f"ONNX export needs {pip_name}, which comes with retriever: "
+                                         f"pip install {pip_name}") from exc
+    from retriever.onnx.cache import CacheError, ModelCache
 
-    folder = Path(index.folder) / ONNX_FOLDER
-    report = export_onnx(encoder, folder, images=images, tolerance=tolerance)
-    if not report.ok:
-        import shutil
+    def build(folder: Path) -> dict[str, Any]:
+        from retriever.onnx.export import export_onnx
 
-        shutil.rmtree(folder, ignore_errors=True)
-    elif report.image_preprocess is not None and encoder.device == "cpu":
-        onnx = OnnxEncoder(folder, report.as_setting())
-        report = replace(report, indexing=measure_indexing(encoder, onnx, images))
-    index.catalog.set_settings({ONNX_SETTING: report.as_setting()})
-    return report
+        model = _same_model(encoder(), index)
+        report = export_onnx(model, folder, images=images, tolerance=tolerance)
+        if report.ok and report.image_preprocess is not None and model.device == "cpu":
+            report = replace(report, indexing=measure_indexing(model, OnnxEncoder(folder, report.as_setting()), images))
+        return report.as_setting()
+
+    try:
+        entry, _ = ModelCache(cache_dir).get_or_create(index.model_id, build, tolerance)
+    except CacheError as exc:
+        return attach(index, None, _refused(index, tolerance, str(exc)))
+    return attach(index, entry)
+
+
+def attach(index, entry, setting: dict[str, Any] | None = None) -> ExportReport:
+    """Record that `index` uses the cache `entry` (or, without one, the refusal `setting`): the
+    catalog setting "onnx", INDEX/onnx.json (what the daemon watches), the entry's users."""
+    import json
+    import shutil
+
+    from retriever.onnx.cache import POINTER
+
+    if entry is not None:
+        setting = entry.record
+        entry.add_user(index.folder)
+    index.catalog.set_settings({ONNX_SETTING: setting})
+    pointer = {k: setting.get(k) for k in ("cache", "cache_folder", "model_id", "ok")}
+    (Path(index.folder) / POINTER).write_text(json.dumps(pointer))
+    shutil.rmtree(Path(index.folder) / ONNX_FOLDER, ignore_errors=True)  # an export from before the cache
+    return report_from_setting(setting)
+
+
+def cached_indexing_encoder(model_id: str, backend: str = "auto", batch_size: int | None = None,
+                            cache_dir: str | os.PathLike | None = None, device: str = "auto"):
+    """(cache entry, ONNX encoder, why) when the model cache holds an intact export of `model_id`
+    that indexes on ONNX Runtime here (measured faster, or backend "onnx"), so that a new index
+    of the model needs neither torch nor the model; else None."""
+    if backend == "pytorch":
+        return None
+    from retriever.encoders.base import surely_cpu
+    from retriever.onnx.cache import ModelCache
+
+    if not surely_cpu(device):
+        return None
+    try:
+        entry = ModelCache(cache_dir).lookup(model_id)
+    except (OSError, ImportError):
+        return None
+    record = entry.record if entry is not None else {}
+    measured = record.get("indexing") or {}
+    if not (record.get("ok") and (record.get("towers") or {}).get("image") and record.get("image_preprocess")):
+        return None
+    if backend == "auto" and measured.get("backend") != "onnx":
+        return None
+    try:
+        encoder = OnnxEncoder(entry.folder, record, batch_size=batch_size, spinning=False)
+    except (MissingDependencyError, ImportError, OSError):
+        return None
+    why = ("ONNX Runtime, as asked (--backend onnx)" if backend == "onnx" else
+           f"ONNX Runtime: faster when measured for this model ({measured['onnx_images_per_s']} against "
+           f"PyTorch's {measured['pytorch_images_per_s']} images/s), from the model cache")
+    return entry, encoder, why
+
+
+def _same_model(encoder, index):
+    if encoder.model_id != index.model_id:
+        raise OnnxExportError(f"the encoder is {encoder.model_id}, the index's model is {index.model_id}")
+    return encoder
+
+
+def _refused(index, tolerance: float, reason: str) -> dict[str, Any]:
+    import onnxruntime
+
+    return ExportReport(ok=False, reason=reason, model_id=index.model_id, opset=OPSET,
+                        onnxruntime=onnxruntime.__version__, torch="", tolerance=tolerance,
+                        dim=int(index.dim)).as_setting()
+
+
+def report_from_setting(setting: dict[str, Any]) -> ExportReport:
+    """The ExportReport a record (the catalog setting "onnx") was made from."""
+    fields = {k: v for k, v in setting.items() if k in ExportReport.__dataclass_fields__}
+    fields["towers"] = {name: TowerReport(**t) for name, t in (setting.get("towers") or {}).items()}
+    return ExportReport(**fields)
 
 
 def measure_indexing(encoder, onnx: OnnxEncoder, images: Sequence[Any] | None = None,
@@ -219,7 +316,7 @@ def indexing_encoder_for(index, backend: str = "auto", device: str = "auto",
                       f"{measured['onnx_images_per_s']} images/s)")
     try:
         # no spinning: between batches the cores belong to the decode workers
-        encoder = OnnxEncoder(Path(index.folder) / ONNX_FOLDER, record, batch_size=batch_size, spinning=False)
+        encoder = OnnxEncoder(export_folder(index, record), record, batch_size=batch_size, spinning=False)
     except (MissingDependencyError, ImportError, OSError) as exc:
         if backend == "onnx":
             raise OnnxExportError(f"--backend onnx: {exc}") from exc

@@ -12,7 +12,7 @@ def _require_onnxruntime():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise MissingDependencyError("ONNX Runtime is not installed: pip install 'retriever[onnx]'") from exc
+        raise MissingDependencyError("ONNX Runtime is not installed (it comes with retriever): pip install onnxruntime") from exc
     return onnxruntime
 
 
