@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from retriever.durable import atomic_write
 from retriever.errors import RetrieverError
 # recall_at, nprobe_ladder: re-exported (tests and benchmarks measure recall with them)
 from retriever.tuning import _ExactTopK, nprobe_ladder, recall_at, tune_nprobe, tuning_queries  # noqa: F401
@@ -555,20 +554,4 @@ def _sidecar(path: Path) -> Path:
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the index is as readable as its catalog
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, write)  # the index is as readable as its catalog (0644)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from retriever.durable import atomic_write, fsync_folder, pid_alive
 from retriever.errors import RetrieverError
 from retriever.onnx.record import OPSET, TOLERANCE
 
@@ -151,14 +152,14 @@ class ModelCache:
                          for p in sorted(tmp.iterdir()) if p.is_file()}
                 manifest = {"format": FORMAT, "model_id": model_id, "created_at": _now(), "record": record,
                             "files": files}
-                _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1))
+                _write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
                 final = self.folder / name
                 if final.exists():  # an entry found damaged: out of the way first
                     trash = self.folder / f".{name}.{os.getpid()}.{secrets.token_hex(3)}.old.tmp"
                     os.rename(final, trash)
                     shutil.rmtree(trash, ignore_errors=True)
                 os.rename(tmp, final)
-                _fsync_dir(self.folder)
+                fsync_folder(self.folder)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise _cache_error(self.root, exc) from None
@@ -219,7 +220,7 @@ class ModelCache:
         for tmp in self.folder.glob(f".{name}.*.tmp"):
             parts = tmp.name.split(".")
             pid = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
-            if pid is None or pid == os.getpid() or not _alive(pid):
+            if pid is None or pid == os.getpid() or not pid_alive(pid):
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -259,7 +260,7 @@ def _intact(folder: Path, files: dict[str, dict[str, Any]]) -> bool:
             rehashed[name] = stamp
     if rehashed:
         try:
-            _write_synced(folder / VERIFIED, json.dumps({**verified, **rehashed}))
+            _write_text(folder / VERIFIED, json.dumps({**verified, **rehashed}))
         except OSError:  # a read-only cache: hashed again next time
             pass
     return True
@@ -271,7 +272,7 @@ def _record_verified(folder: Path, files: dict[str, Any]) -> None:
         st = (folder / name).stat()
         stamps[name] = [st.st_size, st.st_mtime_ns, st.st_ino]
     try:
-        _write_synced(folder / VERIFIED, json.dumps(stamps))
+        _write_text(folder / VERIFIED, json.dumps(stamps))
     except OSError:
         pass
 
@@ -284,31 +285,8 @@ def _hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_synced(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _now() -> str:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from retriever.durable import pid_alive
 from retriever.errors import RetrieverError
 from retriever.locations import index_folder as _index_folder
 
@@ -135,7 +136,7 @@ def find_server(index_folder: str | os.PathLike, timeout: float = PROBE_TIMEOUT_
     except (OSError, ValueError, KeyError, TypeError):
         _remove_if_same(path, None)
         return None
-    if not _alive(info.pid):
+    if not pid_alive(info.pid):
         _remove_if_same(path, info.pid)
         return None
     try:
@@ -251,16 +252,6 @@ def _multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
 
 def _names_image_file(word: str) -> bool:
     return os.path.isfile(os.path.expanduser(word))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove_if_same(path: Path, pid: int | None) -> None:
