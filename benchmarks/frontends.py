@@ -9,9 +9,9 @@ before the façade, retriever.api).
 Prints FIRST one JSON line holding every figure, THEN a readable table; progress goes to stderr.
 
 How: the baseline is checked out with `git worktree` into a temporary folder and run from there
-(PYTHONPATH, from a folder outside the repository), the current tree likewise; both use this interpreter and packages. One
-index of examples/photos with the offline encoder and its ONNX export is built once (by the
-current tree) and copied for each side. Each measure alternates the two sides in blocks (A B B A
+(PYTHONPATH, from a folder outside the repository), the current tree likewise; both use this interpreter and packages. Each
+side builds its own index of examples/photos with the offline encoder and its ONNX export (where
+its code keeps the export: the index folder, or the model cache). Each measure alternates the two sides in blocks (A B B A
 ...), every command a fresh process timed from spawn to exit, so drift in the machine's load
 falls on both; the figures are medians (p50) with p95. Warm daemon: the side's own daemon is
 started, answers --runs new queries, and is stopped before the other side's starts (a daemon of
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -59,7 +58,8 @@ def env_for(tree: Path, home: Path, **extra: str) -> dict[str, str]:
     """Commands run in the home's parent folder, not the repository: `python -c` and `-m` (the
     daemon) put the working directory first on sys.path, before PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRIEVER_")}
-    env.update(PYTHONPATH=str(tree), RETRIEVER_HOME=str(home), **extra)
+    env.update(PYTHONPATH=str(tree), RETRIEVER_HOME=str(home), RETRIEVER_CACHE_DIR=str(home.parent / "model-cache"),
+               **extra)
     return env
 
 
@@ -123,14 +123,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     commit = subprocess.run(["git", "-C", str(baseline), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, check=True).stdout.strip()
     sides = {"baseline": baseline, "current": REPO}
-    log(f"building the index (offline encoder, ONNX export) with the current tree; baseline {commit}")
-    built = work / "built"
-    subprocess.run([sys.executable, "-c", entry_code(REPO), "index", str(REPO / "examples" / "photos"), "--model",
-                    "offline", "-q"], env=env_for(REPO, built, RETRIEVER_NO_DAEMON="1"), cwd=str(work), check=True)
     homes = {}
-    for name in sides:
+    for name, tree in sides.items():  # each side's own index: the export lives where its code looks
+        log(f"building the {name} side's index (offline encoder, ONNX export); baseline {commit}")
         homes[name] = work / f"home-{name}"
-        shutil.copytree(built, homes[name])
+        subprocess.run([sys.executable, "-c", entry_code(tree), "index", str(REPO / "examples" / "photos"), "--model",
+                        "offline", "-q"], cwd=str(work), check=True, capture_output=True,
+                       env=env_for(tree, homes[name], RETRIEVER_NO_DAEMON="1"))
     queries = make_queries(args.runs * 8 + 10)  # cold, warm and HTTP, both sides
     taken = iter(queries)
     py = sys.executable
