@@ -18,7 +18,7 @@ costs nothing more than this module."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the command's start-up)
 
 __version__ = "0.1.0"
 
@@ -60,7 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from retriever.search import Hit
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'retriever' has no attribute {name!r}")

@@ -115,13 +115,26 @@ class Collection:
     # -- life cycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
+        self._settle_export(cancel=False)
         self.idx.close()
 
     def __enter__(self) -> "Collection":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        self._settle_export(cancel=exc_type is not None)
         self.close()
+
+    def _settle_export(self, cancel: bool) -> None:
+        """A new index's export still being prepared in a child (retriever.onnx.prepare): waited
+        for and attached, or (an interrupted run, an error) stopped."""
+        encoder, settle = self._indexing_encoder, None
+        if encoder is not None and hasattr(encoder, "finish"):
+            settle = encoder.cancel if cancel else encoder.finish
+        if settle is not None:
+            self._indexing_encoder = encoder.resolved or (lambda: self.idx.indexing_encoder(
+                self.device, self._batch_size))
+            settle()
 
     @property
     def name(self) -> str:
@@ -181,9 +194,13 @@ class Collection:
         if engine == "ray":
             from retriever.distributed import RayOptions, run_index_ray
 
-            return run_index_ray(self.idx, encoder, roots, index_options, ray or RayOptions(), on_progress=progress,
-                                 device=self.device, batch_size=self._batch_size)
-        return run_index(self.idx, encoder, roots, index_options, on_progress=progress)
+            summary = run_index_ray(self.idx, encoder, roots, index_options, ray or RayOptions(), on_progress=progress,
+                                    device=self.device, batch_size=self._batch_size)
+            self._settle_export(cancel=summary.interrupted)
+            return summary
+        summary = run_index(self.idx, encoder, roots, index_options, on_progress=progress)
+        self._settle_export(cancel=summary.interrupted)
+        return summary
 
     def status(self) -> dict[str, Any]:
         """Where the index lives, its model, counts, vector index, tags, ONNX export, last run."""

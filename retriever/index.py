@@ -310,6 +310,34 @@ def _cached_export(spec, backend: str, batch_size: int | None, cache_dir, device
     return None if model_id is None else cached_indexing_encoder(model_id, backend, batch_size, cache_dir, device)
 
 
+def _prepares_in_child(backend: str, device: str, prepare_in_child: bool | None) -> bool:
+    import sys
+
+    from retriever.encoders.base import surely_cpu
+
+    if backend == "pytorch" or not surely_cpu(device):
+        return False
+    return ("torch" not in sys.modules) if prepare_in_child is None else prepare_in_child
+
+
+def _start_preparation(spec, cache_dir):
+    """A child preparing `spec`'s export once it has loaded the model, or None (the model is then
+    loaded here, as without a child, and its errors said here)."""
+    from retriever.onnx.prepare import Preparation, PreparationFailed
+
+    try:
+        preparation = Preparation(spec, cache_dir)
+    except OSError:
+        return None
+    try:
+        if preparation.model().get("preprocess"):
+            return preparation
+    except PreparationFailed:
+        pass
+    preparation.cancel()  # no torch-free preprocessing: the model is needed here anyway
+    return None
+
+
 def _with_onnx_export(index: Index, encoder, note: str | None, cache_dir=None) -> str | None:
     from retriever.errors import MissingDependencyError
 
@@ -343,6 +371,7 @@ def open_for_writing(
     backend: str = "auto",
     on_backend: Callable[[str], None] | None = None,
     cache_dir: str | Path | None = None,
+    prepare_in_child: bool | None = None,
 ):
     """-> (Index holding the writer lock, its encoder, a note for the user or None).
 
@@ -355,7 +384,12 @@ def open_for_writing(
     refused export is said in the note and leaves queries on PyTorch.
 
     backend ("auto", "onnx", "pytorch"): what runs the image tower on the CPU (see
-    Index.indexing_encoder); `on_backend` hears the choice, in words, when it is made."""
+    Index.indexing_encoder); `on_backend` hears the choice, in words, when it is made.
+
+    A model the cache does not hold yet is exported by a child process (retriever.onnx.prepare)
+    while photos are read; the encoder is then a PendingEncoder, whose `finish` (or `cancel`)
+    the caller calls after the run. prepare_in_child: None = when torch is not imported in this
+    process yet (where it is, exporting here costs no import and no second copy of the model)."""
     from retriever.encoders import create_encoder, default_model_spec, is_config_path
 
     folder = Path(home) / check_name(name)
@@ -395,13 +429,21 @@ def open_for_writing(
             spec = ModelSpec(name=name_for_spec, pretrained=weights, device=device, batch_size=batch_size)
         # The model's export in the model cache, measured faster here: the index needs no torch.
         cached = _cached_export(spec, backend, batch_size, cache_dir, device) if onnx_export else None
+        preparation = None
+        if cached is None and onnx_export and _prepares_in_child(backend, device, prepare_in_child):
+            preparation = _start_preparation(spec, cache_dir)
         if cached is not None:
             entry, encoder, why = cached
             index = Index.create(home, name, spec, entry.record["model_id"], int(entry.record["dim"]))
+        elif preparation is not None:
+            model_info = preparation.model()
+            index = Index.create(home, name, spec, model_info["model_id"], int(model_info["dim"]))
         else:
             encoder = create_encoder(spec)
             index = Index.create(home, name, spec, encoder.model_id, encoder.dim)
     except BaseException:
+        if preparation is not None:
+            preparation.cancel()
         probe.release_lock()
         if created_folder:
             import shutil
@@ -409,6 +451,11 @@ def open_for_writing(
             shutil.rmtree(folder, ignore_errors=True)
         raise
     index._lock_fd, probe._lock_fd = probe._lock_fd, None
+    if preparation is not None:
+        from retriever.onnx.prepare import PendingEncoder
+
+        encoder = PendingEncoder(index, preparation, backend, device, batch_size, on_backend, cache_dir)
+        return index, encoder, note
     if cached is not None:
         from retriever.onnx import attach
 

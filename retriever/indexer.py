@@ -203,7 +203,10 @@ class Engine(Protocol):
 
 
 def encoder_backend(encoder) -> str:
-    """What runs `encoder`'s image tower, for run summaries: "onnxruntime" or "pytorch (DEVICE)"."""
+    """What runs `encoder`'s image tower, for run summaries: "onnxruntime" or "pytorch (DEVICE)".
+    An encoder still being prepared (retriever.onnx.prepare.PendingEncoder) answers with what it
+    chose once it has (its `resolved`)."""
+    encoder = getattr(encoder, "resolved", None) or encoder
     if type(encoder).__name__ == "OnnxEncoder":
         return "onnxruntime"
     return f"pytorch ({getattr(encoder, 'device', 'cpu')})"
@@ -256,8 +259,8 @@ class _Run:
     def encoder(self):
         if not hasattr(self._encoder, "embed_preprocessed"):  # a loader, called on first need
             self._encoder = self._encoder()
-        if self.summary.backend is None:
-            self.summary.backend = encoder_backend(self._encoder)
+        if self.summary.backend is None and getattr(self._encoder, "resolved", True) is not None:
+            self.summary.backend = encoder_backend(self._encoder)  # (not while a PendingEncoder waits)
         return self._encoder
 
     def run(self) -> RunSummary:
@@ -278,6 +281,8 @@ class _Run:
                 self.vectors = None
         if self.vectors is not None:
             self.vectors.save(self.index.vectors_path, catalog.generation())
+        if self.summary.backend is None and getattr(self._encoder, "resolved", None) is not None:
+            self.summary.backend = encoder_backend(self._encoder)
         self.summary.seconds = time.monotonic() - self.started
         catalog.finish_run(run_id, status, self.summary.as_dict())
         catalog.set_settings({"last_run_at": catalog.last_run()["finished_at"]})

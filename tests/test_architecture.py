@@ -13,7 +13,8 @@ MAX_LINES = 600
 # The only modules that print or exit: the command line, and the two process entries (the
 # console script, which answers through a warm daemon before click is imported, and the daemon's
 # own process).
-TALKERS = ("retriever.cli", "retriever.__main__", "retriever.daemon.entry", "retriever.daemon.__main__")
+TALKERS = ("retriever.cli", "retriever.__main__", "retriever.daemon.entry", "retriever.daemon.__main__",
+           "retriever.onnx.__main__")  # the command line and the process entries
 STORE = "retriever.store"
 SQL = re.compile(
     r"^\s*(SELECT\s.+\sFROM\s|INSERT\s+(OR\s+\w+\s+)?INTO\s|UPDATE\s+\w+\s+SET\s|DELETE\s+FROM\s|CREATE\s+"

@@ -10,7 +10,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from retriever.cli import main
+from retriever.cli import all_commands, main
 from tests.conftest import REPO, copy_photos
 
 
@@ -36,7 +36,7 @@ def indexed(tmp_path, run, tiny_clip):
 def test_every_command_has_help(run):
     result = run("--help")
     assert result.exit_code == 0
-    for name, command in main.commands.items():
+    for name, command in all_commands().items():
         assert command.help and len(command.help) > 30, name
         assert name in result.output
         sub = run(name, "--help")
@@ -44,6 +44,37 @@ def test_every_command_has_help(run):
         for param in command.params:
             if isinstance(param, __import__("click").Option):
                 assert param.help, f"{name} {param.opts} has no help"
+
+
+def test_command_list_matches_the_commands():
+    """`retriever --help` lists the commands without importing them: its summaries and module map
+    must say what the commands themselves say."""
+    from retriever.cli import MODULES, SUMMARIES, summary_command
+
+    commands = all_commands()
+    assert set(commands) == set(MODULES) == set(SUMMARIES)
+    for name, command in commands.items():
+        assert command.name == name and command.callback.__module__ == f"retriever.cli.{MODULES[name]}"
+        for limit in (20, 45, 60, 80, 200):
+            assert summary_command(name).get_short_help_str(limit) == command.get_short_help_str(limit), name
+    # every module's commands are in the map
+    import importlib
+
+    for module in set(MODULES.values()):
+        for command in importlib.import_module(f"retriever.cli.{module}").COMMANDS:
+            assert MODULES.get(command.name) == module, command.name
+
+
+def test_help_imports_no_command_module():
+    import subprocess
+    import sys
+
+    code = ("import sys; from retriever.cli import main\n"
+            "try: main(['--help'])\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('retriever.cli.')), file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stderr.strip() == "[]" and "similar" in out.stdout
 
 
 def test_index_search_similar_status_errors(tmp_path, run, indexed):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import subprocess
 
-from retriever.cli import main
+from retriever.cli import all_commands
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()
 
 
 def test_readme_documents_every_command():
-    for name in main.commands:
+    for name in all_commands():
         assert f"retriever {name}" in README, name
 
 

@@ -1,19 +1,82 @@
 """The command line: thin click commands over the library (retriever.api). The only package that
 prints or exits.
 
-Heavy packages (torch, open_clip, faiss) are imported inside commands, never at start-up, so
-`retriever --help` stays fast.
+Each command's module is imported when the command runs (or its help is asked for), never at
+start-up: `retriever --help` lists the commands from SUMMARIES below without importing any of
+them, and heavy packages (torch, open_clip, faiss) are imported inside commands. A test checks
+that each summary is the first paragraph of its command's help.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from retriever import __version__
-from retriever.cli import cache, daemon, duplicates, indexing, optimize, search, serve, status, tags, vlm
+
+# command name -> the module under retriever.cli that defines it
+MODULES = {
+    "ask": "vlm", "cache": "cache", "caption": "vlm", "daemon": "daemon", "duplicates": "duplicates",
+    "errors": "status", "index": "indexing", "models": "status", "optimize": "optimize",
+    "remove": "indexing", "search": "search", "serve": "serve", "similar": "search",
+    "status": "status", "tag": "tags", "tags": "tags",
+}
+# command name -> the first paragraph of its help, for the command list of `retriever --help`
+SUMMARIES = {
+    "ask": "Answer QUESTION from your photos: the k photos that match it best are shown to a "
+           "vision-language model in one chat, numbered, and the answer cites them by number.",
+    "cache": "The model cache: each model's ONNX export (and its measured indexing speed), made once per "
+             "machine and shared by every index of the model. Entries are checked (sizes, hashes) before "
+             "use; a damaged one is made again by the next `retriever index` of a new index or "
+             "`retriever optimize`.",
+    "caption": "Write a one-sentence caption of each photo into the index, with a vision-language model.",
+    "daemon": "The warm query daemon of an index (see `retriever search --help`).",
+    "duplicates": "Groups of duplicate photos: exact copies, and near-duplicates (resized, re-encoded, "
+                  "cropped or lightly edited copies) found from the stored vectors.",
+    "errors": "Files that could not be indexed, with the reason. They are retried when they change.",
+    "index": "Add the photos under PATHS (folders, walked recursively, or files) to an index.",
+    "models": "Encoders available: the offline one, and every open_clip architecture with its pretrained tags.",
+    "optimize": "Rebuild the vector index from the stored vectors (no re-encoding, no model loaded).",
+    "remove": "Drop files, or whole folders, from an index (the files on disk are not touched).",
+    "search": "Photos that match QUERY, best first: text, images, or both, combined.",
+    "serve": "Search the index from a browser or over HTTP: the page at http://HOST:PORT/, the JSON API "
+             "under /api (schema at /openapi.json).",
+    "similar": "Photos that look like IMAGES (files inside or outside the collection).",
+    "status": "Where the index lives, its model, and its counts (images, vectors, failed, last run).",
+    "tag": "Tag every image with the labels it shows, by zero-shot classification.",
+    "tags": "The labels of the index with how many images have each, and the label set's settings.",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def summary_command(name: str) -> click.Command:
+    """A stand-in holding only the summary of command `name`: click shortens its help for the
+    command list exactly as it would the real command's."""
+    return click.Command(name, help=SUMMARIES[name])
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use (see the module's docstring)."""
+
+    def list_commands(self, ctx: click.Context | None) -> list[str]:
+        return sorted(MODULES)
+
+    def get_command(self, ctx: click.Context | None, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in MODULES:
+            module = importlib.import_module(f"retriever.cli.{MODULES[cmd_name]}")
+            for command in module.COMMANDS:
+                self.add_command(command)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [(name, summary_command(name).get_short_help_str(limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="retriever")
 def main() -> None:
     """Search your photos by text or by example, locally.
@@ -35,6 +98,6 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*decompression bomb.*")
 
 
-for _module in (indexing, search, daemon, status, cache, duplicates, optimize, serve, tags, vlm):
-    for _command in _module.COMMANDS:
-        main.add_command(_command)
+def all_commands() -> dict[str, click.Command]:
+    """Every command, imported (for tests and documentation)."""
+    return {name: main.get_command(None, name) for name in main.list_commands(None)}

@@ -40,6 +40,8 @@ def main_group():
     """The command line the daemon runs (the process entry is the one place that joins the two)."""
     from retriever.cli import main as group
 
+    for name in ("search", "similar"):  # imported now, not on the first query
+        group.get_command(None, name)
     return group
 
 

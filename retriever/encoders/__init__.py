@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from retriever.errors import UnknownModelError
-from retriever.encoders.base import Encoder, ModelSpec, l2_normalize
+from retriever.encoders.base import OFFLINE_MODEL_ID, Encoder, ModelSpec, l2_normalize
 from retriever.encoders.hub import HUB_PROBE_SECONDS, hub_reachable  # noqa: F401  (re-exported)
 
 __all__ = [
@@ -54,9 +54,7 @@ def model_id_of(spec: ModelSpec) -> str | None:
     None where only loading can tell (hf-hub:, local-dir:, no weights named). A wrong name or
     file is not caught here: it gives an id no cache entry has, and the model is then loaded."""
     if spec.name == OFFLINE:
-        from retriever.encoders.offline import OfflineEncoder
-
-        return None if spec.pretrained else OfflineEncoder.model_id
+        return None if spec.pretrained else OFFLINE_MODEL_ID
     from retriever.encoders.openclip import _looks_like_path, file_digest
 
     name, pretrained = spec.name, spec.pretrained

@@ -16,6 +16,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 
+# The offline encoder's model id (retriever.encoders.offline), known without importing torch
+OFFLINE_MODEL_ID = "offline/conse-effnetlite0-minilm/v1"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a user asked for; stored in the catalog so later commands rebuild the same encoder."""

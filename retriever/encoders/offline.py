@@ -58,7 +58,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from retriever.errors import MissingDependencyError
-from retriever.encoders.base import Encoder, default_batch_size, resolve_device, to_device
+from retriever.encoders.base import OFFLINE_MODEL_ID, Encoder, default_batch_size, resolve_device, to_device
 
 
 def _require(module: str, pip_name: str) -> Any:
@@ -158,7 +158,7 @@ class LitePreprocess:
 
 
 class OfflineEncoder(Encoder):
-    model_id = "offline/conse-effnetlite0-minilm/v1"
+    model_id = OFFLINE_MODEL_ID
     input_size = RESIZE_SIZE
 
     def __init__(self, device: str = "auto", batch_size: int | None = None) -> None:

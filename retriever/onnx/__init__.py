@@ -167,19 +167,24 @@ def export_index(index, encoder, images: Sequence[Any] | None = None, tolerance:
     from retriever.onnx.cache import CacheError, ModelCache
 
     def build(folder: Path) -> dict[str, Any]:
-        from retriever.onnx.export import export_onnx
-
-        model = _same_model(encoder(), index)
-        report = export_onnx(model, folder, images=images, tolerance=tolerance)
-        if report.ok and report.image_preprocess is not None and model.device == "cpu":
-            report = replace(report, indexing=measure_indexing(model, OnnxEncoder(folder, report.as_setting()), images))
-        return report.as_setting()
+        return build_export(_same_model(encoder(), index), folder, images, tolerance)
 
     try:
         entry, _ = ModelCache(cache_dir).get_or_create(index.model_id, build, tolerance)
     except CacheError as exc:
         return attach(index, None, _refused(index, tolerance, str(exc)))
     return attach(index, entry)
+
+
+def build_export(model, folder: Path, images: Sequence[Any] | None = None, tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """A cache entry's content: `model` (a loaded encoder) exported into `folder`, checked against
+    PyTorch and, on the CPU, timed against ONNX Runtime for indexing. -> the record."""
+    from retriever.onnx.export import export_onnx
+
+    report = export_onnx(model, folder, images=images, tolerance=tolerance)
+    if report.ok and report.image_preprocess is not None and model.device == "cpu":
+        report = replace(report, indexing=measure_indexing(model, OnnxEncoder(folder, report.as_setting()), images))
+    return report.as_setting()
 
 
 def attach(index, entry, setting: dict[str, Any] | None = None) -> ExportReport:

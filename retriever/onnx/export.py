@@ -302,7 +302,7 @@ def export_onnx(encoder, folder: str | os.PathLike, *, images: Sequence[Any] | N
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         return ExportReport(ok=False, reason=f"export failed: {first}", towers=towers, tokenizer=None, **base)
 
-    preprocess = _image_preprocess_twin(encoder, images, tolerance)
+    preprocess = image_preprocess_twin(encoder, images, tolerance)
     bad = [f"{name} tower differs by {t.max_abs_diff:.2e} > {tolerance:g}" for name, t in towers.items()
            if not t.max_abs_diff <= tolerance]
     if bad:
@@ -317,7 +317,7 @@ def export_onnx(encoder, folder: str | os.PathLike, *, images: Sequence[Any] | N
     return ExportReport(ok=True, reason=None, towers=towers, tokenizer=tok_desc, image_preprocess=preprocess, **base)
 
 
-def _image_preprocess_twin(encoder, images: Sequence[Any], tolerance: float) -> dict[str, Any] | None:
+def image_preprocess_twin(encoder, images: Sequence[Any], tolerance: float) -> dict[str, Any] | None:
     """The PIL + numpy twin of the encoder's preprocessing, with its max abs difference on the
     check images, when there is one and it agrees to `tolerance`; else None."""
     from retriever.encoders.offline import OfflineEncoder

@@ -1,0 +1,247 @@
+"""The first export of a model on a machine, in a child process, while the indexer gets on.
+The child is `python -m retriever.onnx` (retriever/onnx/__main__.py runs `child`).
+
+A new index whose model the cache (retriever.onnx.cache) does not hold yet needs the model
+loaded in PyTorch, exported, checked and timed against ONNX Runtime: 10-20 s and about 1.5 GB
+for ViT-B-32. Done in the indexing process, that process keeps torch and the model in memory
+while ONNX Runtime indexes. Here a child process does it:
+
+    child                                         parent (retriever index)
+    load the model (torch)                        ...
+    -> {"event": "model", model id, dim,          creates the index; photos start being
+        the PIL + numpy preprocessing}            walked, read and decoded with that preprocessing
+    export, check, time; the cache entry          decoded photos wait for the encoder
+    -> {"event": "done", "entry": folder}         attaches the entry; ONNX Runtime encodes
+                                                  (or PyTorch, where it measured faster)
+
+The parent never imports torch when ONNX Runtime encodes. When the child fails (it cannot
+start, it dies, the model cannot load) the parent is told and does the work itself, as before;
+a cache that cannot be written is a one-line reason in the index, queries stay on PyTorch.
+The child writes its messages to its own stdout (one JSON object a line) and anything else,
+such as library warnings, to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from retriever.errors import RetrieverError
+from retriever.onnx.record import TOLERANCE
+
+
+class PreparationFailed(RetrieverError):
+    """The child could not prepare the model (it says why); the caller does the work itself."""
+
+
+class Preparation:
+    """The parent's handle on one child preparing a model's cache entry."""
+
+    def __init__(self, spec, cache_dir: str | os.PathLike | None = None, tolerance: float = TOLERANCE):
+        from retriever.onnx.cache import cache_root
+
+        request = {"spec": asdict(spec), "cache_dir": str(cache_root(cache_dir)), "tolerance": tolerance}
+        self._stderr = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "retriever.onnx"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._stderr, start_new_session=True)
+        try:
+            self.process.stdin.write(json.dumps(request).encode())
+            self.process.stdin.close()
+        except OSError:
+            pass  # the child died at once: the next read says so
+        self._model: dict[str, Any] | None = None
+        self._done: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def _next(self) -> dict[str, Any]:
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            raise PreparationFailed(f"the model preparation process ended ({self.process.returncode}): "
+                                    f"{self._stderr_tail()}")
+        try:
+            message = json.loads(line)
+        except ValueError:
+            raise PreparationFailed(f"the model preparation process said {line[:200]!r}") from None
+        if message.get("event") == "error":
+            self.process.wait()
+            raise PreparationFailed(message.get("message", "unknown error"))
+        return message
+
+    def model(self) -> dict[str, Any]:
+        """{"model_id", "dim", "preprocess" (a twin's description or None)} once the child has the
+        model loaded. Raises PreparationFailed."""
+        with self._lock:
+            if self._model is None:
+                message = self._next()
+                if message.get("event") != "model":
+                    raise PreparationFailed(f"unexpected message from the preparation process: {message}")
+                self._model = message
+            return self._model
+
+    def result(self) -> dict[str, Any]:
+        """{"entry": the cache entry's folder} or {"cache_error": why the cache cannot be written},
+        once the child is done. Raises PreparationFailed."""
+        self.model()
+        with self._lock:
+            if self._done is None:
+                message = self._next()
+                if message.get("event") != "done":
+                    raise PreparationFailed(f"unexpected message from the preparation process: {message}")
+                self._done = message
+                self.process.wait()
+                self.close()
+            return self._done
+
+    def cancel(self) -> None:
+        """Stop the child (an interrupted run): whatever it was building is never used (the cache
+        builds in a temporary folder)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.close()
+
+    def close(self) -> None:
+        for stream in (self.process.stdout, self._stderr):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+
+    def _stderr_tail(self) -> str:
+        try:
+            self._stderr.seek(0)
+            lines = [ln for ln in self._stderr.read().decode(errors="replace").splitlines() if ln.strip()]
+        except (OSError, ValueError):
+            return "no message"
+        return lines[-1][:300] if lines else "no message"
+
+
+class PendingEncoder:
+    """The encoder of a new index while its model is prepared in a child (Preparation): it
+    preprocesses at once (the child's PIL + numpy twin), and encodes with what the preparation
+    chose once it is done (`resolve`): ONNX Runtime from the cache entry, or PyTorch loaded here
+    where ONNX Runtime measured slower or the export was refused. `finish` (at the end of the run)
+    attaches the export to the index even when nothing was encoded; `cancel` stops the child."""
+
+    device = "cpu"
+
+    def __init__(self, index, preparation: Preparation, backend: str = "auto", device: str = "auto",
+                 batch_size: int | None = None, on_backend=None, cache_dir: str | os.PathLike | None = None):
+        model = preparation.model()
+        self.index = index
+        self.preparation = preparation
+        self.model_id = model["model_id"]
+        self.dim = int(model["dim"])
+        self.twin = model["preprocess"]
+        self.input_size = int(self.twin["size"])
+        self.batch_size = int(batch_size or 32)
+        self._backend, self._device, self._batch = backend, device, batch_size
+        self._on_backend = on_backend or (lambda why: None)
+        self._cache_dir = cache_dir
+        self._attached = False
+        self._lock = threading.Lock()
+        self._choose_lock = threading.Lock()
+        self._chosen = None
+        self.resolved = None  # the encoder that encodes, once chosen
+
+    def preprocessor(self):
+        from retriever.onnx.preprocess import preprocessor_from
+
+        return preprocessor_from(self.twin)
+
+    def preprocess(self, image):
+        return self.preprocessor()(image)
+
+    def embed_preprocessed(self, items):
+        return self.resolve().embed_preprocessed(items)
+
+    def embed_images(self, images):
+        return self.resolve().embed_images(images)
+
+    def embed_texts(self, texts):
+        return self.resolve().embed_texts(texts)
+
+    def finish(self) -> None:
+        """The export attached to the index: from the child's cache entry; where the child failed,
+        made here (torch loaded), as an index created without a child would."""
+        with self._lock:
+            if self._attached:
+                return
+            from retriever.onnx import _refused, attach, export_index
+            from retriever.onnx.cache import open_entry
+
+            try:
+                done = self.preparation.result()
+            except PreparationFailed as exc:
+                self._on_backend(f"model preparation failed ({exc}): exporting here")
+                self.resolved = self.index.load_encoder(self._device, self._batch)
+                export_index(self.index, self.resolved, cache_dir=self._cache_dir)
+            else:
+                entry = open_entry(Path(done["entry"]), self.model_id) if done.get("entry") else None
+                if entry is not None:
+                    attach(self.index, entry)
+                else:
+                    reason = done.get("cache_error") or "the prepared cache entry is damaged"
+                    attach(self.index, None, _refused(self.index, TOLERANCE, reason))
+            self._attached = True
+
+    def resolve(self):
+        """The encoder that encodes (see the class's docstring), chosen once."""
+        with self._choose_lock:
+            if self._chosen is None:
+                self.finish()
+                from retriever.onnx import indexing_encoder_for
+
+                onnx, why = indexing_encoder_for(self.index, self._backend, self._device, self._batch)
+                # a PyTorch model loaded by a failed preparation is dropped when ONNX Runtime encodes
+                self._chosen = onnx or self.resolved or self.index.load_encoder(self._device, self._batch)
+                self.resolved = self._chosen
+                self._on_backend(why)
+        return self._chosen
+
+    def cancel(self) -> None:
+        self.preparation.cancel()
+
+
+def child() -> int:
+    """The child's work (see the module's docstring). Exit status 0 when it could say what it had
+    to say, even an error."""
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # prints of the libraries go to stderr: stdout carries the messages only
+
+    def say(**message: Any) -> None:
+        out.write(json.dumps(message) + "\n")
+        out.flush()
+
+    try:
+        request = json.loads(sys.stdin.read())
+        from retriever.encoders import create_encoder
+        from retriever.encoders.base import ModelSpec
+        from retriever.onnx import build_export
+        from retriever.onnx.cache import CacheError, ModelCache
+        from retriever.onnx.export import check_images, image_preprocess_twin
+
+        tolerance = float(request["tolerance"])
+        model = create_encoder(ModelSpec(**request["spec"]))
+        twin = image_preprocess_twin(model, check_images(), tolerance) if model.device == "cpu" else None
+        say(event="model", model_id=model.model_id, dim=int(model.dim), preprocess=twin)
+        try:
+            entry, _ = ModelCache(request["cache_dir"]).get_or_create(
+                model.model_id, lambda folder: build_export(model, folder, None, tolerance), tolerance)
+        except CacheError as exc:
+            say(event="done", cache_error=str(exc))
+            return 0
+        say(event="done", entry=str(entry.folder))
+    except Exception as exc:  # noqa: BLE001 - told to the parent, which does the work itself
+        say(event="error", message=f"{type(exc).__name__}: {exc}"[:500])
+    return 0
+

@@ -1,0 +1,93 @@
+"""A new index's first export in a child process (retriever.onnx.prepare): the indexing process
+imports no torch, gets the same vectors as an export made in-process, and survives a child that
+dies or an interrupted run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from retriever.index import Index, open_for_writing
+from retriever.indexer import IndexOptions, run_index
+from tests.conftest import PHOTOS, REPO
+
+pytest.importorskip("onnxruntime")
+
+CHILD_SCRIPT = """
+import json, sys
+import retriever
+new = retriever.NewIndex(model=sys.argv[2], pretrained=sys.argv[3], backend="onnx")
+with retriever.open(home=sys.argv[1], writable=True, new=new) as photos:
+    torch_at_open = "torch" in sys.modules
+    summary = photos.index([sys.argv[4]])
+    status = photos.status()
+hits = retriever.open(home=sys.argv[1]).search("a cat", k=5, keywords=False)
+print(json.dumps({"torch": torch_at_open or "torch" in sys.modules, "backend": summary.backend,
+                  "indexed": summary.indexed, "onnx_ok": bool(status["onnx"] and status["onnx"].get("ok")),
+                  "hits": [[h.path, h.score] for h in hits]}))
+"""
+
+
+def test_a_new_index_is_exported_by_a_child_and_this_process_imports_no_torch(tmp_path, tiny_clip):
+    env_cache = tmp_path / "cache"
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD_SCRIPT, str(tmp_path / "child-home"), tiny_clip["config"], tiny_clip["pt"],
+         str(PHOTOS)],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+        env={**__import__("os").environ, "RETRIEVER_CACHE_DIR": str(env_cache)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False and got["backend"] == "onnxruntime" and got["onnx_ok"]
+    assert got["indexed"] == len([p for p in PHOTOS.iterdir() if p.suffix in (".jpg", ".png", ".webp")])
+    assert list((env_cache / "onnx").glob("*/manifest.json")), "the child's export is in the cache"
+
+    # The same model exported and encoded in this process (torch already here): the same ranking.
+    index, encoder, _ = open_for_writing(tmp_path / "here", "default", model=tiny_clip["config"],
+                                         pretrained=tiny_clip["pt"], backend="onnx", cache_dir=tmp_path / "c2",
+                                         prepare_in_child=False)
+    with index:
+        assert type(encoder).__name__ == "OnnxEncoder"
+        run_index(index, encoder, [str(PHOTOS)], IndexOptions())
+    import retriever
+
+    hits = retriever.open(home=tmp_path / "here").search("a cat", k=5, keywords=False)
+    assert [h.path for h in hits] == [p for p, _ in got["hits"]]
+    assert [round(h.score, 4) for h in hits] == pytest.approx([s for _, s in got["hits"]], abs=2e-4)
+
+
+def test_a_child_that_dies_leaves_the_export_to_this_process(tmp_path, tiny_clip):
+    index, encoder, _ = open_for_writing(tmp_path / "h", "default", model=tiny_clip["config"],
+                                         pretrained=tiny_clip["pt"], cache_dir=tmp_path / "cache",
+                                         prepare_in_child=True)
+    assert type(encoder).__name__ == "PendingEncoder" and encoder.resolved is None
+    encoder.preparation.process.kill()  # after the model was loaded there, before its export
+    messages: list[str] = []
+    encoder._on_backend = messages.append
+    with index:
+        summary = run_index(index, encoder, [str(PHOTOS)], IndexOptions())
+        encoder.finish()
+        status = index.status()
+    assert summary.indexed == len([p for p in PHOTOS.iterdir() if p.suffix in (".jpg", ".png", ".webp")]) and summary.failed == 0
+    assert status["onnx"]["ok"], status["onnx"]
+    assert any("preparation failed" in m for m in messages), messages
+    with Index.open(tmp_path / "h", "default") as again:
+        assert again.status()["images"] == summary.indexed and again.status()["onnx"]["ok"]
+
+
+def test_an_interrupted_creation_stops_the_child_and_uses_no_export(tmp_path, tiny_clip):
+    from retriever import api
+    from retriever.onnx.cache import ModelCache
+
+    index, pending, _ = open_for_writing(tmp_path / "h", "default", model=tiny_clip["config"],
+                                         pretrained=tiny_clip["pt"], cache_dir=tmp_path / "cache",
+                                         prepare_in_child=True)
+    process = pending.preparation.process
+    with pytest.raises(KeyboardInterrupt), api.Collection(index, indexing_encoder=pending):
+        raise KeyboardInterrupt  # Ctrl-C while the child exports
+    assert process.poll() is not None, "the child is stopped"
+    assert ModelCache(tmp_path / "cache").lookup(pending.model_id) is None
+    with Index.open(tmp_path / "h", "default") as idx:
+        assert idx.status()["onnx"] is None  # queries on PyTorch until `retriever optimize` exports
