@@ -47,6 +47,7 @@ class NewIndex:
     onnx_export: bool = True  # export both towers to ONNX (checked against PyTorch) when it is created
     backend: str = "auto"  # what runs the image tower on the CPU: auto, onnx, pytorch
     cache_dir: str | None = None  # the shared model cache (None: $RETRIEVER_CACHE_DIR, else the user's cache)
+    precision: str | None = None  # the image tower: "fp32" (None: fp32 for a new index, any for an existing one) or "int8"
 
 
 def open(home: str | Path | None = None, index: str = "default", *, writable: bool = False,
@@ -74,7 +75,7 @@ def open(home: str | Path | None = None, index: str = "default", *, writable: bo
     idx, encoder, note = open_for_writing(
         home_dir, index, model=new.model, pretrained=new.pretrained, device=device, batch_size=new.batch_size,
         onnx_export=new.onnx_export, backend=new.backend, on_backend=lambda why: say(f"image encoder: {why}"),
-        cache_dir=new.cache_dir,
+        cache_dir=new.cache_dir, precision=new.precision,
     )
     collection = Collection(idx, device=device, indexing_encoder=encoder, batch_size=new.batch_size, on_message=say)
     collection.note = note

@@ -73,7 +73,8 @@ class Index(IndexVectors):
         return (Path(home) / check_name(name) / CATALOG_FILE).is_file()
 
     @classmethod
-    def create(cls, home: Path, name: str, spec: ModelSpec, model_id: str, dim: int) -> "Index":
+    def create(cls, home: Path, name: str, spec: ModelSpec, model_id: str, dim: int,
+               precision: str = "fp32") -> "Index":
         folder = Path(home) / check_name(name)
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / CATALOG_FILE
@@ -89,6 +90,7 @@ class Index(IndexVectors):
                     "model_id": model_id,
                     "model": {"name": spec.name, "pretrained": spec.pretrained},
                     "dim": dim,
+                    "precision": precision,
                     "created_at": utcnow(),
                     "generation": 0,
                 }
@@ -118,6 +120,17 @@ class Index(IndexVectors):
     @property
     def dim(self) -> int:
         return int(self.catalog.get_setting("dim"))
+
+    @property
+    def precision(self) -> str:
+        """The image tower's precision: "fp32", or "int8" (retriever.onnx.int8)."""
+        return self.catalog.get_setting("precision") or "fp32"
+
+    def check_precision_request(self, precision: str | None) -> None:
+        if precision is not None and precision != self.precision:
+            raise ModelMismatchError(
+                f"index {self.name!r} was built with --precision {self.precision}, not {precision}: use another "
+                f"--index NAME for {precision} vectors")
 
     def model_spec(self, device: str = "auto", batch_size: int | None = None) -> ModelSpec:
         model = self.catalog.get_setting("model")
@@ -216,7 +229,7 @@ class Index(IndexVectors):
         return {"usable": valid_record(self) is not None, "ok": record.get("ok"), "reason": record.get("reason"),
                 "opset": record.get("opset"), "onnxruntime": record.get("onnxruntime"),
                 "max_abs_diff": {name: t.get("max_abs_diff") for name, t in (record.get("towers") or {}).items()},
-                "indexing": record.get("indexing")}
+                "indexing": record.get("indexing"), "int8": record.get("int8")}
 
     def remove_images(self, ids: list[int]) -> None:
         """Drop images (rows and vectors) and bring the FAISS file up to date. Needs the lock."""
@@ -252,6 +265,7 @@ class Index(IndexVectors):
             "pretrained": model["pretrained"],
             "model_id": self.model_id,
             "dim": self.dim,
+            "precision": self.precision,
             "images": counts["images"],
             "vectors": info.count if current else counts["stored_vectors"],
             "vector_index": info.kind if info else None,
@@ -308,6 +322,19 @@ def _cached_export(spec, backend: str, batch_size: int | None, cache_dir, device
 
     model_id = model_id_of(spec)
     return None if model_id is None else cached_indexing_encoder(model_id, backend, batch_size, cache_dir, device)
+
+
+def _check_new_precision(precision: str, backend: str, device: str, onnx_export: bool) -> str:
+    """The precision asked for (an index's own, for an existing one), where it can run."""
+    from retriever.encoders.base import surely_cpu
+    from retriever.onnx.int8 import PRECISIONS, PrecisionError
+
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and (backend == "pytorch" or not onnx_export or not surely_cpu(device)):
+        raise PrecisionError("--precision int8 runs on ONNX Runtime on the CPU: it needs the ONNX export "
+                             "(not --no-onnx), not --backend pytorch, and --device cpu on a machine with a GPU")
+    return precision
 
 
 def _prepares_in_child(backend: str, device: str, prepare_in_child: bool | None) -> bool:
@@ -372,6 +399,7 @@ def open_for_writing(
     on_backend: Callable[[str], None] | None = None,
     cache_dir: str | Path | None = None,
     prepare_in_child: bool | None = None,
+    precision: str | None = None,
 ):
     """-> (Index holding the writer lock, its encoder, a note for the user or None).
 
@@ -397,6 +425,9 @@ def open_for_writing(
         index = Index.open(home, name)
         try:
             index.check_model_request(model, pretrained)
+            index.check_precision_request(precision)
+            if index.precision == "int8":
+                _check_new_precision("int8", backend, device, onnx_export=True)
             index.acquire_lock()
 
             def load():
@@ -409,6 +440,7 @@ def open_for_writing(
         except BaseException:
             index.close()
             raise
+    precision = _check_new_precision(precision or "fp32", backend, device, onnx_export)
     created_folder = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     probe = Index(folder, catalog=None)  # type: ignore[arg-type]  # lock only, no catalog yet
@@ -434,13 +466,13 @@ def open_for_writing(
             preparation = _start_preparation(spec, cache_dir)
         if cached is not None:
             entry, encoder, why = cached
-            index = Index.create(home, name, spec, entry.record["model_id"], int(entry.record["dim"]))
+            index = Index.create(home, name, spec, entry.record["model_id"], int(entry.record["dim"]), precision)
         elif preparation is not None:
             model_info = preparation.model()
-            index = Index.create(home, name, spec, model_info["model_id"], int(model_info["dim"]))
+            index = Index.create(home, name, spec, model_info["model_id"], int(model_info["dim"]), precision)
         else:
             encoder = create_encoder(spec)
-            index = Index.create(home, name, spec, encoder.model_id, encoder.dim)
+            index = Index.create(home, name, spec, encoder.model_id, encoder.dim, precision)
     except BaseException:
         if preparation is not None:
             preparation.cancel()
@@ -461,6 +493,10 @@ def open_for_writing(
 
         try:
             attach(index, entry)
+            if precision == "int8":  # attached: the int8 entry derived from the fp32 one
+                from retriever.onnx import indexing_encoder_for
+
+                encoder, why = indexing_encoder_for(index, backend, device, batch_size)
         except BaseException:
             index.close()
             raise

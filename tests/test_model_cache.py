@@ -186,3 +186,26 @@ def test_cache_list_and_prune(tmp_path):
     assert pruned.exit_code == 0 and f"removed {unused.name}" in pruned.output
     assert not unused.folder.exists() and used.folder.exists()
     assert os.listdir(tmp_path / "onnx")  # the used entry (and its lock files) stay
+
+
+def test_a_weights_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    """The model id of `--pretrained FILE` hashes the file; the hash is remembered while the file
+    is unchanged (its stat identity), and a change of any kind hashes it again."""
+    from retriever import digests
+
+    monkeypatch.setenv("RETRIEVER_CACHE_DIR", str(tmp_path / "cache"))
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"a" * 5000)
+    hashed: list[str] = []
+    real = digests.hash_file
+    monkeypatch.setattr(digests, "hash_file", lambda p: hashed.append(str(p)) or real(p))
+    first = digests.file_digest(weights)
+    assert digests.file_digest(weights) == first and len(hashed) == 1
+    assert oct((tmp_path / "cache" / digests.MEMO).stat().st_mode & 0o777) == "0o600"
+    st = weights.stat()
+    weights.write_bytes(b"b" * 5000)  # the same size, and the old mtime put back
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = digests.file_digest(weights)
+    assert len(hashed) == 2 and second != first
+    (tmp_path / "cache" / digests.MEMO).write_text("{not json")  # a damaged memo: hashed again
+    assert digests.file_digest(weights) == second and len(hashed) == 3

@@ -8,7 +8,6 @@ image preprocessing is exactly open_clip's validation transform for that model.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,12 +20,11 @@ from retriever.encoders.base import Encoder, ModelSpec, default_batch_size, reso
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_digest(path: Path) -> str:
+    """The weights file's content hash, which names the model (remembered: retriever.digests)."""
+    from retriever.digests import file_digest as remembered
+
+    return remembered(path)
 
 
 def _looks_like_path(value: str) -> bool:

@@ -38,10 +38,10 @@ from typing import Any, Callable
 
 from retriever.durable import atomic_write, fsync_folder, pid_alive
 from retriever.errors import RetrieverError
+from retriever.locations import CACHE_ENV, cache_root  # noqa: F401  (re-exported)
 from retriever.onnx.record import OPSET, TOLERANCE
 
 FORMAT = 1  # what an entry holds; a new format builds new entries
-CACHE_ENV = "RETRIEVER_CACHE_DIR"
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"
 USERS = "users"
@@ -51,17 +51,6 @@ HASH_CHUNK = 4 << 20
 
 class CacheError(RetrieverError):
     """The model cache cannot be written (a read-only folder, a full disk)."""
-
-
-def cache_root(explicit: str | os.PathLike | None = None) -> Path:
-    """--cache-dir, else $RETRIEVER_CACHE_DIR, else the user's cache folder."""
-    if explicit:
-        return Path(explicit).expanduser().absolute()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser().absolute()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("retriever"))
 
 
 def entry_name(model_id: str, tolerance: float) -> str:
