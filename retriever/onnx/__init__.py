@@ -225,7 +225,7 @@ def attach(index, entry, setting: dict[str, Any] | None = None) -> ExportReport:
         if getattr(index, "precision", "fp32") == "int8" and entry.record.get("precision") != "int8":
             from retriever.onnx.int8 import int8_entry
 
-            entry = int8_entry(entry)
+            entry = int8_entry(entry, OnnxEncoder)
         setting = entry.record
         entry.add_user(index.folder)
     index.catalog.set_settings({ONNX_SETTING: setting})

@@ -40,8 +40,9 @@ class PrecisionError(RetrieverError):
     """An int8 tower that cannot be made or used here."""
 
 
-def int8_entry(fp32_entry):
-    """The int8 entry derived from a model's fp32 cache entry, built once (under the cache's lock).
+def int8_entry(fp32_entry, encoder_class):
+    """The int8 entry derived from a model's fp32 cache entry, built once (under the cache's lock);
+    encoder_class: retriever.onnx.OnnxEncoder (given: this module is below the package).
     Raises PrecisionError when the quantized tower disagrees with fp32, CacheError when the cache
     cannot be written."""
     from retriever.onnx.cache import ModelCache
@@ -52,7 +53,7 @@ def int8_entry(fp32_entry):
                              "which this model's export does not have")
     cache = ModelCache(fp32_entry.folder.parent.parent)
     key = fp32_entry.manifest["model_id"] + SUFFIX
-    entry, _ = cache.get_or_create(key, lambda folder: _build(fp32_entry, folder, key), float(record["tolerance"]))
+    entry, _ = cache.get_or_create(key, lambda folder: _build(fp32_entry, folder, key, encoder_class), float(record["tolerance"]))
     if not entry.record.get("ok"):
         raise PrecisionError(f"--precision int8 refused for this model: {entry.record.get('reason')}; "
                              "use --precision fp32")
@@ -66,12 +67,11 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         shutil.copyfile(src, dest)
 
 
-def _build(fp32_entry, folder: Path, key: str) -> dict[str, Any]:
+def _build(fp32_entry, folder: Path, key: str, OnnxEncoder) -> dict[str, Any]:  # noqa: N803
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as exc:  # onnx missing
         raise PrecisionError(f"--precision int8 needs onnxruntime's quantization tools: {exc}") from exc
-    from retriever.onnx import OnnxEncoder
     from retriever.onnx.export import check_images
 
     record = {k: v for k, v in fp32_entry.record.items() if k not in ("cache", "cache_folder")}
