@@ -13,9 +13,9 @@ How: the baseline is checked out with `git worktree` into a temporary folder and
 side builds its own index of examples/photos with the offline encoder and its ONNX export (where
 its code keeps the export: the index folder, or the model cache). Each measure alternates the two sides in blocks (A B B A
 ...), every command a fresh process timed from spawn to exit, so drift in the machine's load
-falls on both; the figures are medians (p50) with p95. Warm daemon: the side's own daemon is
-started, answers --runs new queries, and is stopped before the other side's starts (a daemon of
-another build would step aside). HTTP: each side's server app in one process, --runs requests
+falls on both; the figures are medians (p50) with p95. Warm daemon: both sides' daemons run at
+once, each on its own index, are warmed by three queries, then answer --runs new queries each,
+alternating one by one. HTTP: each side's server app in one process, --runs requests
 with new queries over one keep-alive connection.
 """
 
@@ -145,19 +145,28 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     log("warm daemon search")
 
-    def warm(side: str, n: int) -> list[float]:
-        env = env_for(sides[side], homes[side])
-        subprocess.run([py, "-c", entry_code(sides[side]), "daemon", "start"], env=env, cwd=str(work), check=True,
-                       capture_output=True)
-        try:
-            timed([py, "-c", entry_code(sides[side]), "search", "warm up"], env, check_lines=10)
-            return [timed([py, "-c", entry_code(sides[side]), "search", next(taken)], env, check_lines=10)
-                    for _ in range(n)]
-        finally:
-            subprocess.run([py, "-c", entry_code(sides[side]), "daemon", "stop"], env=env, cwd=str(work),
-                           capture_output=True)
+    # Both sides' daemons run at once (each on its own index), warmed by a few queries, then the
+    # timed queries alternate A B B A ... one by one: a daemon's first answers after its start and
+    # a drift of the machine fall on both sides alike.
+    def daemon(side: str, action: str) -> None:
+        subprocess.run([py, "-c", entry_code(sides[side]), "daemon", action], env=env_for(sides[side], homes[side]),
+                       cwd=str(work), check=action == "start", capture_output=True)
 
-    warm_runs = alternate(sides, args.runs, warm)
+    warm_runs: dict[str, list[float]] = {name: [] for name in sides}
+    try:
+        for side in sides:
+            daemon(side, "start")
+        for side in sides:
+            for _ in range(3):
+                timed([py, "-c", entry_code(sides[side]), "search", "warm up"], env_for(sides[side], homes[side]),
+                      check_lines=10)
+        for i in range(args.runs):
+            for side in (list(sides) if i % 2 == 0 else list(sides)[::-1]):
+                warm_runs[side].append(timed([py, "-c", entry_code(sides[side]), "search", next(taken)],
+                                             env_for(sides[side], homes[side]), check_lines=10))
+    finally:
+        for side in sides:
+            daemon(side, "stop")
 
     log("HTTP search")
 
