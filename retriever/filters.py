@@ -137,11 +137,8 @@ def parse_near(text: str) -> tuple[float, float]:
 
 def parse_min_size(text: str) -> tuple[int, int]:
     """'1024' -> both sides at least 1024; '1920x1080' -> long side >= 1920 and short side >= 1080."""
-    parts = re.split(r"[x×X*, ]+", text.strip())
-    try:
-        sides = [int(p) for p in parts if p]
-    except ValueError:
-        sides = []
+    match = re.fullmatch(r"\s*([0-9]{1,9})\s*(?:[x×X*,]\s*([0-9]{1,9})\s*)?", text)
+    sides = [int(g) for g in match.groups() if g is not None] if match else []
     if len(sides) == 1:
         sides = sides * 2
     if len(sides) != 2 or min(sides) < 1:

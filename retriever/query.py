@@ -15,6 +15,7 @@ rclip's `+`/`-` arithmetic), so a negative term pushes its concept down the rank
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from retriever.errors import RetrieverError
 
 TEXT = "text"
 IMAGE = "image"
-_WEIGHT = re.compile(r"^([0-9]*\.?[0-9]+)\*(.+)$", re.S)
+# A weight: what float() reads (so "1e3", "nan" and "inf" too: the last two are refused), then "*"
+_WEIGHT = re.compile(r"^([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?|nan|inf|infinity)\*(.+)$", re.S | re.I)
 _PREFIXES = {"text:": TEXT, "image:": IMAGE, "img:": IMAGE}
 
 
@@ -78,6 +80,8 @@ def _term(word: str, sign: float, default: str) -> Term:
     if match:
         weight = float(match.group(1))
         word = match.group(2)
+        if not math.isfinite(weight):
+            raise QueryError(f"the weight in {match.group(0)!r} is not a finite number")
         if weight == 0:
             raise QueryError(f"a weight of 0 in {match.group(0)!r} removes the term: drop it instead")
     kind = None

@@ -270,6 +270,10 @@ def test_min_size_reads_either_orientation():
     assert F.parse_min_size("1920x1080") == (1920, 1080)
     assert F.parse_min_size("1080x1920") == (1920, 1080)
     assert F.parse_min_size("1024") == (1024, 1024)
+    assert F.parse_min_size(" 800 × 600 ") == (800, 600)
+    for bad in ("10x", "x10", "10x20x30", "0", "-5", "10 20", "1e3", "", "10xx20", "9" * 12):
+        with pytest.raises(FilterError, match="--min-size takes"):
+            F.parse_min_size(bad)
 
 
 def test_cli_filters_and_json(collection, tiny_clip):

@@ -67,6 +67,10 @@ def test_a_multiword_text_term_stays_whole():
         (["beach", "-", "+", "x"], "two operators"),
         (["-", "people"], "only negative terms"),
         (["0*beach"], "weight of 0"),
+        (["nan*cat"], "not a finite number"),
+        (["INF*cat"], "not a finite number"),
+        (["1e309*cat"], "not a finite number"),
+        (["9" * 400 + "*cat"], "not a finite number"),
         (["text:"], "empty query term"),
     ],
 )

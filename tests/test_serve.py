@@ -205,6 +205,8 @@ def test_thumbnail_and_original_by_id(client, offline_index):
     "/api/images/abc/thumbnail",
     "/api/images/99999999",
     "/api/images/99999999999999999999999999",
+    "/api/images/²/meta",
+    "/api/images/%D9%A3/thumbnail",
     "/static/..%2F..%2F..%2Fetc%2Fpasswd",
     "/static/../engine.py",
     "/static/",

@@ -118,7 +118,7 @@ def _results(hits, **extra: Any) -> dict[str, Any]:
 
 
 def _image_id(image_id: str) -> int:
-    if not image_id.isdigit() or len(image_id) > 18:
+    if not (image_id.isascii() and image_id.isdigit()) or len(image_id) > 18:  # not "²" or "٣"
         raise NotFound("no such image")
     return int(image_id)
 
