@@ -142,3 +142,25 @@ def test_text_queries_skip_the_padding_with_the_same_result(tiny_encoder):
     assert np.abs(ours - full).max() < 1e-5
     for i, text in enumerate(texts):  # alone (a shorter batch) or together: the same vectors
         assert np.abs(tiny_encoder.embed_texts([text])[0] - full[i]).max() < 1e-5
+
+
+def test_cached_tag_weights_load_with_the_hub_off_and_the_process_keeps_it_on():
+    """Cached weights of a tag load without asking the hub (its flag on while they load), and the
+    flag is put back: a later hub download in the process (a VLM for `ask`) is not refused."""
+    import huggingface_hub.constants as hub_constants
+
+    from retriever.encoders.openclip import _hub_offline
+
+    before = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = False
+    try:
+        with _hub_offline(True):
+            assert hub_constants.HF_HUB_OFFLINE is True
+        assert hub_constants.HF_HUB_OFFLINE is False
+        with pytest.raises(RuntimeError), _hub_offline(True):
+            raise RuntimeError("a load that fails")
+        assert hub_constants.HF_HUB_OFFLINE is False
+        with _hub_offline(False):
+            assert hub_constants.HF_HUB_OFFLINE is False
+    finally:
+        hub_constants.HF_HUB_OFFLINE = before

@@ -7,6 +7,7 @@ image preprocessing is exactly open_clip's validation transform for that model.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 from pathlib import Path
@@ -38,12 +39,15 @@ class OpenClipEncoder(Encoder):
 
         self.spec = spec
         arch, pretrained, self.model_id = self._resolve(open_clip, spec)
+        cached = pretrained is not None and pretrained in open_clip.list_pretrained_tags_by_model(arch) \
+            and _check_tag_reachable(open_clip, arch, pretrained)
         self.device = resolve_device(spec.device)
         self.batch_size = spec.batch_size or default_batch_size(self.device)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, pretrained=pretrained, device=self.device
-            )
+            with _hub_offline(cached):
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    arch, pretrained=pretrained, device=self.device
+                )
         except Exception as exc:  # noqa: BLE001 - a bad checkpoint fails in many ways (pickle, safetensors, shapes)
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightsNotFoundError(
@@ -89,7 +93,6 @@ class OpenClipEncoder(Encoder):
                 f"{name} needs --pretrained TAG or a weights file;{offer or ' it has no published tags'}"
             )
         if pretrained in tags:
-            _check_tag_reachable(open_clip, name, pretrained)
             return name, pretrained, f"open_clip/{name}/{pretrained}"
         path = Path(pretrained).expanduser()
         if path.is_file():
@@ -183,8 +186,26 @@ class TransformToArray:
         return self.transform(image).numpy()
 
 
-def _check_tag_reachable(open_clip, arch: str, tag: str) -> None:
-    """Fail within seconds when a tag's weights are neither cached nor downloadable."""
+@contextlib.contextmanager
+def _hub_offline(cached: bool):
+    """While cached weights load: huggingface_hub asks no hub for a newer revision (no waiting on
+    a network that may be down). Its flag, read at call time, is put back after: the rest of the
+    process (a VLM download that `ask` offers) still reaches the hub."""
+    if not cached:
+        yield
+        return
+    import huggingface_hub.constants as hub_constants
+
+    saved = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved
+
+
+def _check_tag_reachable(open_clip, arch: str, tag: str) -> bool:
+    """Fail within seconds when a tag's weights are neither cached nor downloadable. -> cached."""
     from retriever.encoders.hub import hub_reachable
 
     cfg = open_clip.get_pretrained_cfg(arch, tag)
@@ -199,14 +220,9 @@ def _check_tag_reachable(open_clip, arch: str, tag: str) -> None:
         for candidate in names:
             found = try_to_load_from_cache(repo, candidate)
             if isinstance(found, str) and os.path.isfile(found):
-                # Cached: load it without asking the hub for a newer revision (no waiting on a
-                # network that may be down). huggingface_hub reads this flag at call time.
-                import huggingface_hub.constants
-
-                huggingface_hub.constants.HF_HUB_OFFLINE = True
-                return
+                return True  # loaded with the hub off (_hub_offline)
     if hub_reachable():
-        return
+        return False
     where = f"hf-hub:{hub.rstrip('/')}" if hub else cfg.get("url", "its URL")
     raise WeightsNotFoundError(
         f"{arch}/{tag} weights are not cached and the model hub is unreachable: on a machine with network "
