@@ -10,7 +10,27 @@ from pathlib import Path
 from typing import Callable
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], mode: int = 0o644) -> None:
+PRIVATE_DIR = 0o700  # an index's folders: its paths, places, captions and text are private data
+PRIVATE_FILE = 0o600
+
+
+def private_folder(path: Path) -> Path:
+    """`path` made (with its parents) and kept 0700, whatever the umask."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    if path.stat().st_mode & 0o777 != PRIVATE_DIR:
+        os.chmod(path, PRIVATE_DIR)
+    return path
+
+
+def others_can_read(path: Path) -> bool:
+    """True when users other than the owner may read (or list) `path`."""
+    try:
+        return bool(path.stat().st_mode & 0o077)
+    except OSError:
+        return False
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], mode: int = PRIVATE_FILE) -> None:
     """`write(tmp)` fills a temporary file beside `path`, which then replaces `path` at once:
     a reader sees the old file or the new one, never half of it, whatever kills the process."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

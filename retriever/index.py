@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from retriever.durable import PRIVATE_FILE, private_folder
 from retriever.encoders.base import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,8 +76,7 @@ class Index(IndexVectors):
     @classmethod
     def create(cls, home: Path, name: str, spec: ModelSpec, model_id: str, dim: int,
                precision: str = "fp32") -> "Index":
-        folder = Path(home) / check_name(name)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = private_folder(Path(home) / check_name(name))
         final = folder / CATALOG_FILE
         if not final.exists():
             # Built under a temporary name and renamed: a kill during creation never leaves a
@@ -85,6 +85,7 @@ class Index(IndexVectors):
             from retriever.store.catalog import Catalog, utcnow
 
             catalog = Catalog(tmp, create=True)
+            os.chmod(tmp, PRIVATE_FILE)  # its -wal and -shm files take the same mode
             catalog.set_settings(
                 {
                     "model_id": model_id,
@@ -183,7 +184,7 @@ class Index(IndexVectors):
             raise RetrieverError(f"index {self.name!r} was opened read-only (Index.open(read_only=True)): no writing")
 
         path = self.folder / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -279,7 +280,16 @@ class Index(IndexVectors):
             "onnx": self._onnx_status(),
             "created_at": self.catalog.get_setting("created_at"),
             "last_run": self.catalog.last_run(),
+            "readable_by_others": self.readable_by_others(),
         }
+
+    def readable_by_others(self) -> list[str]:
+        """The index's folder and files that users other than the owner may read: an index holds
+        private data (paths, places, captions, text in photos) and is created 0700 / 0600."""
+        from retriever.durable import others_can_read
+
+        paths = [self.folder, *(p for p in self.folder.rglob("*") if not p.is_symlink())]
+        return [str(p) for p in paths if others_can_read(p)]
 
 
 def _shown_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -442,7 +452,7 @@ def open_for_writing(
             raise
     precision = _check_new_precision(precision or "fp32", backend, device, onnx_export)
     created_folder = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    private_folder(folder)
     probe = Index(folder, catalog=None)  # type: ignore[arg-type]  # lock only, no catalog yet
     try:
         probe.acquire_lock()

@@ -165,7 +165,7 @@ def build_ondisk(
         train_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        build_dir.mkdir()
+        build_dir.mkdir(mode=0o700)
         queries = tuning_queries(seeds, rng)
         truth = _ExactTopK(queries, RECALL_K)
         shards, total = _fill_shards(trained, chunks, build_dir, files, workers, shard_size, truth,

@@ -554,4 +554,4 @@ def _sidecar(path: Path) -> Path:
 
 
 def _atomic_write(path: Path, write) -> None:
-    atomic_write(path, write)  # the index is as readable as its catalog (0644)
+    atomic_write(path, write)  # private (0600), as the catalog

@@ -23,6 +23,9 @@ def status(home, index_name, as_json):
     with open_collection(home_dir(home), index_name) as collection:
         info = collection.status()
         info["daemon"] = is_running(collection.folder)  # a warm query daemon listens for this index
+    if info["readable_by_others"]:
+        click.echo(f"warning: other users can read this index ({len(info['readable_by_others'])} of its files and "
+                   f"folders, e.g. {info['readable_by_others'][0]}): chmod -R go-rwx {collection.folder}", err=True)
     if as_json:
         click.echo(json.dumps(info))
         return

@@ -186,7 +186,7 @@ def start_daemon(folder: str | os.PathLike, idle_s: float | None = None) -> bool
     except OSError:
         pass
     try:
-        with open(log, "ab") as out:
+        with open(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
             subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd="/",
                              start_new_session=True, close_fds=True)
     except OSError:

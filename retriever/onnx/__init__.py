@@ -230,7 +230,9 @@ def attach(index, entry, setting: dict[str, Any] | None = None) -> ExportReport:
         entry.add_user(index.folder)
     index.catalog.set_settings({ONNX_SETTING: setting})
     pointer = {k: setting.get(k) for k in ("cache", "cache_folder", "model_id", "ok")}
-    (Path(index.folder) / POINTER).write_text(json.dumps(pointer))
+    from retriever.durable import atomic_write
+
+    atomic_write(Path(index.folder) / POINTER, lambda tmp: tmp.write_text(json.dumps(pointer)))
     shutil.rmtree(Path(index.folder) / ONNX_FOLDER, ignore_errors=True)  # an export from before the cache
     return report_from_setting(setting)
 

@@ -178,7 +178,7 @@ def caption_lock(index) -> Iterator[None]:
     import fcntl
 
     path = index.folder / CAPTION_LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
