@@ -169,8 +169,14 @@ def build(
 
     if within_km is not None and near is None:
         raise FilterError("--within needs --near LAT,LON")
-    if within_km is not None and not within_km > 0:
+    if within_km is not None and not (within_km > 0 and math.isfinite(within_km)):
         raise FilterError("--within takes a distance in km greater than 0")
+    if min_score is not None and not -1.0 <= min_score <= 1.0:  # also NaN
+        raise FilterError(f"--min-score takes a cosine similarity between -1 and 1, not {min_score}")
+    for name, value in (("--after", after), ("--before", before), ("--near", near), ("--min-size", min_size),
+                        *(("--in", f) for f in folders), *(("--format", f) for f in formats)):
+        if value is not None and not str(value).strip():
+            raise FilterError(f"{name} was given an empty value")
     after_iso = parse_date(after) if after else None
     before_iso = parse_date(before) if before else None
     if after_iso and before_iso and after_iso >= before_iso:

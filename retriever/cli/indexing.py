@@ -101,6 +101,8 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
         import_ray()  # before any model is loaded: a missing extra is said at once
         ray_options = RayOptions(address=address, actors=ray_actors)
     for p in paths:
+        if not p.strip():
+            raise RetrieverError("an empty path was given: name the folders or files to index")
         if not is_url(p) and not Path(p).expanduser().exists():
             raise RetrieverError(f"no such file or folder: {p}")
     stop_on_sigterm()
@@ -168,6 +170,8 @@ def remove(paths, home, index_name, as_json):
     from retriever.files import absolute
     from retriever.index import Index
 
+    if any(not p.strip() for p in paths):  # absolute("") is the working directory: all of it
+        raise RetrieverError("an empty path was given: name the files or folders to drop")
     with Index.open(home_dir(home), index_name) as idx:
         idx.acquire_lock()
         per_path = {p: idx.catalog.ids_under(absolute(p)) for p in paths}

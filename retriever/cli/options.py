@@ -39,7 +39,7 @@ def device_option(fn: Callable) -> Callable:
 
 
 def output_options(fn: Callable) -> Callable:
-    fn = click.option("-k", "--top", "top", type=click.IntRange(min=1), default=10, show_default=True,
+    fn = click.option("-k", "--top", "top", type=click.IntRange(min=1, max=2**31 - 1), default=10, show_default=True,
                       help="How many results.")(fn)
     fn = click.option("--json", "as_json", is_flag=True,
                       help="One JSON object per line: rank, score, id, path and the catalog's metadata.")(fn)
