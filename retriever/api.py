@@ -116,15 +116,19 @@ class Collection:
     # -- life cycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._settle_export(cancel=False)
-        self.idx.close()
+        try:
+            self._settle_export(cancel=False)
+        finally:
+            self.idx.close()
 
     def __enter__(self) -> "Collection":
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        self._settle_export(cancel=exc_type is not None)
-        self.close()
+        try:
+            self._settle_export(cancel=exc_type is not None)
+        finally:
+            self.close()
 
     def _settle_export(self, cancel: bool) -> None:
         """A new index's export still being prepared in a child (retriever.onnx.prepare): waited

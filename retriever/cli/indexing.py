@@ -54,10 +54,11 @@ from retriever.errors import RetrieverError
                    "faster than PyTorch for this model (`retriever status` shows the figures), else "
                    "PyTorch; PyTorch always on CUDA.")
 @click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
-              help="A new index's image vectors: fp32, or int8 (the image tower quantized by ONNX Runtime: "
-                   "about 2x as fast on a CPU with VNNI, vectors within a cosine of 0.99 of fp32's, "
-                   "measured when the model is first quantized; see `retriever status`). Kept for good "
-                   "by the index.  [default: fp32]")
+              help="A new index's image vectors: fp32, or int8 (the image tower's matrix products "
+                   "quantized by ONNX Runtime: a transformer such as ViT-B-32 indexes 2-3x as fast on a "
+                   "CPU with VNNI, a CNN such as the offline encoder no faster; vectors within a cosine "
+                   "of 0.99 of fp32's, measured when the model is first quantized, see `retriever "
+                   "status`). Kept for good by the index.  [default: fp32]")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where files are decoded and encoded: this machine's pools, or a Ray cluster "
                    "(pip install 'retriever[distributed]'); the catalog and checkpoints stay here.")

@@ -142,6 +142,9 @@ class PendingEncoder:
         self.model_id = model["model_id"]
         self.dim = int(model["dim"])
         self.twin = model["preprocess"]
+        from retriever.onnx.preprocess import preprocessor_from
+
+        self._preprocess = preprocessor_from(self.twin)
         self.input_size = int(self.twin["size"])
         self.batch_size = int(batch_size or 32)
         self._backend, self._device, self._batch = backend, device, batch_size
@@ -154,12 +157,10 @@ class PendingEncoder:
         self.resolved = None  # the encoder that encodes, once chosen
 
     def preprocessor(self):
-        from retriever.onnx.preprocess import preprocessor_from
-
-        return preprocessor_from(self.twin)
+        return self._preprocess
 
     def preprocess(self, image):
-        return self.preprocessor()(image)
+        return self._preprocess(image)
 
     def embed_preprocessed(self, items):
         return self.resolve().embed_preprocessed(items)
