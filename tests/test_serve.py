@@ -294,10 +294,22 @@ def test_every_request_needs_the_token_when_one_is_set(engine):
         assert c.get("/api/status", headers={"X-Retriever-Token": "wrong"}).status_code == 401
         assert c.get("/api/status", headers={"X-Retriever-Token": "s3cret"}).status_code == 200
         assert c.get("/api/status", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        assert c.get("/api/status", params={"token": "s3cret"}).status_code == 200
-        page = c.get("/", params={"token": "s3cret"})  # the page's later requests carry the cookie
-        assert page.status_code == 200 and "HttpOnly" in page.headers["set-cookie"]
+        # a token in a URL only on the page's first address: cookie set, sent on to the clean URL
+        assert c.get("/api/status", params={"token": "s3cret"}).status_code == 401
+        first = c.get("/", params={"token": "s3cret"}, follow_redirects=False)
+        assert first.status_code == 303 and first.headers["location"] == "/"
+        assert "HttpOnly" in first.headers["set-cookie"] and "SameSite=Strict" in first.headers["set-cookie"]
+        page = c.get("/")  # the cookie now
+        assert page.status_code == 200 and "token" not in str(page.url)
         assert c.get("/api/status").status_code == 200
+
+
+def test_every_response_carries_the_security_headers(client):
+    for url in ("/", "/api/status", "/api/images/abc", "/static/app.js"):
+        headers = client.get(url).headers
+        csp = headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"
 
 
 def test_a_loopback_server_refuses_foreign_host_headers(engine):

@@ -233,7 +233,12 @@ class _Guard:
         set_cookie = None
         if self.token is not None:
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            given = [headers.get(TOKEN_HEADER.lower()), (query.get("token") or [None])[0]]
+            in_url = (query.get("token") or [None])[0]
+            if in_url is not None and scope["path"] != "/":
+                # a token in a URL ends up in logs and histories: only the page's first address has one
+                return await _send_json(send, 401, "the token goes in a header (X-Retriever-Token or "
+                                                   "Authorization: Bearer), not in the URL", {"www-authenticate": "Bearer"})
+            given = [headers.get(TOKEN_HEADER.lower()), in_url]
             auth = headers.get("authorization", "")
             if auth.lower().startswith("bearer "):
                 given.append(auth[7:].strip())
@@ -248,22 +253,39 @@ class _Guard:
                 return await _send_json(send, 401, "a token is required: header X-Retriever-Token, "
                                                    "Authorization: Bearer TOKEN, or ?token=TOKEN",
                                         {"www-authenticate": "Bearer"})
-            if (query.get("token") or [None])[0] and scope["path"] == "/":
-                # the page was opened with ?token=: its images and API calls carry the cookie
-                set_cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+            if in_url is not None:
+                # The page was opened with ?token=: the cookie is set and the browser sent on to
+                # the clean address; the page's images and API calls carry the cookie.
+                cookie_header = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+                await send({"type": "http.response.start", "status": 303,
+                            "headers": [(b"location", b"/"), (b"set-cookie", cookie_header.encode("latin-1")),
+                                        (b"content-length", b"0"), (b"cache-control", b"no-store"),
+                                        *SECURITY_HEADERS]})
+                return await send({"type": "http.response.body", "body": b""})
 
-        async def send_with_cookie(message):
-            if set_cookie and message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"set-cookie", set_cookie.encode("latin-1"))]}
+        async def send_secured(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
             await send(message)
 
-        await self.app(scope, receive, send_with_cookie)
+        await self.app(scope, receive, send_secured)
+
+
+# On every response: the page runs only its own script and style files (no inline code), is
+# never framed, and sends no referrer; nothing is sniffed into another type.
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; "
+                                 b"img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; "
+                                 b"form-action 'self'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
 
 
 async def _send_json(send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
     body = json.dumps({"error": message, "status": status}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *SECURITY_HEADERS]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
