@@ -472,14 +472,33 @@ def test_a_token_server_needs_the_token_from_the_environment(offline_index, offl
         server.stop()
 
 
-def test_serve_refuses_a_public_address_without_a_token(offline_index):
+def test_a_public_address_gets_a_token_and_a_token_is_kept_out_of_ps(tmp_path, offline_index):
+    import os
+
     from click.testing import CliRunner
 
     from retriever.cli import main
+    from retriever.cli.serve import choose_token
 
+    token, generated, warnings = choose_token(None, None, "0.0.0.0", insecure=False)
+    assert generated and len(token) >= 32 and warnings == []
+    assert choose_token(None, None, "0.0.0.0", insecure=True)[0] is None  # said in a warning
+    assert choose_token(None, None, "127.0.0.1", insecure=False) == (None, False, [])
+    _, _, said = choose_token("s3cret", None, "0.0.0.0", insecure=False, on_command_line=True)
+    assert "ps" in said[0] and "--token-file" in said[0]
+    assert choose_token("s3cret", None, "0.0.0.0", insecure=False, on_command_line=False)[2] == []
+    secret = tmp_path / "token"
+    secret.write_text("from-a-file\n")
+    os.chmod(secret, 0o600)
+    assert choose_token(None, str(secret), "0.0.0.0", insecure=False) == ("from-a-file", False, [])
+    os.chmod(secret, 0o644)
+    assert "chmod 600" in choose_token(None, str(secret), "0.0.0.0", insecure=False)[2][0]
     home = str(offline_index.folder.parent)
-    result = CliRunner().invoke(main, ["serve", "--home", home, "--host", "0.0.0.0"])
-    assert result.exit_code == 1 and "--token" in result.output
+    for args, message in ((["--token-file", str(tmp_path / "missing")], "cannot read --token-file"),
+                          (["--token", "a", "--token-file", str(secret)], "not both"),
+                          (["--token", " "], "--token is empty")):
+        result = CliRunner().invoke(main, ["serve", "--home", home, "--host", "0.0.0.0", *args])
+        assert result.exit_code == 1 and message in result.output, result.output
 
 
 def test_clients_that_disconnect_mid_response_leave_the_server_fine(live_server, offline_index):
