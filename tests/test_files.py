@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from retriever import files
 from retriever.errors import RetrieverError
-from retriever.files import NON_UNICODE_PREFIX, fingerprint_bytes, fingerprint_file, path_from_text, path_to_text, walk
+from retriever.files import (
+    NON_UNICODE_PREFIX,
+    fingerprint_bytes,
+    fingerprint_file,
+    path_from_text,
+    path_to_text,
+    walk,
+)
+from tests.conftest import REPO
 
 
 def touch(path, data=b"x"):
@@ -140,7 +156,16 @@ def non_utf8_file(folder) -> str | None:
 
 
 def test_non_utf8_names_survive_the_walk_and_a_sqlite_round_trip(tmp_path):
-    from sqlalchemy import Column, Integer, MetaData, Table, Text, create_engine, insert, select
+    from sqlalchemy import (
+        Column,
+        Integer,
+        MetaData,
+        Table,
+        Text,
+        create_engine,
+        insert,
+        select,
+    )
     from sqlalchemy.exc import StatementError
     from sqlalchemy.types import TypeDecorator
 
@@ -164,9 +189,8 @@ def test_non_utf8_names_survive_the_walk_and_a_sqlite_round_trip(tmp_path):
     plain = Table("plain", meta, Column("id", Integer, primary_key=True), Column("path", Text))
     typed = Table("typed", meta, Column("id", Integer, primary_key=True), Column("path", PathText, unique=True))
     meta.create_all(engine)
-    with engine.begin() as conn:
-        with pytest.raises((StatementError, UnicodeEncodeError)):  # why the catalog needs PathText
-            conn.execute(insert(plain).values(path=entry.path))
+    with engine.begin() as conn, pytest.raises((StatementError, UnicodeEncodeError)):  # why the catalog needs PathText
+        conn.execute(insert(plain).values(path=entry.path))
     with engine.begin() as conn:
         conn.execute(insert(typed).values(path=entry.path))
     with engine.connect() as conn:
@@ -211,21 +235,43 @@ def test_unreadable_files_are_yielded_and_unlistable_folders_reported(tmp_path, 
     assert rel(tmp_path, walk([tmp_path])) == ["locked.jpg", "z.jpg"]  # on_error is optional
 
 
-def test_a_really_unreadable_folder_is_skipped(tmp_path):
-    touch(tmp_path / "secret/x.jpg")
-    touch(tmp_path / "ok.jpg")
-    os.chmod(tmp_path / "secret", 0)
+# The same check as the test below, for a child process run as another user (see run_as_nobody).
+WALK_AN_UNREADABLE_FOLDER = """
+    from retriever.files import walk
+    folder = sys.argv[1]
+    secret = os.path.join(folder, "secret")
     try:
+        os.listdir(secret)
+        raise SystemExit("permissions do not apply to this user either")
+    except PermissionError:
+        pass
+    errors = []
+    found = sorted(os.path.relpath(e.path, folder) for e in walk([folder], on_error=lambda p, e: errors.append(p)))
+    assert found == ["ok.jpg"], found
+    assert errors == [secret], errors
+    print("walked", found, errors)
+"""
+
+
+def test_a_really_unreadable_folder_is_skipped(checked_tmp):
+    touch(checked_tmp / "secret/x.jpg")
+    touch(checked_tmp / "ok.jpg")
+    os.chmod(checked_tmp / "secret", 0)
+    try:
+        if is_root():  # permissions do not apply to root: the walk runs as another user
+            out = run_as_nobody(WALK_AN_UNREADABLE_FOLDER, str(checked_tmp))
+            assert f"walked ['ok.jpg'] [{str(checked_tmp / 'secret')!r}]" in out
+            return
         try:
-            os.listdir(tmp_path / "secret")
-            pytest.skip("permissions do not apply to this user (root)")
+            os.listdir(checked_tmp / "secret")
+            pytest.skip("permissions do not apply to this user (it lists a folder of mode 000)")
         except PermissionError:
             pass
         errors = []
-        assert rel(tmp_path, walk([tmp_path], on_error=lambda p, e: errors.append(p))) == ["ok.jpg"]
-        assert errors == [str(tmp_path / "secret")]
+        assert rel(checked_tmp, walk([checked_tmp], on_error=lambda p, e: errors.append(p))) == ["ok.jpg"]
+        assert errors == [str(checked_tmp / "secret")]
     finally:
-        os.chmod(tmp_path / "secret", 0o755)
+        os.chmod(checked_tmp / "secret", 0o755)
 
 
 def test_files_and_folders_vanishing_during_the_walk_are_skipped(tmp_path, monkeypatch):
@@ -253,3 +299,72 @@ def test_files_and_folders_vanishing_during_the_walk_are_skipped(tmp_path, monke
     errors = []
     assert rel(tmp_path, walk([tmp_path], on_error=lambda p, e: errors.append(p))) == ["a.jpg"]
     assert errors == []  # vanishing is not an error
+
+
+# --- as another user --------------------------------------------------------------------------------
+#
+# Permissions do not apply to root, and CI containers run the tests as root: there, the checks that
+# need them run in a child process as the user `nobody`, through subprocess's user=, group= and
+# extra_groups=[] (the setresgid, setgroups and setresuid of `setpriv --reuid --regid
+# --clear-groups`, without needing util-linux). The child runs real project code (retriever.files,
+# which needs only the standard library) with `python -S`: the first interpreter that `nobody` may
+# execute, this one or the system's /usr/bin/python3 (a virtual environment under a private home
+# folder, /root/.pyenv here, is out of its reach). Where none can, the test is skipped saying why.
+# tests/test_privacy.py uses these too.
+
+NOBODY_READY = "running as another user, with the project importable"
+
+
+def is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@contextmanager
+def checked_folder(tmp_path: Path) -> Iterator[Path]:
+    """The folder for a permission check's files: tmp_path, or as root a new folder that other
+    users may enter (pytest's tmp_path is private), for the child run as nobody; removed after."""
+    if not is_root():
+        yield tmp_path
+        return
+    folder = Path(tempfile.mkdtemp(prefix="retriever-perm-"))
+    try:
+        folder.chmod(0o755)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def checked_tmp(tmp_path):
+    with checked_folder(tmp_path) as folder:
+        yield folder
+
+
+def run_as_nobody(code: str, *args: str) -> str:
+    """Runs `code` (Python; os, sys and the repository importable; args in sys.argv[1:]) as the
+    user nobody; its asserts are the test's. -> the child's output. Only for root."""
+    import pwd
+
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("permissions do not apply to root, and there is no user nobody to run the check as")
+    prelude = (f"import os, sys\nsys.path.insert(0, {str(REPO)!r})\nimport retriever.files\n"
+               f"assert os.geteuid() != 0 and os.getgroups() in ([], [os.getegid()])\n"
+               f"print({NOBODY_READY!r}, flush=True)\n")
+    why = []
+    for python in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
+        try:
+            done = subprocess.run([python, "-S", "-B", "-c", prelude + textwrap.dedent(code), *args],
+                                  check=False, user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[], cwd="/",
+                                  env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
+                                  capture_output=True, text=True, timeout=60)
+        except OSError as exc:  # cannot even be executed by nobody
+            why.append(f"{python}: {exc.strerror}")
+            continue
+        if NOBODY_READY not in done.stdout:
+            why.append(f"{python}: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+            continue
+        assert done.returncode == 0, f"as nobody ({python}):\n{done.stdout}{done.stderr}"
+        return done.stdout
+    pytest.skip("permissions do not apply to root, and nobody cannot run the project's code here: " + "; ".join(why))

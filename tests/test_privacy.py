@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from retriever.cli import main
-from tests.conftest import PHOTOS
+from tests.conftest import PHOTOS, copy_photos
+from tests.test_files import checked_folder, is_root, run_as_nobody
 
 
 @pytest.fixture
@@ -45,3 +46,58 @@ def test_an_index_is_private_whatever_the_umask(tmp_path, loose_umask):
     status = runner.invoke(main, ["status", "--home", str(home)])
     assert status.exit_code == 0
     assert "warning: other users can read this index" in status.stderr and "chmod -R go-rwx" in status.stderr
+
+
+
+# What another user meets in an index, tried in a child process as nobody (see run_as_nobody in
+# tests/test_files.py): each "list:FOLDER" and "read:FILE" must be a PermissionError, each
+# "reach:PATH" must not be (os.stat: the folders above it let it through, so a denial after it comes
+# from the file's own mode). Positive controls first: the home folder lists, a photo reads.
+READ_ANOTHER_USERS_INDEX = """
+    home, photo, *attempts = sys.argv[1:]
+    assert "default" in os.listdir(home) and open(photo, "rb").read(2) == b"\\xff\\xd8"
+    denied = []
+    for attempt in attempts:
+        how, path = attempt.split(":", 1)
+        if how == "reach":
+            os.stat(path)
+            continue
+        try:
+            os.listdir(path) if how == "list" else open(path, "rb").close()
+        except PermissionError:
+            denied.append(os.path.basename(path))
+        else:
+            raise AssertionError(f"another user could {how} {path}")
+    print("denied", denied)
+"""
+
+
+def test_another_user_cannot_read_an_index(tmp_path, loose_umask, offline_encoder):
+    """The modes hold against another user: the index folder cannot be listed nor its catalog
+    read; and with its folders made searchable by all (a careless chmod), every file still
+    refuses. Needs root, to be another user."""
+    from retriever.encoders import ModelSpec
+    from retriever.index import Index
+    from retriever.indexer import run_index
+
+    if not is_root():
+        pytest.skip("needs a second user to read this user's index: runs where the tests run as root (CI)")
+    with checked_folder(tmp_path) as shared:
+        photos = copy_photos(shared / "photos", ["coffee.jpg"])
+        home = shared / "home"
+        with Index.create(home, "default", ModelSpec(name="offline"), offline_encoder.model_id,
+                          offline_encoder.dim) as index:
+            index.acquire_lock()
+            run_index(index, offline_encoder, [str(photos)])
+            index.release_lock()
+        home.chmod(0o755)  # open to others: what is checked is the index's own modes
+        folder = home / "default"
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        assert folder / "catalog.db" in files
+        controls = [str(home), str(photos / "coffee.jpg")]
+        out = run_as_nobody(READ_ANOTHER_USERS_INDEX, *controls, f"list:{folder}", f"read:{folder / 'catalog.db'}")
+        assert "denied ['default', 'catalog.db']" in out
+        for sub in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+            sub.chmod(0o711)
+        out = run_as_nobody(READ_ANOTHER_USERS_INDEX, *controls, *(a for f in files for a in (f"reach:{f}", f"read:{f}")))
+        assert f"denied {[f.name for f in files]}" in out

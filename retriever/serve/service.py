@@ -8,6 +8,8 @@ one SQLite connection per thread) run concurrently."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import stat
 import threading
@@ -18,15 +20,17 @@ from typing import Any
 import numpy as np
 
 from retriever.api import Collection
-from retriever.store.catalog import STATUS_INDEXED
 from retriever.errors import RetrieverError
 from retriever.filters import Filters
+from retriever.store.catalog import STATUS_INDEXED
 
 MAX_K = 500
 MAX_UPLOAD_BYTES = 32 << 20  # an uploaded query image
 MAX_UPLOAD_PIXELS = 50_000_000  # decoded with the indexing decoder under this pixel limit
 THUMBNAIL_SIDE = 384
 THUMBNAIL_CACHE_BYTES = 64 << 20
+VERIFIED_FILES = 4096  # files reached through a symlink whose content was checked, remembered
+MAX_LINKS = 40  # symlinks followed resolving one catalog path (the kernel's own limit)
 
 
 class ServeError(RetrieverError):
@@ -46,8 +50,8 @@ class NotFound(ServeError):
 
 @dataclass(frozen=True)
 class Original:
-    """An opened original: the file descriptor (opened without following a symlink), its size
-    and the name to serve it under. The caller closes fd."""
+    """An opened original: the file descriptor (see Service.open_original), its size and the name
+    to serve it under. The caller closes fd."""
 
     fd: int
     size: int
@@ -65,7 +69,8 @@ class Service:
         self.vlm_lock = threading.Lock()
         self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
         self._thumb_bytes = 0
-        self._thumb_lock = threading.Lock()
+        self._thumb_lock = threading.Lock()  # both caches: thumbnails and verified files
+        self._verified: OrderedDict[tuple, None] = OrderedDict()
 
     def warm(self) -> None:
         self.collection.warm()
@@ -150,7 +155,9 @@ class Service:
         return row
 
     def meta(self, image_id: int) -> dict[str, Any]:
-        """One image as a search hit would show it (score 0)."""
+        """One image as a search hit would show it (score 0); a 404, as for the original, once its
+        file is gone or is no longer the one that was indexed."""
+        os.close(self._open(self.image_row(image_id)).fd)
         hits = self.current()._hits([(0.0, image_id)])
         if not hits:
             raise NotFound(f"no image with id {image_id}")
@@ -158,40 +165,77 @@ class Service:
 
     def open_original(self, image_id: int) -> Original:
         """The catalog's file for an id, opened only if it is still the regular file that was
-        indexed (same size and mtime) and not a symlink: no path from the client, no following a
-        link swapped in since indexing."""
-        row = self.image_row(image_id)
-        path = row["path"]
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        indexed: no path from the client, and nothing swapped in since indexing, the file or any
+        folder above it (see _open_catalog_path)."""
+        return self._open(self.image_row(image_id))
+
+    def _open(self, row: dict[str, Any]) -> Original:
+        """Opened once (_open_catalog_path) and checked on that descriptor, which is then the only
+        way the file is read, for the original, a thumbnail or a video frame: a swap after the
+        checks changes nothing. Same size and mtime as indexed, always; and where the path went
+        through a symlink (a folder or the file itself), the same content too: the catalog's
+        fingerprint of the file.
+
+        Why symlinks are not simply refused: the indexer records paths as walked (absolute, not
+        resolved; files.walk follows linked folders and files), so a collection reached through a
+        link (~/Photos -> /mnt/disk/photos, /home -> /var/home) has only linked paths in its
+        catalog, and the catalog keeps no record of where a link led at indexing time. A link
+        there then, or one put in place of a folder since, is told apart by what matters: a file
+        whose bytes hash to the indexed fingerprint is the photo that was indexed, wherever the
+        link leads now; any other file, a different photo of the same name, size and mtime
+        included, is a 404. The check reads the file once per state (device, inode, size, mtime,
+        ctime), then is remembered; paths without a link (the usual case) are never hashed."""
+        image_id = row["id"]
         try:
-            fd = os.open(path, flags)
+            fd, through_link = _open_catalog_path(row["path"])
         except OSError:
             raise NotFound(f"the file of image {image_id} is gone or unreadable") from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row["size"], row["mtime_ns"]):
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row["size"], row["mtime_ns"]):
+                raise NotFound(f"the file of image {image_id} changed since it was indexed")
+            if through_link and not self._same_content(fd, st, row["fingerprint"]):
+                raise NotFound(f"the file of image {image_id} is not the one that was indexed")
+        except BaseException:
             os.close(fd)
-            raise NotFound(f"the file of image {image_id} changed since it was indexed")
-        return Original(fd, st.st_size, path)
+            raise
+        return Original(fd, st.st_size, row["path"])
+
+    def _same_content(self, fd: int, st: os.stat_result, fingerprint: str | None) -> bool:
+        if not fingerprint:
+            return False
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, fingerprint)
+        with self._thumb_lock:
+            if key in self._verified:
+                self._verified.move_to_end(key)
+                return True
+        try:
+            same = _fingerprint_fd(fd) == fingerprint
+        except OSError:
+            return False
+        if same:
+            with self._thumb_lock:
+                self._verified[key] = None
+                while len(self._verified) > VERIFIED_FILES:
+                    self._verified.popitem(last=False)
+        return same
 
     def thumbnail_jpeg(self, image_id: int, side: int = THUMBNAIL_SIDE) -> bytes:
-        """A JPEG thumbnail through the safe decoder, cached in memory (LRU, bounded in bytes)."""
+        """A JPEG thumbnail through the safe decoder, cached in memory (LRU, bounded in bytes). The
+        file is opened and checked on every request, a cached thumbnail's too: a photo whose file
+        is gone or swapped is a 404 however often it was shown before."""
         import io
 
-        from retriever.render import thumbnail
-
         row = self.image_row(image_id)
+        original = self._open(row)
         key = (image_id, row["path"], row["mtime_ns"], row["frame_ms"], side)
         with self._thumb_lock:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
+                os.close(original.fd)
                 return self._thumbs[key]
-        original = self.open_original(image_id)  # the same checks as the original
-        if row["frame_ms"] is None:
-            # decoded from the checked descriptor: nothing swapped in by path after the check
-            image = _thumbnail_from_fd(original, side)
-        else:
-            os.close(original.fd)
-            image = thumbnail(row["path"], row["frame_ms"], max_side=side)
+        # decoded from the checked descriptor (a video too): nothing is reopened by path
+        image = _thumbnail_from_fd(original, side, row["frame_ms"])
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=85)
         data = buf.getvalue()
@@ -221,23 +265,106 @@ class Service:
         }
 
 
-def _thumbnail_from_fd(original: Original, side: int):
+def _thumbnail_from_fd(original: Original, side: int, frame_ms: int | None = None):
+    """The thumbnail of an opened original, read from its descriptor (closed here): a still
+    through the safe decoder, a video's frame at frame_ms through PyAV reading the same open file."""
     from PIL import Image
 
     from retriever.errors import ImageDecodeError
     from retriever.images import MAX_FILE_BYTES, decode
     from retriever.render import ThumbnailError
+    from retriever.video import frame_at
 
     with os.fdopen(original.fd, "rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
-    try:
-        if len(data) > MAX_FILE_BYTES:
-            raise ImageDecodeError("too large to read")
-        image = decode(data, original.path, draft_min_side=side).image
-    except ImageDecodeError as exc:
-        raise ThumbnailError(original.path, str(exc)) from None
+        try:
+            if frame_ms is not None:
+                image = frame_at(f, int(frame_ms))  # PyAV takes a file object as well as a path
+            else:
+                data = f.read(MAX_FILE_BYTES + 1)
+                if len(data) > MAX_FILE_BYTES:
+                    raise ImageDecodeError("too large to read")
+                image = decode(data, original.path, draft_min_side=side).image
+        except ImageDecodeError as exc:
+            raise ThumbnailError(original.path, str(exc)) from None
     image.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return image
+
+
+# -- opening a catalog path -------------------------------------------------------------------------
+
+_DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+_FILE_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+_WALKS = {os.open, os.stat, os.readlink} <= os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
+
+
+def _open_catalog_path(path: str) -> tuple[int, bool]:
+    """Opens the regular file at an absolute path from the catalog -> (fd, through_link). The
+    path is resolved here, one component at a time from the root, never by the kernel: each
+    folder is opened with O_NOFOLLOW | O_DIRECTORY relative to its parent's descriptor (O_PATH
+    where there is one, so a folder that may be searched but not listed still works), the file
+    with O_NOFOLLOW relative to its folder's, once it was seen to be a regular file (no device or
+    FIFO is opened). A symlink on the way (a folder, or the file) is read and its target resolved
+    the same way; through_link says one was. Where the platform cannot open relative to a folder
+    (Windows), the path is opened as it is and counts as through a link, so that its content is
+    checked. Raises OSError (FileNotFoundError for a path that is not local and absolute)."""
+    if not os.path.isabs(path):  # a URL of remote storage: nothing to serve locally
+        raise FileNotFoundError(errno.ENOENT, "not a local path", path)
+    if not _WALKS:
+        return os.open(path, _FILE_FLAGS | getattr(os, "O_BINARY", 0)), True
+    pending = _components(path)
+    links = 0
+    through_link = False
+    fd = os.open(os.sep, _DIR_FLAGS)
+    try:
+        while pending:
+            name = pending.pop()
+            if name == "..":  # only from a link's target (catalog paths are normalised)
+                fd = _step(fd, os.open(name, _DIR_FLAGS, dir_fd=fd))
+                continue
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                links += 1
+                if links > MAX_LINKS:
+                    raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+                through_link = True
+                target = os.readlink(name, dir_fd=fd)
+                pending += _components(target)
+                if os.path.isabs(target):
+                    fd = _step(fd, os.open(os.sep, _DIR_FLAGS))
+            elif pending:
+                fd = _step(fd, os.open(name, _DIR_FLAGS, dir_fd=fd))
+            elif stat.S_ISREG(st.st_mode):
+                opened = os.open(name, _FILE_FLAGS, dir_fd=fd)
+                now = os.fstat(opened)
+                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                    os.close(opened)  # replaced between the look and the open
+                    raise FileNotFoundError(errno.ENOENT, "replaced while opened", path)
+                return opened, through_link
+            else:  # a folder, a FIFO, a device: never opened
+                raise OSError(errno.EINVAL, "not a regular file", path)
+        raise IsADirectoryError(errno.EISDIR, "the root folder", path)
+    finally:
+        os.close(fd)
+
+
+def _components(path: str) -> list[str]:
+    """A path's names, last first (a stack), without the empty and "." ones."""
+    return [name for name in reversed(path.split(os.sep)) if name not in ("", ".")]
+
+
+def _step(old: int, new: int) -> int:
+    os.close(old)
+    return new
+
+
+def _fingerprint_fd(fd: int, chunk: int = 1 << 20) -> str:
+    """retriever.files.fingerprint_file of an open file (BLAKE2b-128, hex), left at offset 0."""
+    h = hashlib.blake2b(digest_size=16)
+    os.lseek(fd, 0, os.SEEK_SET)
+    while block := os.read(fd, chunk):
+        h.update(block)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return h.hexdigest()
 
 
 def _check_k(k: int, most: int = MAX_K) -> None:
