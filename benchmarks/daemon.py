@@ -59,7 +59,9 @@ def script_paths() -> tuple[str, str | None]:
     for folder in os.environ.get("PATH", "").split(os.pathsep):
         candidate = os.path.join(folder, "retriever")
         if os.access(candidate, os.X_OK) and os.path.realpath(candidate) != os.path.realpath(script):
-            return str(script), candidate
+            # another environment's stale script (retriever not installed there) is no shim of this one
+            works = subprocess.run([candidate, "--version"], capture_output=True).returncode == 0
+            return str(script), candidate if works else None
     return str(script), None
 
 

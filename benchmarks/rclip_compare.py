@@ -133,14 +133,34 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _daemon_cpu() -> float:
+    """User + system CPU seconds so far of every running retriever daemon (and its reaped
+    children). The daemon is detached, so RUSAGE_CHILDREN never counts it: read /proc instead."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            if b"retriever.daemon" not in cmdline:
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        total += sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
+    return total
+
+
 def timed(cmd: list[str], *, cwd: Path, env: dict[str, str], what: str) -> tuple[float, str]:
-    """Wall seconds and stdout of one run; its CPU seconds (user + system, the process and its
-    children) go to CPU_SECONDS[what]: a figure that a busy machine disturbs much less than wall."""
-    cpu0 = _children_cpu()
+    """Wall seconds and stdout of one run; its CPU seconds (user + system, the process, its
+    children and any retriever daemon while it ran) go to CPU_SECONDS[what]: a figure that a busy machine disturbs much less than wall."""
+    cpu0, daemon0 = _children_cpu(), _daemon_cpu()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seconds = time.perf_counter() - t0
-    CPU_SECONDS.setdefault(what, []).append(_children_cpu() - cpu0)
+    # a daemon answers on the command's behalf: its CPU during the command counts too
+    CPU_SECONDS.setdefault(what, []).append(_children_cpu() - cpu0 + max(0.0, _daemon_cpu() - daemon0))
     if proc.returncode != 0:
         raise RuntimeError(f"{what} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-800:]}")
     return seconds, proc.stdout.decode(errors="replace")

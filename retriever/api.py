@@ -130,16 +130,19 @@ class Collection:
         finally:
             self.close()
 
-    def _settle_export(self, cancel: bool) -> None:
+    def _settle_export(self, cancel: bool) -> str | None:
         """A new index's export still being prepared in a child (retriever.onnx.prepare): waited
-        for and attached, or (an interrupted run, an error) stopped."""
+        for and attached, or (an interrupted run, an error) stopped. -> what the preparation did,
+        in words, for the run summary (None: there was none, or it was stopped)."""
         encoder, settle = self._indexing_encoder, None
         if encoder is not None and hasattr(encoder, "finish"):
             settle = encoder.cancel if cancel else encoder.finish
-        if settle is not None:
-            self._indexing_encoder = encoder.resolved or (lambda: self.idx.indexing_encoder(
-                self.device, self._batch_size))
-            settle()
+        if settle is None:
+            return None
+        self._indexing_encoder = encoder.resolved or (lambda: self.idx.indexing_encoder(
+            self.device, self._batch_size))
+        settle()
+        return None if cancel else getattr(encoder, "outcome", None)
 
     @property
     def name(self) -> str:
@@ -201,10 +204,10 @@ class Collection:
 
             summary = run_index_ray(self.idx, encoder, roots, index_options, ray or RayOptions(), on_progress=progress,
                                     device=self.device, batch_size=self._batch_size)
-            self._settle_export(cancel=summary.interrupted)
+            summary.preparation = self._settle_export(cancel=summary.interrupted)
             return summary
         summary = run_index(self.idx, encoder, roots, index_options, on_progress=progress)
-        self._settle_export(cancel=summary.interrupted)
+        summary.preparation = self._settle_export(cancel=summary.interrupted)
         return summary
 
     def status(self) -> dict[str, Any]:

@@ -77,6 +77,7 @@ class RunSummary:
     tuning: dict[str, Any] | None = None  # torch threads tried beside decode threads, and the choice
     engine: str = "local"  # where files were decoded and encoded: "local" (this process's pools) or "ray"
     backend: str | None = None  # what ran the image tower: "onnxruntime" or "pytorch (cpu|cuda)"; None: no model
+    preparation: str | None = None  # a new index's first export of its model on this machine, in words
 
     @property
     def indexed(self) -> int:
@@ -98,6 +99,7 @@ class RunSummary:
             "engine": self.engine,
             **({"backend": self.backend} if self.backend else {}),
             **({"tuning": self.tuning} if self.tuning else {}),
+            **({"preparation": self.preparation} if self.preparation else {}),
         }
 
 

@@ -27,6 +27,7 @@ with retriever.open(home=sys.argv[1], writable=True, new=new) as photos:
 hits = retriever.open(home=sys.argv[1]).search("a cat", k=5, keywords=False)
 print(json.dumps({"torch": torch_at_open or "torch" in sys.modules, "backend": summary.backend,
                   "indexed": summary.indexed, "onnx_ok": bool(status["onnx"] and status["onnx"].get("ok")),
+                  "preparation": summary.as_dict().get("preparation"),
                   "hits": [[h.path, h.score] for h in hits]}))
 """
 
@@ -43,6 +44,8 @@ def test_a_new_index_is_exported_by_a_child_and_this_process_imports_no_torch(tm
     assert got["torch"] is False and got["backend"] == "onnxruntime" and got["onnx_ok"]
     assert got["indexed"] == len([p for p in PHOTOS.iterdir() if p.suffix in (".jpg", ".png", ".webp")])
     assert list((env_cache / "onnx").glob("*/manifest.json")), "the child's export is in the cache"
+    # the run summary says what the first run did beside indexing
+    assert got["preparation"].startswith("first index of this model on this machine: exported for ONNX Runtime in ")
 
     # The same model exported and encoded in this process (torch already here): the same ranking.
     index, encoder, _ = open_for_writing(tmp_path / "here", "default", model=tiny_clip["config"],

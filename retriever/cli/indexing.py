@@ -148,6 +148,8 @@ def _print_index_summary(summary, status: dict[str, Any]) -> None:
         f"failed {summary.failed} in {duration(summary.seconds)}{rate}",
         err=True,
     )
+    if summary.preparation:
+        click.echo(summary.preparation, err=True)
     for path, reason in summary.failures[:10]:
         click.echo(f"  failed: {shown(path)}: {reason}", err=True)
     for warning in summary.warnings[:10]:

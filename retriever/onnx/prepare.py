@@ -155,6 +155,7 @@ class PendingEncoder:
         self._choose_lock = threading.Lock()
         self._chosen = None
         self.resolved = None  # the encoder that encodes, once chosen
+        self.outcome: str | None = None  # what the preparation did, in words, once finished (for the run summary)
 
     def preprocessor(self):
         return self._preprocess
@@ -190,9 +191,11 @@ class PendingEncoder:
                 entry = open_entry(Path(done["entry"]), self.model_id) if done.get("entry") else None
                 if entry is not None:
                     attach(self.index, entry)
+                    self.outcome = _outcome(done, entry.record)
                 else:
                     reason = done.get("cache_error") or "the prepared cache entry is damaged"
                     attach(self.index, None, _refused(self.index, TOLERANCE, reason))
+                    self.outcome = f"model prepared in {done.get('seconds', '?')} s, but not kept: {reason}"
             self._attached = True
 
     def resolve(self):
@@ -213,6 +216,18 @@ class PendingEncoder:
         self.preparation.cancel()
 
 
+def _outcome(done: dict[str, Any], record: dict[str, Any]) -> str:
+    """The run summary's line on a preparation that ended with a cache entry."""
+    if not done.get("built"):
+        return "model export found in the model cache (another process made it meanwhile)"
+    if not record.get("ok"):
+        return (f"model exported in {done.get('seconds', '?')} s but refused ({record.get('reason')}): "
+                "PyTorch encodes and answers queries for this model")
+    return (f"first index of this model on this machine: exported for ONNX Runtime in {done.get('seconds', '?')} s "
+            "while photos were read (kept in the model cache: the next index of this model skips it, and "
+            "searches need no torch)")
+
+
 def child() -> int:
     """The child's work (see the module's docstring). Exit status 0 when it could say what it had
     to say, even an error."""
@@ -223,6 +238,9 @@ def child() -> int:
         out.write(json.dumps(message) + "\n")
         out.flush()
 
+    import time
+
+    started = time.monotonic()
     try:
         request = json.loads(sys.stdin.read())
         from retriever.encoders import create_encoder
@@ -236,12 +254,12 @@ def child() -> int:
         twin = image_preprocess_twin(model, check_images(), tolerance) if model.device == "cpu" else None
         say(event="model", model_id=model.model_id, dim=int(model.dim), preprocess=twin)
         try:
-            entry, _ = ModelCache(request["cache_dir"]).get_or_create(
+            entry, built = ModelCache(request["cache_dir"]).get_or_create(
                 model.model_id, lambda folder: build_export(model, folder, None, tolerance), tolerance)
         except CacheError as exc:
-            say(event="done", cache_error=str(exc))
+            say(event="done", cache_error=str(exc), seconds=round(time.monotonic() - started, 1))
             return 0
-        say(event="done", entry=str(entry.folder))
+        say(event="done", entry=str(entry.folder), built=built, seconds=round(time.monotonic() - started, 1))
     except Exception as exc:  # noqa: BLE001 - told to the parent, which does the work itself
         say(event="error", message=f"{type(exc).__name__}: {exc}"[:500])
     return 0
