@@ -36,9 +36,20 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def query_words(text_query: str) -> list[str]:
-    """The words of a query that keyword search uses: lower-cased, stop words dropped, no repeats."""
+    """The words of a query that keyword search uses: lower-cased, stop words dropped, no repeats.
+    File-type words (jpg, png, mov, ...) are dropped too when the query has other words: every
+    file name ends in one, so in "chelsea.png" it is "chelsea" that tells one photo from the rest
+    (alone, "png" still finds the PNG files; `--format` is the exact filter)."""
     words = [w.lower() for w in _WORD.findall(text_query)]
-    return list(dict.fromkeys(w for w in words if w not in STOP_WORDS))
+    words = list(dict.fromkeys(w for w in words if w not in STOP_WORDS))
+    named = [w for w in words if w not in _file_type_words()]
+    return named or words
+
+
+def _file_type_words() -> frozenset[str]:
+    from retriever.files import IMAGE_SUFFIXES
+
+    return frozenset(s.lstrip(".") for s in IMAGE_SUFFIXES)
 
 
 def fts_query(words: Sequence[str]) -> str:

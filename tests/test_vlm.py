@@ -512,6 +512,10 @@ def test_file_names_are_keywords_before_any_caption_run_and_follow_moves(small_i
     catalog = small_index.catalog
     ids = ids_by_name(small_index)
     assert [i for i, _ in keyword_search(catalog, "chelsea", 5)] == [ids["chelsea.png"]]
+    # a file's full name finds that file alone: its type (png) is every PNG's word too
+    assert [i for i, _ in keyword_search(catalog, "chelsea.png", 5)] == [ids["chelsea.png"]]
+    pngs = {i for name, i in ids.items() if name.endswith(".png")}
+    assert {i for i, _ in keyword_search(catalog, "png", 50)} == pngs  # alone, the type still finds
     catalog.write_batch([{"id": ids["chelsea.png"], "path": "/elsewhere/IMG_2041-receipt_lunch.png"}])
     assert keyword_search(catalog, "chelsea", 5) == []
     assert [i for i, _ in keyword_search(catalog, "lunch receipts", 5)] == [ids["chelsea.png"]]
