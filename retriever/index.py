@@ -209,9 +209,10 @@ class Index(IndexVectors):
     # -- ONNX export (retriever.onnx) ------------------------------------------------------------
 
     def export_onnx(self, encoder=None, images=None, cache_dir=None):
-        """Export the index's encoder (None: load it on the CPU) to ONNX in INDEX/onnx, check it
-        against PyTorch, and record the outcome (setting "onnx"); a refused export leaves search on
-        PyTorch. Needs the writer lock. Raises MissingDependencyError without onnx/onnxruntime.
+        """The index's ONNX export from the shared model cache (cache_dir; None: the user's), made
+        there when the cache has none: the encoder (None: loaded on the CPU) exported, checked
+        against PyTorch and timed; the outcome recorded (setting "onnx"). A refused export leaves
+        search on PyTorch. Needs the writer lock. Raises MissingDependencyError without onnx/onnxruntime.
         -> onnx.ExportReport."""
         from retriever.onnx import export_index
 
