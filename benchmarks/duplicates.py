@@ -4,6 +4,12 @@
     python benchmarks/duplicates.py --data DIR --photos 200 --planted 80 --synthetic 10000   # quicker
     python benchmarks/duplicates.py --data DIR --home /tmp/dup-home       # keep the index to look at
 
+    # fit the threshold on the train split, then report it on the test split (run twice):
+    python benchmarks/duplicates.py --data ../shared/datasets/caltech101-train \
+        --mix ../shared/datasets/distractors-tune --synthetic ""
+    python benchmarks/duplicates.py --data ../shared/datasets/caltech101-test \
+        --mix ../shared/datasets/distractors-test --synthetic ""
+
 What it does:
   1. Takes --photos real photos from a folder-per-class collection (seeded, evenly over the
      classes) and plants variants of --planted of them, --variants-each per photo, the kinds taken in turn:
@@ -30,7 +36,11 @@ What it does:
                           wrong)
         groups, grouped_files, largest_group, mixed_groups (groups holding more than one family)
      The suggested default is the threshold with the best recall among those with
-     false_share <= 5 % (ties: the higher threshold).
+     false_share <= 5 % (ties: the higher threshold). It is a fit on --data: choose it on a
+     train split (caltech101-train) and read the figures at the shipped default on a test split.
+     --mix DIR adds --mix-photos photos of another folder (distractors: pictures of none of the
+     classes) as originals without variants, each its own label, so a false pair with one of them
+     counts as cross-class: a collection is not only four photos of each of 101 subjects.
   4. Cost: `find_duplicates` on the collection (median of 3, catalog read included), and the
      range search + grouping alone on --synthetic vectors (perturbed copies of the real
      embeddings, Gaussian noise of norm 0.5 renormalised, plus 1 % close copies at noise 0.1 so
@@ -191,6 +201,21 @@ def build_collection(data: Path, dest: Path, n_photos: int, n_planted: int, per_
     return files
 
 
+def add_mixed(files: list[dict[str, Any]], mix: Path, dest: Path, n: int | None, seed: int) -> None:
+    """Append up to `n` photos of `mix` (all when None) as originals of their own families."""
+    every = sorted(p for p in mix.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if n is not None and n < len(every):
+        every = sorted(random.Random(seed).sample(every, n))
+    (dest / "mixed").mkdir()
+    first = 1 + max(f["family"] for f in files)
+    for k, src in enumerate(every):
+        target = dest / "mixed" / f"m{k:04d}_{src.name}"
+        shutil.copyfile(src, target)
+        files.append({"path": str(target), "family": first + k, "label": f"{mix.name}/{src.name}",
+                      "kind": "original", "source": str(src)})
+
+
 # -- scoring ----------------------------------------------------------------------------------------
 
 
@@ -316,9 +341,13 @@ def run(args: argparse.Namespace, work: Path, home: Path) -> dict[str, Any]:
     log(f"1/4 planting variants of {args.planted} of {args.photos} photos ...")
     t0 = time.perf_counter()
     files = build_collection(args.data, work / "collection", args.photos, args.planted, args.variants_each, args.seed)
+    n_variants = len(files) - args.photos
+    if args.mix is not None:
+        add_mixed(files, args.mix, work / "collection", args.mix_photos, args.seed)
     truth = {f["path"]: f for f in files}
     result["collection"] = {
-        "photos": args.photos, "planted": args.planted, "variants": len(files) - args.photos,
+        "photos": args.photos, "planted": args.planted, "variants": n_variants,
+        "mix": None if args.mix is None else str(args.mix), "mixed": len(files) - args.photos - n_variants,
         "files": len(files), "variants_by_kind": dict(Counter(f["kind"] for f in files if f["kind"] != "original")),
         "build_s": round(time.perf_counter() - t0, 1),
     }
@@ -409,7 +438,8 @@ def table(r: dict[str, Any]) -> str:
     lines = [
         "",
         f"collection  {c['photos']} photos from {r['data']}, "
-        f"{c['variants']} planted variants of {c['planted']} of them",
+        f"{c['variants']} planted variants of {c['planted']} of them"
+        + (f", {c['mixed']} photos of {c['mix']} mixed in" if c.get("mixed") else ""),
         f"model       {r['index']['model_id']} (dim {r['index']['dim']}), "
         f"indexed at {r['index']['images_per_s']} img/s",
         f"default     {r['default_threshold']} (suggested by this sweep: {r['suggested_threshold']}); "
@@ -458,6 +488,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--photos", type=int, default=400, help="real photos taken from --data")
     ap.add_argument("--planted", type=int, default=160, help="how many of them get variants")
     ap.add_argument("--variants-each", type=int, default=2, help="variants per planted photo (kinds in turn)")
+    ap.add_argument("--mix", type=Path, default=None, help="a folder of other photos (distractors) to mix in")
+    ap.add_argument("--mix-photos", type=int, default=None, help="how many of --mix (default: all)")
     ap.add_argument("--thresholds", default=DEFAULT_THRESHOLDS, help="comma-separated cosine thresholds to sweep")
     ap.add_argument("--synthetic", default="10000,100000", help="comma-separated vector counts for the cost figures")
     ap.add_argument("--device", default="cpu")

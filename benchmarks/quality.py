@@ -4,6 +4,9 @@
     python benchmarks/quality.py --data DIR --model ViT-B-32 --pretrained laion2b_s34b_b79k
     python benchmarks/quality.py --data DIR --limit-per-class 10        # a quick look
 
+Report on caltech101-test; anything chosen from these figures is chosen on caltech101-train
+(benchmarks/refit.py re-fits the offline encoder's constants there with this file's functions).
+
 Figures:
   t2i_map, t2i_p10  text -> image: one query per class, "a photo of a {class}" (underscores to
                     spaces, plural folder names made singular); relevant = the images of that

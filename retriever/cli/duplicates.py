@@ -14,7 +14,7 @@ from retriever.cli.output import shown
 @index_options
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="T",
               help="Cosine similarity two photos need to be near-duplicates.  "
-                   "[default: by model family: 0.94 for the offline encoder and for open_clip models]")
+                   "[default: by model family: 0.95 for the offline encoder, 0.94 for open_clip models]")
 @click.option("--exact-only", is_flag=True,
               help="Only byte-identical copies (same fingerprint): loads no model and no vector index.")
 @click.option("--min-size", type=click.IntRange(min=2), default=2, show_default=True, metavar="N",
