@@ -1,16 +1,29 @@
 """The page in a real browser: Debian's chromium driven by Playwright (the python package only; no
-browser download), over a real uvicorn server on the offline index. Skips, saying why, when
-playwright or chromium is missing (.ci/run installs chromium when apt is there)."""
+browser download), over a real uvicorn server on the offline index.
+
+Without playwright or chromium (or with a chromium that does not start) the tests skip, saying why;
+when the environment variable CI is set they fail instead, so that a CI run cannot pass without
+having driven the page (.ci/run installs chromium when apt is there, and fails when CI is set and
+it cannot).
+
+Each step takes a screenshot and checks that it shows something: the PNG is decoded and must have
+real pixel variety (thousands of colours, a spread of brightness), not only a size on disk."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import PHOTOS
+
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+JPEGS = sorted(p.name for p in PHOTOS.iterdir() if p.suffix == ".jpg")
+PNG_OR_WEBP = sorted(p.name for p in PHOTOS.iterdir() if p.suffix in (".png", ".webp"))
 
 
 def _chromium() -> str | None:
@@ -23,66 +36,419 @@ def _chromium() -> str | None:
     return shutil.which("chromium")
 
 
-@pytest.fixture
-def browser_page():
+def _unavailable(reason: str):
+    """Skip, or fail when CI is set: there, a browser test that cannot run is a broken CI setup."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set, so the browser tests must run, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("the playwright python package is not installed (pip install -e '.[dev]')")
-    pytest.importorskip("fastapi")
+        _unavailable("the playwright python package is not installed (pip install -e '.[dev]')")
+    try:
+        import fastapi  # noqa: F401
+    except ImportError:
+        _unavailable("fastapi is not installed (pip install -e '.[dev]')")
     executable = _chromium()
     if executable is None:
-        pytest.skip("no chromium: apt-get install -y chromium (or set RETRIEVER_TEST_CHROMIUM)")
+        _unavailable("no chromium found: apt-get install -y chromium (or set RETRIEVER_TEST_CHROMIUM)")
     with sync_playwright() as p:
+        failure = None
         try:
-            browser = p.chromium.launch(executable_path=executable, headless=True,
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            chromium = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         except Exception as exc:  # noqa: BLE001  (a chromium that cannot start here is an environment gap)
-            pytest.skip(f"chromium at {executable} does not start: {str(exc).splitlines()[0]}")
-        page = browser.new_page(viewport={"width": 1000, "height": 800})
-        page.set_default_timeout(15_000)
-        yield page
-        browser.close()
+            failure = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if failure is not None:  # outside the except: the report is the reason, not a chained traceback
+            _unavailable(f"chromium at {executable} does not start: {failure}")
+        yield chromium
+        chromium.close()
 
 
-def test_search_click_and_more_like_this_in_a_browser(browser_page, offline_index, offline_encoder, tmp_path):
-    from retriever.serve.service import Service as Engine
+@pytest.fixture(scope="module")
+def server_url(offline_index, offline_encoder):
+    """One server (no VLM) on the offline index for the module's tests."""
+    pytest.importorskip("fastapi")
     from retriever.serve.server import Server
+    from retriever.serve.service import Service
 
-    server = Server(Engine(offline_index, encoder=offline_encoder), host="127.0.0.1", port=0)
+    server = Server(Service(offline_index, encoder=offline_encoder), host="127.0.0.1", port=0)
     info = server.start()
-    page = browser_page
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield info.url
+    server.stop()
+
+
+@pytest.fixture
+def new_page(browser):
+    """new_page(**context_options): a page in a fresh browser context; `page.problems` collects
+    the page's uncaught JS errors and console errors (a CSP violation is one)."""
+    contexts = []
+
+    def make(**options):
+        options.setdefault("viewport", {"width": 1000, "height": 800})
+        context = browser.new_context(**options)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.problems = []
+        page.on("pageerror", lambda exc: page.problems.append(f"pageerror: {exc}"))
+        page.on("console", lambda msg: msg.type == "error"
+                and page.problems.append(f"console: {msg.text} ({msg.location.get('url')})"))
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def _screenshot(page, path: Path, *, full_page: bool = False, min_spread: float = 25):
+    """Take a screenshot, decode it, and check it is not blank: a page of results shows photo
+    thumbnails, so thousands of colours and a wide spread of brightness. Returns the RGB image."""
+    from PIL import Image, ImageStat
+
+    page.screenshot(path=str(path), full_page=full_page)
+    print(f"screenshot: {path}")
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    colours = len(rgb.getcolors(maxcolors=1 << 24))
+    spread = ImageStat.Stat(rgb.convert("L")).stddev[0]
+    assert colours > 2000 and spread > min_spread, f"{path.name} looks blank: {colours} colours, brightness sd {spread:.1f}"
+    return rgb
+
+
+def _thumbnails_shown(page) -> None:
+    """Wait until every result thumbnail in the viewport has loaded and decoded."""
+    page.wait_for_function(
+        "() => { const imgs = [...document.querySelectorAll('#results .card img')]"
+        ".filter((i) => i.getBoundingClientRect().top < innerHeight);"
+        " return imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth > 0); }")
+
+
+def _names(page) -> list[str]:
+    return page.locator("#results .card .name").all_inner_texts()
+
+
+def _scores(page) -> list[float]:
+    return [float(s) for s in page.locator("#results .card .score").all_inner_texts()]
+
+
+def _open(page, url: str) -> None:
+    page.goto(f"{url}/")
+    page.wait_for_selector("#status:has-text('photos in index')")
+
+
+def _search(page, query: str, expect_status: str) -> None:
+    page.fill("#q", query)
+    page.press("#q", "Enter")
+    page.wait_for_selector(f"#status:has-text('{expect_status}')")
+
+
+def _focused_index(page) -> str | None:
+    return page.evaluate("() => document.activeElement && document.activeElement.dataset.index || null")
+
+
+def _drop(page, name: str, data: bytes, mime: str) -> None:
+    """A real drag and drop of a file onto the results list, as the browser fires it: dragenter
+    (the hint shows), dragover, drop, each with the same DataTransfer holding the File."""
+    transfer = page.evaluate_handle(
+        """([name, b64, mime]) => {
+             const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+             const transfer = new DataTransfer();
+             transfer.items.add(new File([bytes], name, { type: mime }));
+             return transfer;
+           }""",
+        [name, base64.b64encode(data).decode(), mime])
+    page.dispatch_event("#results", "dragenter", {"dataTransfer": transfer})
+    assert page.locator("#drop-hint").is_visible()
+    page.dispatch_event("#results", "dragover", {"dataTransfer": transfer})
+    page.dispatch_event("#results", "drop", {"dataTransfer": transfer})
+    assert page.locator("#drop-hint").is_hidden()
+
+
+# -- tests --------------------------------------------------------------------------------------------
+
+
+def test_search_click_viewer_keys_and_more_like_this(new_page, server_url, tmp_path):
+    page = new_page()
+    _open(page, server_url)
+    assert page.locator("#ask-form").is_hidden()  # no VLM: no ask box
+    _search(page, "a cat", "for “a cat”")
+    names = _names(page)
+    assert names[0] == "chelsea.png" and len(names) == 15
+    scores = _scores(page)
+    assert scores[0] > 0 and scores == sorted(scores, reverse=True)
+    assert "?q=a%20cat" in page.url  # the address holds the query
+    _thumbnails_shown(page)
+    _screenshot(page, tmp_path / "1-results.png")
+
+    # the grid: arrow keys move the focus between cards, by one or by a row
+    page.locator("#results .card").first.focus()
+    page.keyboard.press("ArrowRight")
+    assert _focused_index(page) == "1"
+    per_row = page.evaluate("() => getComputedStyle(document.querySelector('#results'))"
+                            ".gridTemplateColumns.split(' ').length")
+    assert per_row >= 3  # 1000 px wide
+    page.keyboard.press("ArrowDown")
+    assert _focused_index(page) == str(1 + per_row)
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowLeft")
+    assert _focused_index(page) == "0"
+    page.keyboard.press("ArrowLeft")  # nothing before the first
+    assert _focused_index(page) == "0"
+    page.keyboard.press("ArrowUp")  # nor above the first row
+    assert _focused_index(page) == "0"
+    # on a wide screen a row holds many more: ArrowDown still lands right below
+    page.set_viewport_size({"width": 2560, "height": 800})
+    wide = page.evaluate("() => getComputedStyle(document.querySelector('#results'))"
+                         ".gridTemplateColumns.split(' ').length")
+    assert wide > 10
+    page.keyboard.press("ArrowDown")
+    below = page.evaluate("() => { const c = document.querySelectorAll('#results .card');"
+                          " const a = c[0].getBoundingClientRect(), f = document.activeElement.getBoundingClientRect();"
+                          " return [f.left === a.left, f.top > a.bottom]; }")
+    assert _focused_index(page) == str(wide) and below == [True, True]
+    page.set_viewport_size({"width": 1000, "height": 800})
+    page.locator("#results .card").first.focus()
+
+    # Enter on the focused card opens the viewer on it; arrows step through the results
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#viewer[open]")
+    assert page.locator("#viewer-title").inner_text() == "chelsea.png"
+    assert page.evaluate("() => document.activeElement.id") == "more"
+    meta = dict(zip(page.locator("#viewer-meta dt").all_inner_texts(), page.locator("#viewer-meta dd").all_inner_texts()))
+    assert meta["format"] == "PNG" and meta["path"] == str(PHOTOS / "chelsea.png")
+    assert abs(float(meta["score"]) - scores[0]) <= 0.0005
+    original = page.request.get(f"{server_url}/{page.get_attribute('#viewer-original', 'href')}")
+    assert original.ok and original.body() == (PHOTOS / "chelsea.png").read_bytes()
+    page.wait_for_function("() => { const i = document.querySelector('#viewer-img');"
+                           " return i.complete && i.naturalWidth > 0; }")
+    _screenshot(page, tmp_path / "2-viewer.png")
+    page.keyboard.press("ArrowLeft")  # nothing before the first
+    assert page.locator("#viewer-title").inner_text() == "chelsea.png"
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert page.locator("#viewer-title").inner_text() == names[2]
+    page.keyboard.press("ArrowLeft")
+    assert page.locator("#viewer-title").inner_text() == names[1]
+    # Esc closes, and the focus goes back to the card of the photo last shown
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+    assert _focused_index(page) == "1"
+    # the last result: ArrowRight stays on it; the Close button closes
+    last = page.locator("#results .card").last
+    last.click()
+    page.wait_for_selector("#viewer[open]")
+    page.keyboard.press("ArrowRight")
+    assert page.locator("#viewer-title").inner_text() == names[-1]
+    page.click("#viewer-close")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+    assert _focused_index(page) == str(len(names) - 1)
+    # a click on the backdrop (outside the dialog's box) closes it too
+    page.locator("#results .card").first.click()
+    page.wait_for_selector("#viewer[open]")
+    page.mouse.click(3, 3)
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+
+    # More like this: the photos like the cat, without the cat itself
+    page.locator("#results .card").first.click()
+    page.click("#more")
+    page.wait_for_selector("#status:has-text('like chelsea.png')")
+    similar = _names(page)
+    assert len(similar) == 14 and "chelsea.png" not in similar
+    assert page.locator("#viewer[open]").count() == 0
+    _thumbnails_shown(page)
+    _screenshot(page, tmp_path / "3-more-like-this.png", full_page=True)
+    assert not page.problems, page.problems
+
+
+def test_drop_a_photo_then_filter_the_results(new_page, server_url, tmp_path):
+    from PIL import ImageStat
+
+    page = new_page()
+    _open(page, server_url)
+    _search(page, "a rocket", "for “a rocket”")  # something under the drop hint
+
+    # dragging a photo over the page shows the hint, painted over the page
+    transfer = page.evaluate_handle("() => { const t = new DataTransfer();"
+                                    " t.items.add(new File(['x'], 'x.png', { type: 'image/png' })); return t; }")
+    page.dispatch_event("#results", "dragenter", {"dataTransfer": transfer})
+    page.locator("#drop-hint").wait_for()
+    _thumbnails_shown(page)
+    hinted = _screenshot(page, tmp_path / "1-drop-hint.png", min_spread=10)  # under a tint
+    r, g, b = ImageStat.Stat(hinted.crop((0, 0, 1000, 800))).mean
+    assert b > r + 60 and b > g + 30, (r, g, b)  # the page is tinted the hint's blue
+    page.dispatch_event("#results", "dragleave")
+    assert page.locator("#drop-hint").is_hidden()
+
+    # dropping the cat photo: a search by that image, the cat first with a score of ~1 (itself)
+    _drop(page, "chelsea.png", (PHOTOS / "chelsea.png").read_bytes(), "image/png")
+    page.wait_for_selector("#status:has-text('results like chelsea.png')")
+    names, scores = _names(page), _scores(page)
+    assert names[0] == "chelsea.png" and scores[0] > 0.99 and scores[1] < 0.99, list(zip(names, scores))
+    _thumbnails_shown(page)
+    _screenshot(page, tmp_path / "2-dropped-cat.png")
+    # another photo brings another first result: the results follow the dropped file
+    _drop(page, "coffee.jpg", (PHOTOS / "coffee.jpg").read_bytes(), "image/jpeg")
+    page.wait_for_selector("#status:has-text('results like coffee.jpg')")
+    assert _names(page)[0] == "coffee.jpg" and _scores(page)[0] > 0.99
+    # the By photo… button does the same with a chosen file
+    page.set_input_files("#upload", str(PHOTOS / "flower.jpg"))
+    page.wait_for_selector("#status:has-text('results like flower.jpg')")
+    assert _names(page)[0] == "flower.jpg" and _scores(page)[0] > 0.99
+    # a file that is not a photo: the server's error is shown, marked as one
+    _drop(page, "notes.txt", b"not a photo", "text/plain")
+    page.wait_for_selector("#status.error")
+    assert page.locator("#status").inner_text() == "not an image upload (text/plain)"
+    page.problems[:] = [p for p in page.problems if "status of 4" not in p]  # the 4xx's console line
+
+    # filters: the Format filter keeps only the photos of those formats, in the search and the drop
+    page.click("#filters summary")
+    page.fill("#filters input[name=format]", "jpeg")
+    _search(page, "a cat", "for “a cat”")
+    assert page.locator("#status").inner_text().endswith("(format JPEG)")  # the filter is said
+    assert sorted(_names(page)) == JPEGS
+    _thumbnails_shown(page)
+    _screenshot(page, tmp_path / "3-format-jpeg.png")
+    page.fill("#filters input[name=format]", "png, webp")  # several, comma-separated: any of them
+    _search(page, "a cat", "for “a cat”")
+    assert sorted(_names(page)) == PNG_OR_WEBP and _names(page)[0] == "chelsea.png"
+    _drop(page, "coffee.jpg", (PHOTOS / "coffee.jpg").read_bytes(), "image/jpeg")
+    page.wait_for_selector("#status:has-text('results like coffee.jpg')")
+    assert sorted(_names(page)) == PNG_OR_WEBP  # the drop keeps the filters too
+    # Results (k) and Min score narrow the list; In folder takes an absolute folder
+    page.fill("#filters input[name=format]", "")
+    page.fill("#filters input[name=k]", "3")
+    _search(page, "a cat", "for “a cat”")
+    top3 = _names(page)
+    assert len(top3) == 3 and top3[0] == "chelsea.png"
+    page.fill("#filters input[name=k]", "24")
+    first, second = _scores(page)[:2]
+    page.fill("#filters input[name=min_score]", f"{(first + second) / 2:.4f}")  # between the two: one stays
+    _search(page, "a cat", "for “a cat”")
+    assert _names(page) == ["chelsea.png"]
+    page.fill("#filters input[name=min_score]", "")
+    page.fill("#filters input[name=in]", str(PHOTOS.parent / "elsewhere"))
+    _search(page, "a cat", "no results")
+    assert page.locator("#results .card").count() == 0
+    page.fill("#filters input[name=in]", str(PHOTOS))
+    _search(page, "a cat", "15 results")
+    _thumbnails_shown(page)
+    _screenshot(page, tmp_path / "4-in-folder.png")
+    page.fill("#filters input[name=in]", "photos")  # not absolute: the server says so, the page shows it
+    page.press("#q", "Enter")
+    page.wait_for_selector("#status.error")
+    assert "absolute folder" in page.locator("#status").inner_text()
+    page.problems[:] = [p for p in page.problems if "status of 4" not in p]
+    assert not page.problems, page.problems
+
+
+def test_the_ask_box_with_a_tiny_vlm(new_page, offline_index, offline_encoder, tmp_path):
+    pytest.importorskip("transformers")
+    import torch
+
+    from retriever.serve.server import Server
+    from retriever.serve.service import Service
+    from retriever.vlm.model import load_vlm
+    from tests.tiny_vlm import build_idefics3
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model's ops are microseconds long: threads only wait on each other
+    vlm = load_vlm(str(build_idefics3(tmp_path / "tiny-vlm")), device="cpu", max_image_tokens=64)
+    generated: list[str] = []
+    generate = vlm.generate
+
+    def generate_and_cite(prompts, images, max_new_tokens):
+        """The random model's own text (at most 32 tokens), plus a citation of Photo 2: random
+        weights never cite, and the page must show which photos an answer cites."""
+        texts = [text + " The cat is in photo 2." for text in generate(prompts, images, min(max_new_tokens, 32))]
+        generated.extend(texts)
+        return texts
+
+    vlm.generate = generate_and_cite
+    server = Server(Service(offline_index, encoder=offline_encoder, vlm=vlm), host="127.0.0.1", port=0)
+    info = server.start()
     try:
-        page.goto(f"{info.url}/")
-        page.wait_for_selector("#status:has-text('photos in index')")
-        assert page.locator("#ask-form").is_hidden()  # no VLM: no ask box
-        page.fill("#q", "a cat")
-        page.press("#q", "Enter")
-        first = page.locator("#results .card").first
-        first.wait_for()
-        assert first.locator(".name").inner_text() == "chelsea.png"
-        assert float(first.locator(".score").inner_text()) > 0
-        # the thumbnail really loaded
-        page.wait_for_function("() => { const i = document.querySelector('#results .card img');"
-                               " return i && i.complete && i.naturalWidth > 0; }")
-        first.click()
+        page = new_page()
+        _open(page, info.url)
+        page.locator("#ask-form").wait_for()  # a VLM: the ask box shows
+        assert page.locator("#answer").is_hidden()
+        page.fill("#ask", "Where is the cat?")
+        with page.expect_response(lambda r: "/api/ask?" in r.url) as response:
+            page.press("#ask", "Enter")
+        body = response.value.json()
+        page.wait_for_selector(f"#status:has-text('shown to {vlm.model_id}')")
+        assert page.locator("#answer").is_visible()
+        # the answer is the model's text, shown as text (its random bytes are no markup)
+        assert len(generated) == 1 and body["answer"] == generated[0]
+        assert page.evaluate("() => document.querySelector('#answer-text').textContent") == generated[0]
+        assert page.locator("#answer-text *").count() == 0
+        # the 4 photos the model was shown, in order, the cited one (Photo 2) marked
+        names = _names(page)
+        assert names == [Path(p["path"]).name for p in body["photos"]] and len(names) == 4
+        assert names[0] == "chelsea.png"
+        cited = page.locator("#results .card.cited .name").all_inner_texts()
+        assert cited == [names[1]] and body["citations"] == [2]
+        _thumbnails_shown(page)
+        shot = _screenshot(page, tmp_path / "ask.png")
+        # the cited card's border is painted in the citation colour (#e9a400)
+        box = page.locator("#results .card.cited").bounding_box()
+        r, g, b = shot.getpixel((int(box["x"] + box["width"] / 2), int(box["y"] + 1)))
+        assert r > 200 and 130 < g < 190 and b < 60, (r, g, b)
+        page.locator("#results .card.cited").click()  # a photo shown to the model opens in the viewer
         page.wait_for_selector("#viewer[open]")
-        assert page.locator("#viewer-title").inner_text() == "chelsea.png"
-        page.keyboard.press("ArrowRight")  # the next result, then back
-        assert page.locator("#viewer-title").inner_text() != "chelsea.png"
-        page.keyboard.press("ArrowLeft")
-        assert page.locator("#viewer-title").inner_text() == "chelsea.png"
-        page.click("#more")
-        page.wait_for_selector("#status:has-text('like chelsea.png')")
-        similar = page.locator("#results .card .name").all_inner_texts()
-        assert len(similar) == 14 and "chelsea.png" not in similar
-        assert page.locator("#viewer[open]").count() == 0
-        shot = tmp_path / "browser.png"
-        page.screenshot(path=str(shot), full_page=True)
-        print(f"screenshot: {shot}")
-        assert shot.stat().st_size > 10_000
-        assert not errors, errors
+        assert page.locator("#viewer-title").inner_text() == names[1]
+        assert not page.problems, page.problems
     finally:
         server.stop()
+        torch.set_num_threads(threads)
+
+
+def test_a_phone_sized_page(new_page, server_url, tmp_path):
+    page = new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, device_scale_factor=2)
+    no_overflow = "() => document.documentElement.scrollWidth <= window.innerWidth"
+    # the address of a search (as shared) opens on its results
+    page.goto(f"{server_url}/?q=a%20cat")
+    page.wait_for_selector("#status:has-text('for “a cat”')")
+    assert page.input_value("#q") == "a cat" and _names(page)[0] == "chelsea.png"
+    assert page.evaluate("() => window.innerWidth") == 390
+    assert page.evaluate(no_overflow), page.evaluate("() => document.documentElement.scrollWidth")
+    # every card lies within the viewport's width, two to a row
+    boxes = [page.locator("#results .card").nth(i).bounding_box() for i in range(4)]
+    assert all(b["x"] >= 0 and b["x"] + b["width"] <= 390 for b in boxes), boxes
+    assert boxes[0]["y"] == boxes[1]["y"] < boxes[2]["y"] and boxes[1]["x"] > boxes[0]["x"]
+    assert boxes[0]["width"] > 120  # not squeezed to slivers
+    _thumbnails_shown(page)
+    _screenshot(page, tmp_path / "1-phone-results.png")
+    # typing a search and tapping the button
+    page.fill("#q", "a rocket")
+    page.tap("#search-form button[type=submit]")
+    page.wait_for_selector("#status:has-text('for “a rocket”')")
+    assert _names(page)[0] == "rocket.jpg"
+    # the filters open within the width
+    page.tap("#filters summary")
+    page.locator("#filters input[name=format]").wait_for()
+    assert page.evaluate(no_overflow)
+    filters = page.locator("#filters").bounding_box()
+    assert filters["x"] >= 0 and filters["x"] + filters["width"] <= 390
+    # the viewer fits the phone's screen
+    page.locator("#results .card").first.tap()
+    page.wait_for_selector("#viewer[open]")
+    page.wait_for_function("() => { const i = document.querySelector('#viewer-img');"
+                           " return i.complete && i.naturalWidth > 0; }")
+    dialog = page.locator("#viewer").bounding_box()
+    assert dialog["x"] >= 0 and dialog["x"] + dialog["width"] <= 390, dialog
+    assert page.evaluate("() => { const v = document.querySelector('#viewer'); return v.scrollWidth <= v.clientWidth; }")
+    for selector in ("#viewer-img", "#more", "#viewer-close"):
+        box = page.locator(selector).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (selector, box)
+    _screenshot(page, tmp_path / "2-phone-viewer.png")
+    page.tap("#viewer-close")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+    assert page.evaluate(no_overflow)
+    assert not page.problems, page.problems

@@ -169,7 +169,8 @@ results.addEventListener("keydown", (e) => {
   const card = e.target.closest(".card");
   if (!card) return;
   const i = Number(card.dataset.index);
-  const perRow = Math.max(1, Math.round(results.clientWidth / card.offsetWidth));
+  // the grid's own column count (width / card width over-counts by the gaps on wide screens)
+  const perRow = Math.max(1, getComputedStyle(results).gridTemplateColumns.split(" ").length);
   const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: perRow, ArrowUp: -perRow }[e.key];
   if (step === undefined) return;
   const next = results.querySelector(`[data-index="${i + step}"]`);
