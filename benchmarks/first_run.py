@@ -82,7 +82,9 @@ def main() -> None:
                 model_args = ["--model", model, "--pretrained", str(weights)]
             for copies in (int(c) for c in args.copies.split(",")):
                 photos = work / f"photos-{copies}"
-                n = build_collection(args.photos, photos, copies)
+                if not photos.exists():  # (the same collection for every model)
+                    build_collection(args.photos, photos, copies)
+                n = sum(1 for f in photos.rglob("*") if f.is_file())
                 runs: dict[str, list[dict[str, float]]] = {"export": [], "pytorch": []}
                 for i in range(args.runs):
                     for mode in (("export", "pytorch") if i % 2 == 0 else ("pytorch", "export")):
