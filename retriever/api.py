@@ -163,7 +163,8 @@ class Collection:
         """Photos matching `query`, best first: the command line's query language. A string is
         read as a search box reads it (`beach - people`, `"a red car" + 0.5*night`); a list is
         the command line's words. Filters as keywords: after, before, folders, cameras, near,
-        within_km, formats, min_size, tags, min_score (see `retriever search --help`)."""
+        within_km, formats, min_size, tags (all), tags_any (any), no_tags (none), min_score (see
+        `retriever search --help`)."""
         from retriever.query import parse, words_of
 
         words = words_of(query) if isinstance(query, str) else list(query)
@@ -213,6 +214,13 @@ class Collection:
     def status(self) -> dict[str, Any]:
         """Where the index lives, its model, counts, vector index, tags, ONNX export, last run."""
         return self.idx.status()
+
+    def untag(self, path: str | Path, label: str) -> int:
+        """Remove a wrong tag from a photo (every frame of a video). The removal is remembered:
+        later `retriever tag` runs never give it back. Returns how many tags were removed."""
+        from retriever.tags import untag_in_index
+
+        return untag_in_index(self.idx, str(Path(path).expanduser()), label)
 
     # -- for retriever's front ends -------------------------------------------------------------
 

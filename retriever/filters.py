@@ -45,13 +45,15 @@ class Filters:
     formats: tuple[str, ...] = ()  # Pillow format names (JPEG, PNG, HEIF, ...); any passes
     min_size: tuple[int, int] | None = None  # (long side, short side) at least, either orientation
     tags: tuple[str, ...] = ()  # normalised labels; every one must be present
+    tags_any: tuple[str, ...] = ()  # normalised labels; at least one must be present
+    no_tags: tuple[str, ...] = ()  # normalised labels; none may be present
     min_score: float | None = None  # on the ranked hits, not in SQL
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # for display only
 
     def restricts(self) -> bool:
         """True when some catalog condition is set (min_score alone restricts nothing here)."""
         return bool(self.after or self.before or self.folders or self.cameras or self.near is not None
-                    or self.formats or self.min_size or self.tags)
+                    or self.formats or self.min_size or self.tags or self.tags_any or self.no_tags)
 
     def describe(self) -> list[str]:
         """Human-readable conditions, for messages and the HTML page."""
@@ -72,6 +74,10 @@ class Filters:
             out.append(f"at least {self.min_size[0]}x{self.min_size[1]}")
         if self.tags:
             out.append("tagged " + " and ".join(self.tags))
+        if self.tags_any:
+            out.append("tagged " + " or ".join(self.tags_any))
+        if self.no_tags:
+            out.append("not tagged " + " or ".join(self.no_tags))
         if self.min_score is not None:
             out.append(f"score >= {self.min_score:g}")
         return out
@@ -162,6 +168,8 @@ def build(
     formats: Sequence[str] = (),
     min_size: str | None = None,
     tags: Sequence[str] = (),
+    tags_any: Sequence[str] = (),
+    no_tags: Sequence[str] = (),
     min_score: float | None = None,
 ) -> Filters:
     """Filters from command-line strings; raises FilterError with a one-line reason."""
@@ -181,11 +189,10 @@ def build(
     before_iso = parse_date(before) if before else None
     if after_iso and before_iso and after_iso >= before_iso:
         raise FilterError(f"--after {after} is not before --before {before}: no date can match")
-    tag_names: tuple[str, ...] = ()
-    if tags:
-        from retriever.tags import normalize_label
-
-        tag_names = tuple(dict.fromkeys(normalize_label(t) for t in tags))
+    tag_names, any_names, not_names = _labels(tags), _labels(tags_any), _labels(no_tags)
+    both = set(tag_names) & set(not_names)
+    if both:
+        raise FilterError(f"--tag and --no-tag both name {min(both)!r}: no photo can match")
     return Filters(
         after=after_iso,
         before=before_iso,
@@ -196,8 +203,22 @@ def build(
         formats=tuple(dict.fromkeys(normalize_format(f) for f in formats)),
         min_size=parse_min_size(min_size) if min_size else None,
         tags=tag_names,
+        tags_any=any_names,
+        no_tags=not_names,
         min_score=min_score,
     )
+
+
+def _labels(values: Sequence[str] | str) -> tuple[str, ...]:
+    """Tag filter values -> normalised labels, each value comma-separated ('dog,cat'), in order."""
+    if not values:
+        return ()
+    from retriever.tags import normalize_label
+
+    if isinstance(values, str):
+        values = [values]
+    labels = (normalize_label(item) for value in values for item in str(value).split(","))
+    return tuple(dict.fromkeys(label for label in labels if label))
 
 
 # -- the catalog side ------------------------------------------------------------------------------

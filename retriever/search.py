@@ -234,7 +234,9 @@ class Searcher:
             meta = {"size": row["size"], "mtime": row["mtime_ns"] / 1e9, "fingerprint": row["fingerprint"]}
             meta.update({name: row[name] for name in METADATA_FIELDS})
             meta["date"] = row["taken_at"] or _local_iso(row["mtime_ns"])
-            meta["tags"] = tags.get(image_id, [])
+            scored = tags.get(image_id, [])
+            meta["tags"] = [label for label, _ in scored]
+            meta["tag_scores"] = [{"label": label, "score": round(s, 4)} for label, s in scored]
             hits.append(Hit(rank=len(hits) + 1, score=score, id=image_id, path=row["path"], meta=meta))
         return hits
 
@@ -273,11 +275,11 @@ def _local_iso(mtime_ns: int) -> str:
     return datetime.fromtimestamp(mtime_ns // 1_000_000_000).isoformat()
 
 
-def _tags_for(catalog, ids: list[int]) -> dict[int, list[str]]:
-    """Each image's zero-shot labels, best first (none before `retriever tag` has run)."""
+def _tags_for(catalog, ids: list[int]) -> dict[int, list[tuple[str, float]]]:
+    """Each image's zero-shot tags as (label, confidence), best first (none before `retriever tag`)."""
     if not ids:
         return {}
-    return catalog.tags_for(ids)
+    return catalog.scored_tags_for(ids)
 
 
 def _stat(path: str):

@@ -21,6 +21,10 @@ os.environ["RETRIEVER_NO_DAEMON"] = "1"
 # The shared ONNX model cache of the indexes the session fixtures build (each test gets its own
 # below): never the user's ~/.cache.
 os.environ["RETRIEVER_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="retriever-test-cache-")
+# The tag vocabulary's text vectors (retriever/tag_vocabulary.py), keyed by model: computed once
+# for the whole session and shared by every test's own cache (a symlink), as a user's machine
+# computes them once per model.
+SHARED_TAG_VOCABULARY = __import__("tempfile").mkdtemp(prefix="retriever-test-vocabulary-")
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO / "examples" / "photos"
@@ -38,7 +42,13 @@ def _isolated_env(tmp_path, monkeypatch):
     """Each test gets its own index home and cache: nothing leaks between tests or to ~."""
     monkeypatch.setenv("RETRIEVER_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("RETRIEVER_CACHE_DIR", str(tmp_path / "model-cache"))
+    # beside tmp_path, not in it: tests look at what they write there
+    cache = tmp_path.parent / f"{tmp_path.name}-model-cache"
+    cache.mkdir(mode=0o700, exist_ok=True)
+    vocabulary = cache / "tag-vocabulary"
+    if not vocabulary.exists():
+        vocabulary.symlink_to(SHARED_TAG_VOCABULARY, target_is_directory=True)
+    monkeypatch.setenv("RETRIEVER_CACHE_DIR", str(cache))
 
 
 @pytest.fixture(scope="session")

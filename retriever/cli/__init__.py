@@ -20,7 +20,7 @@ MODULES = {
     "ask": "vlm", "cache": "cache", "caption": "vlm", "daemon": "daemon", "duplicates": "duplicates",
     "errors": "status", "index": "indexing", "models": "status", "optimize": "optimize",
     "remove": "indexing", "search": "search", "serve": "serve", "similar": "search",
-    "status": "status", "tag": "tags", "tags": "tags",
+    "status": "status", "tag": "tags", "tags": "tags", "untag": "tags",
 }
 # command name -> the first paragraph of its help, for the command list of `retriever --help`
 SUMMARIES = {
@@ -44,8 +44,9 @@ SUMMARIES = {
              "under /api (schema at /openapi.json).",
     "similar": "Photos that look like IMAGES (files inside or outside the collection).",
     "status": "Where the index lives, its model, and its counts (images, vectors, failed, last run).",
-    "tag": "Tag every image with the labels it shows, by zero-shot classification.",
+    "tag": "Tag every image with the labels it shows (a built-in vocabulary, or your labels).",
     "tags": "The labels of the index with how many images have each, and the label set's settings.",
+    "untag": "Remove a wrong tag from a photo; later tagging runs never give it back.",
 }
 
 

@@ -70,7 +70,11 @@ def filter_options(fn: Callable) -> Callable:
         click.option("--min-size", metavar="N|WxH",
                      help="At least N pixels on both sides, or WxH in either orientation (1920x1080)."),
         click.option("--tag", "tags", multiple=True, metavar="LABEL",
-                     help="Only photos tagged LABEL by `retriever tag` (repeatable: all of them)."),
+                     help="Only photos tagged LABEL by `retriever tag` (repeatable or comma-separated: all of them)."),
+        click.option("--tag-any", "tags_any", multiple=True, metavar="A,B",
+                     help="Only photos tagged with at least one of these labels (repeatable: any of all given)."),
+        click.option("--no-tag", "no_tags", multiple=True, metavar="LABEL",
+                     help="Leave out photos tagged LABEL (repeatable or comma-separated: none of them)."),
         click.option("--min-score", type=float, metavar="S",
                      help="Drop results scoring below S (cosine similarity); may return fewer than -k."),
     ]
@@ -87,7 +91,8 @@ def pop_filters(kwargs: dict[str, Any]):
     return build(**values)
 
 
-FILTER_NAMES = ("after", "before", "folders", "cameras", "near", "within_km", "formats", "min_size", "tags", "min_score")
+FILTER_NAMES = ("after", "before", "folders", "cameras", "near", "within_km", "formats", "min_size", "tags", "tags_any", "no_tags",
+                "min_score")
 
 
 def view_options(fn: Callable) -> Callable:

@@ -7,8 +7,9 @@ L2-normalised, so that inner product is cosine similarity. Batching is written o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,11 +58,11 @@ class Encoder(ABC):
     device: str = "cpu"
 
     @abstractmethod
-    def preprocessor(self) -> Callable[["Image.Image"], np.ndarray]:
+    def preprocessor(self) -> Callable[[Image.Image], np.ndarray]:
         """A picklable callable: one decoded RGB image -> float32 array (C, H, W), the model's
         input. It holds no model, so decode worker processes can run it."""
 
-    def preprocess(self, image: "Image.Image") -> np.ndarray:
+    def preprocess(self, image: Image.Image) -> np.ndarray:
         return self.preprocessor()(image)
 
     @abstractmethod
@@ -76,21 +77,24 @@ class Encoder(ABC):
         """Preprocessed images -> (n, dim) float32, L2-normalised."""
         return self._run_batched(items, self._embed_preprocessed_batch)
 
-    def embed_images(self, images: Sequence["Image.Image"]) -> np.ndarray:
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Decoded RGB images -> (n, dim) float32, L2-normalised."""
         return self.embed_preprocessed([self.preprocess(im) for im in images])
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> (n, dim) float32, L2-normalised, in the same space as the images."""
-        return self._run_batched(list(texts), self._embed_text_batch)
+        """Texts -> (n, dim) float32, L2-normalised, in the same space as the images. Texts go in
+        chunks of at least TEXT_BATCH (a label vocabulary is hundreds of short texts: per-call
+        overhead, not memory, is their cost; 384 labels took 9.8 s at 32 a call, 3.4 s at 128)."""
+        return self._run_batched(list(texts), self._embed_text_batch, max(self.batch_size, TEXT_BATCH))
 
-    def _run_batched(self, items: Sequence[Any], fn) -> np.ndarray:
+    def _run_batched(self, items: Sequence[Any], fn, size: int | None = None) -> np.ndarray:
         if len(items) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        parts = [np.asarray(fn(chunk), dtype=np.float32) for chunk in batched(items, self.batch_size)]
+        parts = [np.asarray(fn(chunk), dtype=np.float32) for chunk in batched(items, size or self.batch_size)]
         return l2_normalize(np.concatenate(parts, axis=0))
 
 
+TEXT_BATCH = 256  # texts encoded per call, at least (see Encoder.embed_texts)
 CPU_BATCH, CUDA_BATCH = 32, 256  # CUDA: large enough to keep a GPU busy with ViT-B-sized models
 
 

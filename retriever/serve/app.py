@@ -103,14 +103,17 @@ def _filters(
     within: float | None = Query(None, description="km around near (default 1)"),
     format: list[str] = Query([], description="jpeg, png, heif, ... or video (repeatable: any)"),
     min_size: str | None = Query(None, description="N or WxH"),
-    tag: list[str] = Query([], description="Tagged LABEL (repeatable: all)"),
+    tag: list[str] = Query([], description="Tagged LABEL (repeatable or comma-separated: all)"),
+    tag_any: list[str] = Query([], description="Tagged with at least one of these labels (comma-separated)"),
+    no_tag: list[str] = Query([], description="Not tagged LABEL (repeatable or comma-separated: none)"),
     min_score: float | None = Query(None, description="Drop results scoring below this"),
 ):
     for folder in folders:
         if not os.path.isabs(os.path.expanduser(folder)):
             raise ServeError(f"'in' takes an absolute folder, not {folder!r}")
     return build(after=after, before=before, folders=folders, cameras=camera, near=near, within_km=within,
-                 formats=format, min_size=min_size, tags=tag, min_score=min_score)
+                 formats=format, min_size=min_size, tags=tag, tags_any=tag_any,
+                 no_tags=no_tag, min_score=min_score)
 
 
 def _results(hits, **extra: Any) -> dict[str, Any]:
@@ -179,6 +182,11 @@ def _routes(app: FastAPI, service: Service) -> None:
     @app.get("/api/images/{image_id}/meta", summary="One photo's metadata, as in search results")
     def meta(image_id: str):
         return service.meta(_image_id(image_id))
+
+    @app.delete("/api/images/{image_id}/tags/{label}",
+                summary="Remove a wrong tag from a photo (remembered: re-tagging keeps it off)")
+    def untag(image_id: str, label: str):
+        return service.untag(_image_id(image_id), label)
 
     @app.get("/api/images/{image_id}/thumbnail", summary="A JPEG thumbnail of a catalog image")
     def thumbnail(image_id: str, side: int = Query(384, ge=32, le=1024)):

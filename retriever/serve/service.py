@@ -163,6 +163,14 @@ class Service:
             raise NotFound(f"no image with id {image_id}")
         return hits[0].as_dict()
 
+    def untag(self, image_id: int, label: str) -> dict[str, Any]:
+        """Remove a wrong tag from one photo; remembered, so later `retriever tag` runs keep it off."""
+        from retriever.tags import normalize_label, untag_in_index
+
+        self.image_row(image_id)
+        removed = untag_in_index(self.index, None, label, image_id=image_id)
+        return {"id": image_id, "label": normalize_label(label), "removed": removed}
+
     def open_original(self, image_id: int) -> Original:
         """The catalog's file for an id, opened only if it is still the regular file that was
         indexed: no path from the client, and nothing swapped in since indexing, the file or any

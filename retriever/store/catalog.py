@@ -37,6 +37,7 @@ from retriever.store.schema import (  # noqa: F401  (re-exported: the names othe
     migrations_table,
     runs,
     settings,
+    tag_scored,
     tags,
     vectors,
 )
@@ -167,6 +168,7 @@ class Catalog:
         with self.engine.begin() as conn:
             for chunk in _chunks(remove_ids, 500):
                 conn.execute(delete(tags).where(tags.c.image_id.in_(chunk)))
+                conn.execute(delete(tag_scored).where(tag_scored.c.image_id.in_(chunk)))
                 conn.execute(delete(vectors).where(vectors.c.image_id.in_(chunk)))
                 conn.execute(delete(images).where(images.c.id.in_(chunk)))
             for row in rows:
@@ -185,6 +187,7 @@ class Catalog:
                     conn.execute(update(images).where(images.c.id == image_id).values(**values))
                 if "vector" in row:
                     conn.execute(delete(tags).where(tags.c.image_id == image_id))
+                    conn.execute(delete(tag_scored).where(tag_scored.c.image_id == image_id))
                     conn.execute(delete(vectors).where(vectors.c.image_id == image_id))
                     if row["vector"] is not None:
                         blob = np.asarray(row["vector"], dtype="<f4").tobytes()
@@ -241,9 +244,10 @@ class Catalog:
         return self._iter_vectors(dim, chunk)
 
     def iter_untagged_vectors(self, dim: int, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Like iter_vectors, for the items that have no tags: new, changed, or not yet reached by
-        an interrupted `retriever tag`. Tags written between chunks do not disturb the walk."""
-        return self._iter_vectors(dim, chunk, ~_has_tags())
+        """Like iter_vectors, for the items not scored under the stored label set: new, changed,
+        or not yet reached by an interrupted `retriever tag`. Tags written between chunks do not
+        disturb the walk."""
+        return self._iter_vectors(dim, chunk, ~_is_scored())
 
     def _iter_vectors(self, dim: int, chunk: int, *where) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         last = -1
@@ -283,16 +287,23 @@ class Catalog:
         tags were dropped."""
         with self.engine.begin() as conn:
             dropped = conn.execute(delete(tags)).rowcount
+            conn.execute(delete(tag_scored))
             self.set_settings({TAG_SET_KEY: tag_set}, conn)
         return int(dropped)
 
     def write_tags(self, image_ids: Sequence[int], rows: Iterable[tuple[int, str, float]]) -> None:
-        """Replace the tags of `image_ids` by `rows` (image_id, label, score), in one transaction.
-        A row whose image no longer holds a vector (removed meanwhile) is not written, so a tag
-        never outlives its image."""
+        """Replace the tags of `image_ids` by `rows` (image_id, label, score) and mark the images
+        scored, in one transaction. A row whose image no longer holds a vector (removed
+        meanwhile) is not written, so a tag never outlives its image; nor is a tag the user
+        removed (`retriever untag`)."""
         payload = [{"image_id": int(i), "label": label, "score": float(score)} for i, label, score in rows]
         guarded = text(
             "INSERT INTO tags (image_id, label, score) SELECT :image_id, :label, :score "
+            "WHERE EXISTS (SELECT 1 FROM vectors WHERE vectors.image_id = :image_id) "
+            "AND NOT EXISTS (SELECT 1 FROM tag_rejections r WHERE r.image_id = :image_id AND r.label = :label)"
+        )
+        scored = text(
+            "INSERT OR IGNORE INTO tag_scored (image_id) SELECT :image_id "
             "WHERE EXISTS (SELECT 1 FROM vectors WHERE vectors.image_id = :image_id)"
         )
         with self.engine.begin() as conn:
@@ -300,15 +311,16 @@ class Catalog:
                 conn.execute(delete(tags).where(tags.c.image_id.in_(chunk)))
             if payload:
                 conn.execute(guarded, payload)
+            if len(image_ids):
+                conn.execute(scored, [{"image_id": int(i)} for i in image_ids])
 
     def tagged_ids(self, label: str) -> list[int]:
         """Ids of the items tagged `label` (normalised here, as stored), by id."""
-        from retriever.tags import normalize_label
-
+        label = " ".join(str(label).split()).lower()  # tags.normalize_label (not imported: a cycle)
         with self.engine.connect() as conn:
             return list(
                 conn.execute(
-                    select(tags.c.image_id).where(tags.c.label == normalize_label(label)).order_by(tags.c.image_id)
+                    select(tags.c.image_id).where(tags.c.label == label).order_by(tags.c.image_id)
                 ).scalars()
             )
 
@@ -336,6 +348,12 @@ class Catalog:
                     out.setdefault(int(image_id), []).append(label)
         return out
 
+    def scored_tags_for(self, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
+        """Each item's tags as (label, score), best first; items without tags are absent."""
+        from retriever.store.tags import scored_tags_for
+
+        return scored_tags_for(self, ids)
+
     def tag_counts(self) -> dict[str, int]:
         """Items per label, most used first."""
         n = func.count().label("n")
@@ -344,11 +362,13 @@ class Catalog:
             return {label: int(count) for label, count in rows}
 
     def tag_coverage(self) -> dict[str, int]:
-        """{"tagged": items with a vector and tags, "untagged": items with a vector and none}."""
+        """{"tagged": items with a vector scored under the label set (with or without tags),
+        "untagged": items with a vector not scored yet, "with_tags": items that have a tag}."""
         with self.engine.connect() as conn:
-            untagged = conn.execute(select(func.count()).select_from(vectors).where(~_has_tags())).scalar_one()
+            untagged = conn.execute(select(func.count()).select_from(vectors).where(~_is_scored())).scalar_one()
             total = conn.execute(select(func.count()).select_from(vectors)).scalar_one()
-        return {"tagged": int(total - untagged), "untagged": int(untagged)}
+            with_tags = conn.execute(select(func.count(func.distinct(tags.c.image_id)))).scalar_one()
+        return {"tagged": int(total - untagged), "untagged": int(untagged), "with_tags": int(with_tags)}
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -435,9 +455,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def _has_tags():
-    """EXISTS: the vector's item has at least one tag (each tagged item has its top label)."""
-    return select(tags.c.image_id).where(tags.c.image_id == vectors.c.image_id).exists()
+def _is_scored():
+    """EXISTS: the vector's item was scored under the stored label set (it may have no tag)."""
+    return select(tag_scored.c.image_id).where(tag_scored.c.image_id == vectors.c.image_id).exists()
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -100,4 +100,10 @@ def where_clauses(f) -> tuple[list[str], dict[str, Any]]:
     for i, tag in enumerate(f.tags):
         where.append(f"EXISTS (SELECT 1 FROM tags WHERE tags.image_id = images.id AND tags.label = :tag{i})")
         params[f"tag{i}"] = tag
+    for name, labels, negate in (("tag_any", f.tags_any, ""), ("no_tag", f.no_tags, "NOT ")):
+        if labels:
+            marks = ", ".join(f":{name}{i}" for i in range(len(labels)))
+            where.append(f"{negate}EXISTS (SELECT 1 FROM tags WHERE tags.image_id = images.id "
+                         f"AND tags.label IN ({marks}))")
+            params.update({f"{name}{i}": label for i, label in enumerate(labels)})
     return where, params

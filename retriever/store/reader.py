@@ -24,7 +24,7 @@ from retriever.errors import CatalogError
 from retriever.files import path_from_text, path_to_text
 
 # catalog.MIGRATIONS, by name (catalog.py checks that the two agree)
-SCHEMA_MIGRATIONS = ("001_initial", "002_tags", "003_captions")
+SCHEMA_MIGRATIONS = ("001_initial", "002_tags", "003_captions", "004_tag_upkeep")
 STATUS_INDEXED, STATUS_FAILED = "indexed", "failed"
 METADATA_FIELDS = (  # image columns a search hit carries (catalog.py checks them against its table)
     "width", "height", "format", "taken_at", "camera_make", "camera_model", "gps_lat", "gps_lon", "frame_ms",
@@ -113,6 +113,18 @@ class CatalogReader:
         n_vectors = self._conn.execute("SELECT count(*) FROM vectors").fetchone()[0]
         return {"images": int(by_status.get(STATUS_INDEXED, 0)), "failed": int(by_status.get(STATUS_FAILED, 0)),
                 "stored_vectors": int(n_vectors)}
+
+    def scored_tags_for(self, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
+        """Each item's tags as (label, score), best first; items without tags are absent."""
+        out: dict[int, list[tuple[str, float]]] = {}
+        for chunk in _chunks([int(i) for i in ids]):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT image_id, label, score FROM tags WHERE image_id IN ({marks}) "
+                "ORDER BY image_id, score DESC, label", chunk)
+            for image_id, label, score in rows:
+                out.setdefault(int(image_id), []).append((label, float(score)))
+        return out
 
     def tags_for(self, ids: Sequence[int]) -> dict[int, list[str]]:
         """The labels of several items, each list best first; items without tags are absent."""

@@ -110,6 +110,21 @@ tags = Table(
     Column("score", REAL, nullable=False),  # the label's calibrated probability for this image
 )
 TAG_SET_KEY = "tag_set"  # settings key: the label set, its templates, threshold, scale and model id
+# Created by migration 004_tag_upkeep. tag_scored: the items scored under the stored label set
+# (an item may be scored and have no tag: open-world tags). tag_rejections: tags a user removed
+# (`retriever untag`); a later run never writes them again. A trigger drops both with the image.
+tag_scored = Table(
+    "tag_scored",
+    metadata,
+    Column("image_id", Integer, primary_key=True, autoincrement=False),  # = images.id
+)
+tag_rejections = Table(
+    "tag_rejections",
+    metadata,
+    Column("image_id", Integer, primary_key=True, autoincrement=False),  # = images.id
+    Column("label", Text, primary_key=True),  # normalised
+    Column("created_at", String, nullable=False),  # UTC ISO
+)
 
 # VLM captions (retriever/vlm/captions.py; statements in store/captions.py). Created by migration
 # 003_captions, whose DDL is the reference.
@@ -192,10 +207,23 @@ def _m003_captions(conn: Connection) -> None:
         conn.execute(text(statement))
 
 
+def _m004_tag_upkeep(conn: Connection) -> None:
+    # Open-world tags: "has a tag" no longer means "was scored", so scoring is recorded on its own;
+    # items tagged under the old rule count as scored. Removed tags are remembered per item.
+    conn.execute(text("CREATE TABLE tag_scored (image_id INTEGER PRIMARY KEY)"))
+    conn.execute(text("INSERT INTO tag_scored (image_id) SELECT DISTINCT image_id FROM tags"))
+    conn.execute(text("CREATE TABLE tag_rejections (image_id INTEGER NOT NULL, label TEXT NOT NULL, "
+                      "created_at TEXT NOT NULL, PRIMARY KEY (image_id, label)) WITHOUT ROWID"))
+    conn.execute(text("CREATE TRIGGER tr_tag_upkeep_gone AFTER DELETE ON images BEGIN "
+                      "DELETE FROM tag_scored WHERE image_id = old.id; "
+                      "DELETE FROM tag_rejections WHERE image_id = old.id; END"))
+
+
 # Named, ordered, applied once each. Append only; never edit or reorder a released migration.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_tags", _m002_tags),
     ("003_captions", _m003_captions),
+    ("004_tag_upkeep", _m004_tag_upkeep),
 ]
 assert tuple(name for name, _ in MIGRATIONS) == SCHEMA_MIGRATIONS, "store.reader.SCHEMA_MIGRATIONS lags"

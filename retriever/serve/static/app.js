@@ -16,8 +16,8 @@ function filterParams() {
   for (const input of document.querySelectorAll("#filters input")) {
     const value = input.value.trim();
     if (!value) continue;
-    // camera, format, tag and in take several values, comma-separated here
-    const many = ["camera", "format", "tag", "in"].includes(input.name);
+    // camera, format, the tag filters and in take several values, comma-separated here
+    const many = ["camera", "format", "tag", "tag_any", "no_tag", "in"].includes(input.name);
     for (const v of many ? value.split(",") : [value]) if (v.trim()) params.append(input.name, v.trim());
   }
   if (!params.has("k")) params.set("k", "24");
@@ -117,7 +117,44 @@ async function ask(question) {
 // -- the viewer -------------------------------------------------------------------------------
 
 const META_SHOWN = ["score", "date", "width", "height", "format", "camera_make", "camera_model",
-                    "gps_lat", "gps_lon", "size", "tags", "timestamp", "path"];
+                    "gps_lat", "gps_lon", "size", "timestamp", "path"];
+
+// A photo's tags: click one to search again with it as a filter; x removes a wrong one (the
+// removal is stored: re-tagging keeps it off).
+function showTags(hit) {
+  const list = $("#viewer-tags");
+  list.replaceChildren();
+  for (const { label, score } of hit.tag_scores || []) {
+    const li = document.createElement("li");
+    const filter = document.createElement("button");
+    filter.type = "button";
+    filter.className = "tag";
+    filter.textContent = `${label} ${Number(score).toFixed(2)}`;
+    filter.title = `only photos tagged ${label}`;
+    filter.addEventListener("click", () => {
+      document.querySelector('#filters input[name="tag"]').value = label;
+      $("#filters").open = true;
+      closeViewer();
+      search($("#q").value.trim() || label);
+    });
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "untag";
+    remove.textContent = "×";
+    remove.setAttribute("aria-label", `remove the tag ${label} from this photo`);
+    remove.addEventListener("click", async () => {
+      try {
+        await call(`api/images/${hit.id}/tags/${encodeURIComponent(label)}`, { method: "DELETE" });
+        hit.tag_scores = hit.tag_scores.filter((t) => t.label !== label);
+        hit.tags = (hit.tags || []).filter((t) => t !== label);
+        showTags(hit);
+        say(`removed the tag “${label}” from ${basename(hit.path)}`);
+      } catch (e) { say(e.message, true); }
+    });
+    li.append(filter, remove);
+    list.append(li);
+  }
+}
 
 function openViewer(i) {
   current = i;
@@ -139,6 +176,7 @@ function openViewer(i) {
     dd.textContent = value;
     dl.append(dt, dd);
   }
+  showTags(hit);
   if (!viewer.open) viewer.showModal();
   $("#more").focus();
 }
