@@ -8,11 +8,17 @@ For each model and collection size (copies of examples/photos, each copy re-enco
 differs), in alternation, each run with a new RETRIEVER_HOME, a new model cache
 (RETRIEVER_CACHE_DIR) and a new XDG_CACHE_HOME (a machine that has never run retriever):
 
-  export   `retriever index PHOTOS` (the default: the export is prepared by a child process while
-           photos are read; ONNX Runtime encodes) then `retriever search "a cat"`
+  export   `retriever index PHOTOS`, the default: a child process prepares the model's export
+           while photos are read; photos ready before it are encoded by PyTorch, ONNX Runtime
+           takes over once it is ready, and a run that ends first leaves the child to finish in
+           the background. Then `retriever search "a cat"` (ONNX Runtime if the export is in the
+           cache by then, else PyTorch).
   pytorch  `retriever index PHOTOS --no-onnx` (PyTorch encodes, nothing is exported) then the same
-           search (PyTorch again). This is a lower bound for "encode with PyTorch now, export
-           later": a real background export would take CPU from both commands.
+           search (PyTorch again): no export at all, the floor for a first run.
+
+Until 2026-12-04 (tree 954adba) the default waited for the export before encoding; this script
+measured that against `--no-onnx` and the wait lost (ViT-B-32: 41-68 s against 22-32 s for index
+and search together), which is why the default now encodes with PyTorch meanwhile.
 
 The daemon is off (RETRIEVER_NO_DAEMON=1) so that each search is one process. Prints one JSON
 line, then a table: median walls of the index command, the search, and both.

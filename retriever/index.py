@@ -229,6 +229,7 @@ class Index(IndexVectors):
         if not record:
             return None
         return {"usable": valid_record(self) is not None, "ok": record.get("ok"), "reason": record.get("reason"),
+                "pending": bool(record.get("pending")),
                 "opset": record.get("opset"), "onnxruntime": record.get("onnxruntime"),
                 "max_abs_diff": {name: t.get("max_abs_diff") for name, t in (record.get("towers") or {}).items()},
                 "indexing": record.get("indexing"), "int8": record.get("int8")}
@@ -389,6 +390,16 @@ def _with_onnx_export(index: Index, encoder, note: str | None, cache_dir=None) -
     return f"{note}; {refused}" if note else refused
 
 
+def _attach_background_export(index) -> None:
+    """An export a background process finished since the last run is recorded now."""
+    try:
+        from retriever.onnx import attach_pending
+
+        attach_pending(index)
+    except (ImportError, OSError):
+        pass
+
+
 def _read_holder(fd: int) -> dict[str, Any]:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
@@ -440,6 +451,7 @@ def open_for_writing(
             if index.precision == "int8":
                 _check_new_precision("int8", backend, device, onnx_export=True)
             index.acquire_lock()
+            _attach_background_export(index)
 
             def load():
                 encoder, why = index.indexing_encoder(device, batch_size, backend)

@@ -94,3 +94,45 @@ def test_an_interrupted_creation_stops_the_child_and_uses_no_export(tmp_path, ti
     assert ModelCache(tmp_path / "cache").lookup(pending.model_id) is None
     with Index.open(tmp_path / "h", "default") as idx:
         assert idx.status()["onnx"] is None  # queries on PyTorch until `retriever optimize` exports
+
+
+def test_a_first_index_encodes_with_pytorch_while_the_export_goes_on_in_the_background(tmp_path, tiny_clip, monkeypatch):
+    """Photos are ready before the child is done (forced here: `ready` says no until the run ends):
+    PyTorch encodes them, the run ends without waiting, and the export the child goes on to make
+    is found by searches and recorded by the next writing run."""
+    import numpy as np
+
+    from retriever.onnx import ONNX_SETTING, OnnxEncoder, onnx_encoder_for, valid_record
+    from retriever.onnx.prepare import Preparation
+
+    monkeypatch.setattr(Preparation, "ready", lambda self: False)
+    messages: list[str] = []
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    index, encoder, _ = open_for_writing(home, "default", model=tiny_clip["config"], pretrained=tiny_clip["pt"],
+                                         cache_dir=cache, prepare_in_child=True, on_backend=messages.append)
+    with index:
+        summary = run_index(index, encoder, [str(PHOTOS)], IndexOptions())
+        encoder.finish()
+        assert summary.failed == 0 and summary.indexed > 10
+        assert encoder.interim_batches >= 1 and any(m.startswith("PyTorch while") for m in messages), messages
+        assert "goes on in the background" in encoder.outcome
+        setting = index.catalog.get_setting(ONNX_SETTING)
+        assert setting["pending"] and not setting["ok"]
+    monkeypatch.undo()
+    encoder.preparation.process.wait(timeout=240)  # the child finishes on its own, unwatched
+
+    reader = Index.open(home, "default")
+    with reader:
+        assert valid_record(reader) is not None  # searches find the finished export at once
+        onnx = onnx_encoder_for(reader)
+        assert isinstance(onnx, OnnxEncoder)
+        paths = sorted(p for p in PHOTOS.iterdir() if p.suffix == ".jpg")[:3]
+        from PIL import Image
+
+        fresh = onnx.embed_images([Image.open(p).convert("RGB") for p in paths])
+        pytorch = encoder.resolved.embed_images([Image.open(p).convert("RGB") for p in paths])
+        assert float(np.min(np.sum(fresh * pytorch, axis=1))) > 0.9999  # the same space, whichever encoded
+    again, _, _ = open_for_writing(home, "default", model=None, pretrained=None, cache_dir=cache)
+    with again:
+        setting = again.catalog.get_setting(ONNX_SETTING)
+        assert setting["ok"] and not setting.get("pending")  # recorded by the next writing run

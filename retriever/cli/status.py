@@ -62,6 +62,10 @@ def status(home, index_name, as_json):
 def _onnx_text(onnx: dict[str, Any] | None) -> str:
     if not onnx:
         return "none: queries use PyTorch (retriever optimize exports)"
+    if onnx.get("pending"):
+        if onnx.get("usable"):
+            return "made in the background after the first run and ready (recorded by the next `retriever index`)"
+        return f"{onnx.get('reason')}; queries use PyTorch until it is done"
     if not onnx.get("ok"):
         return f"refused: {onnx.get('reason')}; queries use PyTorch"
     diffs = ", ".join(f"{name} {d:.1e}" for name, d in (onnx.get("max_abs_diff") or {}).items() if d is not None)

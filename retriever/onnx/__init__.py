@@ -138,10 +138,47 @@ def export_folder(index, record: dict[str, Any]) -> Path:
     return Path(index.folder) / ONNX_FOLDER
 
 
+PENDING = "pending"  # in the setting: the export goes on in a background process (prepare.py)
+
+
+def pending_setting(index, cache_root: str, pid: int) -> dict[str, Any]:
+    """The setting of an index whose model's export a background process is still making."""
+    reason = f"the model's export is being made in the background (process {pid})"
+    return {**_refused(index, TOLERANCE, reason), PENDING: True, "cache_root": str(cache_root), "pid": int(pid)}
+
+
+def _finished_pending(index, record: dict[str, Any]):
+    """The cache entry a background export made for `index` (record: its pending setting), or None."""
+    from retriever.onnx.cache import ModelCache
+
+    try:
+        return ModelCache(record.get("cache_root")).lookup(index.model_id)
+    except (OSError, ImportError, ValueError):
+        return None
+
+
+def attach_pending(index) -> bool:
+    """An index left with a background export (PENDING) gets the export attached once the cache
+    holds it; needs the writer lock. -> whether it was attached."""
+    record = index.catalog.get_setting(ONNX_SETTING)
+    if not record or not record.get(PENDING):
+        return False
+    entry = _finished_pending(index, record)
+    if entry is None:
+        return False
+    attach(index, entry)
+    return True
+
+
 def valid_record(index) -> dict[str, Any] | None:
     """The index's ONNX record when it is a successful export of the index's own model whose
-    files are all present (and, in the shared cache, intact: sizes and hashes); else None."""
+    files are all present (and, in the shared cache, intact: sizes and hashes); else None. An
+    export still PENDING at the last run counts once the cache holds it (the next writing run
+    records it)."""
     record = index.catalog.get_setting(ONNX_SETTING)
+    if record and record.get(PENDING):
+        entry = _finished_pending(index, record)
+        record = entry.record if entry is not None else None
     if not record or not record.get("ok") or record.get("model_id") != index.model_id:
         return None
     folder = export_folder(index, record)

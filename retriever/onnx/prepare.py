@@ -51,7 +51,7 @@ class Preparation:
         self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "retriever.onnx"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._stderr, start_new_session=True)
+            stderr=self._stderr, start_new_session=True, bufsize=0)  # unbuffered: `ready` selects on it
         try:
             self.process.stdin.write(json.dumps(request).encode())
             self.process.stdin.close()
@@ -100,6 +100,22 @@ class Preparation:
                 self.process.wait()
                 self.close()
             return self._done
+
+    def ready(self) -> bool:
+        """Whether the child has said it is done (or ended): `result` would not wait."""
+        if self._done is not None or self.process.poll() is not None:
+            return True
+        import select
+
+        try:
+            return bool(select.select([self.process.stdout], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True  # closed: `result` says why
+
+    def detach(self) -> None:
+        """Leave the child to finish on its own (it is in its own session): it writes the cache
+        entry, which later runs and searches find (retriever.onnx.PENDING)."""
+        self.close()
 
     def cancel(self) -> None:
         """Stop the child (an interrupted run): whatever it was building is never used (the cache
@@ -156,6 +172,8 @@ class PendingEncoder:
         self._chosen = None
         self.resolved = None  # the encoder that encodes, once chosen
         self.outcome: str | None = None  # what the preparation did, in words, once finished (for the run summary)
+        self._interim = None  # PyTorch, encoding while the export is prepared (see embed_preprocessed)
+        self.interim_batches = 0
 
     def preprocessor(self):
         return self._preprocess
@@ -164,15 +182,59 @@ class PendingEncoder:
         return self._preprocess(image)
 
     def embed_preprocessed(self, items):
+        interim = self._while_preparing()
+        if interim is not None:
+            self.interim_batches += 1
+            return interim.embed_preprocessed(items)
         return self.resolve().embed_preprocessed(items)
 
     def embed_images(self, images):
-        return self.resolve().embed_images(images)
+        interim = self._while_preparing()
+        return (interim or self.resolve()).embed_images(images)
+
+    def _while_preparing(self):
+        """PyTorch, loaded here, while the child still prepares the export and photos are ready:
+        measured on a first index (benchmarks/first_run.py), waiting for ViT-B-32's export cost
+        20-45 s on collections of up to ~100 photos, more than encoding them with PyTorch did.
+        None once the export is ready (then ONNX Runtime takes over, where it measured faster),
+        for int8 indexes (only ONNX Runtime makes their vectors) and for --backend onnx."""
+        if self._chosen is not None or self._backend == "onnx" or getattr(self.index, "precision", "fp32") != "fp32":
+            return None
+        with self._choose_lock:
+            if self._chosen is not None or self.preparation.ready():
+                return None
+            if self._interim is None:
+                self._interim = self.index.load_encoder(self._device, self._batch)
+                self.resolved = self._interim  # kept if PyTorch is the choice after all
+                self._on_backend("PyTorch while this model's ONNX export is prepared (the first index of it on "
+                                 "this machine); ONNX Runtime takes over once it is ready, where it measured faster")
+            return self._interim
 
     def embed_texts(self, texts):
         return self.resolve().embed_texts(texts)
 
     def finish(self) -> None:
+        """At the end of a run: the export attached to the index (see `_complete`), or, when
+        PyTorch did the encoding and the child is not done yet, left to finish in the background:
+        the index records it as PENDING, and searches and later runs use it once it is there."""
+        with self._lock:
+            if self._attached:
+                return
+            if self._interim is not None and not self.preparation.ready():
+                from retriever.onnx import attach, pending_setting
+                from retriever.onnx.cache import cache_root
+
+                attach(self.index, None, pending_setting(self.index, str(cache_root(self._cache_dir)),
+                                                         self.preparation.process.pid))
+                self.preparation.detach()
+                self._attached = True
+                self.outcome = ("first index of this model on this machine: PyTorch encoded while the model's "
+                                "ONNX export was prepared; the export goes on in the background (process "
+                                f"{self.preparation.process.pid}) and searches and later runs use it once it is done")
+                return
+        self._complete()
+
+    def _complete(self) -> None:
         """The export attached to the index: from the child's cache entry; where the child failed,
         made here (torch loaded), as an index created without a child would."""
         with self._lock:
@@ -192,6 +254,8 @@ class PendingEncoder:
                 if entry is not None:
                     attach(self.index, entry)
                     self.outcome = _outcome(done, entry.record)
+                    if self.interim_batches:
+                        self.outcome += f"; PyTorch encoded {self.interim_batches} batches while it was prepared"
                 else:
                     reason = done.get("cache_error") or "the prepared cache entry is damaged"
                     attach(self.index, None, _refused(self.index, TOLERANCE, reason))
@@ -202,13 +266,14 @@ class PendingEncoder:
         """The encoder that encodes (see the class's docstring), chosen once."""
         with self._choose_lock:
             if self._chosen is None:
-                self.finish()
+                self._complete()
                 from retriever.onnx import indexing_encoder_for
 
                 onnx, why = indexing_encoder_for(self.index, self._backend, self._device, self._batch)
                 # a PyTorch model loaded by a failed preparation is dropped when ONNX Runtime encodes
                 self._chosen = onnx or self.resolved or self.index.load_encoder(self._device, self._batch)
                 self.resolved = self._chosen
+                self._interim = None  # ONNX Runtime took over: the PyTorch model can go
                 self._on_backend(why)
         return self._chosen
 
