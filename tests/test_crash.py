@@ -97,7 +97,7 @@ def reference(collection, tiny_clip, tiny_encoder, tmp_path_factory):
     return vectors
 
 
-@pytest.mark.parametrize("kill_after_vectors", [0, 10, 40])
+@pytest.mark.parametrize("kill_after_vectors", [0, 40])  # before any vector; in the middle of the run
 def test_sigkill_then_resume_equals_an_uninterrupted_run(collection, tiny_clip, reference, tmp_path,
                                                          kill_after_vectors):
     home = tmp_path / "home"
