@@ -193,12 +193,18 @@ class PendingEncoder:
         return (interim or self.resolve()).embed_images(images)
 
     def _while_preparing(self):
-        """PyTorch, loaded here, while the child still prepares the export and photos are ready:
-        measured on a first index (benchmarks/first_run.py), waiting for ViT-B-32's export cost
-        20-45 s on collections of up to ~100 photos, more than encoding them with PyTorch did.
-        None once the export is ready (then ONNX Runtime takes over, where it measured faster),
-        for int8 indexes (only ONNX Runtime makes their vectors) and for --backend onnx."""
+        """PyTorch, loaded here, while the child still prepares the export and photos are ready.
+        Measured on first indexes (benchmarks/first_run.py, 15 and 105 photos): waiting for
+        ViT-B-32's export took 41-67 s, PyTorch meanwhile 24-36 s; the offline encoder's export
+        is quick (16 s waiting) and a second PyTorch copy beside it only slowed the run (24 s),
+        so it waits. None once the export is ready (then ONNX Runtime takes over, where it
+        measured faster), for the offline encoder, for int8 indexes (only ONNX Runtime makes
+        their vectors) and for --backend onnx."""
+        from retriever.encoders.base import OFFLINE_MODEL_ID
+
         if self._chosen is not None or self._backend == "onnx" or getattr(self.index, "precision", "fp32") != "fp32":
+            return None
+        if self.model_id.split("/")[0] == OFFLINE_MODEL_ID.split("/")[0]:
             return None
         with self._choose_lock:
             if self._chosen is not None or self.preparation.ready():
