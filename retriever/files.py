@@ -229,10 +229,23 @@ def fingerprint_bytes(data: bytes) -> str:
 
 
 def fingerprint_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+        return _fingerprint_reads(lambda: f.read(chunk))
+
+
+def fingerprint_fd(fd: int, chunk: int = 1 << 20) -> str:
+    """fingerprint_file of an open file descriptor, read from the start and left at offset 0."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        return _fingerprint_reads(lambda: os.read(fd, chunk))
+    finally:
+        os.lseek(fd, 0, os.SEEK_SET)
+
+
+def _fingerprint_reads(read: Callable[[], bytes]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    while block := read():
+        h.update(block)
     return h.hexdigest()
 
 

@@ -9,7 +9,6 @@ one SQLite connection per thread) run concurrently."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import threading
@@ -21,6 +20,7 @@ import numpy as np
 
 from retriever.api import Collection
 from retriever.errors import RetrieverError
+from retriever.files import fingerprint_fd
 from retriever.filters import Filters
 from retriever.store.catalog import STATUS_INDEXED
 
@@ -218,7 +218,7 @@ class Service:
                 self._verified.move_to_end(key)
                 return True
         try:
-            same = _fingerprint_fd(fd) == fingerprint
+            same = fingerprint_fd(fd) == fingerprint
         except OSError:
             return False
         if same:
@@ -363,16 +363,6 @@ def _components(path: str) -> list[str]:
 def _step(old: int, new: int) -> int:
     os.close(old)
     return new
-
-
-def _fingerprint_fd(fd: int, chunk: int = 1 << 20) -> str:
-    """retriever.files.fingerprint_file of an open file (BLAKE2b-128, hex), left at offset 0."""
-    h = hashlib.blake2b(digest_size=16)
-    os.lseek(fd, 0, os.SEEK_SET)
-    while block := os.read(fd, chunk):
-        h.update(block)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return h.hexdigest()
 
 
 def _check_k(k: int, most: int = MAX_K) -> None:
