@@ -19,7 +19,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Sequence
 
 from retriever.errors import RetrieverError
-from retriever.store.filters import EARTH_RADIUS_KM, date_sql, filter_rows  # noqa: F401  (date_sql re-exported)
+from retriever.store.filters import EARTH_RADIUS_KM, date_sql, filter_ids, filter_rows  # noqa: F401  (date_sql re-exported)
 
 DEFAULT_WITHIN_KM = 1.0
 
@@ -230,9 +230,81 @@ def matching_ids(catalog, filters: Filters) -> "Any":
     retriever/store/filters.py)."""
     import numpy as np
 
-    rows = filter_rows(catalog, filters)
+    return np.sort(_passing(filter_rows(catalog, filters), filters))
+
+
+# A filter that passes more items than this is "broad": a search does not list its ids (reading
+# 500,000 ids costs ~100 ms) but checks its candidates against it (see FilterMatch).
+BROAD_AT = 5_000
+
+
+@dataclass
+class FilterMatch:
+    """What a filter lets through. `ids`: the passing ids (sorted int64) when the filter is
+    selective (at most BROAD_AT of them); None when it is broad, and then `keep` asks the
+    catalog about given ids only."""
+
+    catalog: Any
+    filters: Filters
+    ids: "Any"
+
+    @property
+    def broad(self) -> bool:
+        return self.ids is None
+
+    def keep(self, ids: Sequence[int]) -> "Any":
+        """The ids among `ids` that pass, in their given order (int64 array)."""
+        import numpy as np
+
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.ids is not None:
+            return ids[np.isin(ids, self.ids)]
+        passing = _passing(filter_rows(self.catalog, self.filters, among=[int(i) for i in ids]), self.filters)
+        return ids[np.isin(ids, passing)]
+
+    def all_ids(self) -> "Any":
+        """Every passing id, sorted (reads them all for a broad filter)."""
+        return self.ids if self.ids is not None else matching_ids(self.catalog, self.filters)
+
+
+def match_filter(catalog, filters: Filters, broad_at: int | None = None) -> FilterMatch:
+    """The filter's FilterMatch. Each condition alone is read from its own index, stopping after
+    `broad_at` (BROAD_AT) + 1 rows; the first that passes at most `broad_at` items gives the
+    candidates, which the whole filter then checks by id. When every condition alone is broad,
+    the filter counts as broad (even if all of them together pass few items: a search then
+    checks deeper candidate lists, see search.search_verified)."""
+    import numpy as np
+
+    limit = BROAD_AT if broad_at is None else broad_at
+    parts = _parts(filters)
+    for part in parts:
+        found = filter_ids(catalog, part, limit=limit + 1)
+        if len(found) > limit:
+            continue
+        if len(parts) > 1 or len(filters.tags) > 1:  # one condition's candidates, checked against all
+            found = filter_rows(catalog, filters, among=sorted({r[0] for r in found}))
+        return FilterMatch(catalog, filters, np.unique(_passing(found, filters)))
+    return FilterMatch(catalog, filters, None)
+
+
+def _parts(f: Filters) -> list[Filters]:
+    """One Filters per kind of condition set in `f`, the usually most selective first."""
+    out = []
+    for fields in ({"tags": f.tags}, {"tags_any": f.tags_any}, {"near": f.near, "within_km": f.within_km},
+                   {"folders": f.folders}, {"after": f.after, "before": f.before}, {"cameras": f.cameras},
+                   {"min_size": f.min_size}, {"formats": f.formats}, {"no_tags": f.no_tags}):
+        part = replace(Filters(), **fields)
+        if part.restricts():
+            out.append(part)
+    return out
+
+
+def _passing(rows: list[tuple], filters: Filters) -> "Any":
+    """The ids of filter_rows' rows (unsorted); with `near`, those within the circle."""
+    import numpy as np
+
     if filters.near is None:
-        return np.array([r[0] for r in rows], dtype=np.int64)
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     lat0, lon0 = filters.near  # the SQL box is a superset: keep what is within the circle
     return np.array([r[0] for r in rows if haversine_km(lat0, lon0, r[1], r[2]) <= filters.within_km],
                     dtype=np.int64)

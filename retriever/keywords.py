@@ -59,12 +59,14 @@ def fts_query(words: Sequence[str]) -> str:
 
 
 def keyword_search(
-    catalog, text_query: str, limit: int, allowed: Collection[int] | None = None, exclude: Collection[int] = ()
+    catalog, text_query: str, limit: int, allowed: Collection[int] | None = None, exclude: Collection[int] = (),
+    keep: Callable[[Sequence[int]], Any] | None = None,
 ) -> list[tuple[int, float]]:
     """-> [(image_id, score)], best first, at most `limit`: indexed items whose file name or
     caption contains words of `text_query`. score = -BM25 (higher is better; only the order means
     something). `allowed`: only these ids (e.g. the ids passing search filters, as
-    filters.matching_ids returns them); `exclude`: never these. A query with no usable word, or a
+    filters.matching_ids returns them); `keep`: a check of candidate ids instead (FilterMatch.keep
+    of a broad filter: returns those that pass); `exclude`: never these. A query with no usable word, or a
     catalog without the FTS table, finds nothing."""
     words = query_words(text_query)
     if not words or limit <= 0 or not has_keyword_index(catalog):
@@ -72,7 +74,7 @@ def keyword_search(
     allowed_set = None if allowed is None else set(int(i) for i in allowed)
     excluded = set(int(i) for i in exclude)
     return keyword_matches(catalog, fts_query(words), limit, name_weight=NAME_WEIGHT, allowed=allowed_set,
-                           excluded=excluded)
+                           excluded=excluded, keep=keep)
 
 
 @dataclass(frozen=True)

@@ -129,12 +129,13 @@ class Searcher:
         candidates = self.by_vector(vector, pool, exclude=own_ids, filters=filters)
         if not keyword_text:
             return candidates[:k]
-        allowed = None
+        allowed = keep = None
         if filters is not None and filters.restricts():
-            from retriever.filters import matching_ids
+            from retriever.filters import match_filter
 
-            allowed = matching_ids(self.index.catalog, filters)
-        matches = keyword_search(self.index.catalog, keyword_text, pool, allowed=allowed, exclude=own_ids)
+            match = match_filter(self.index.catalog, filters)
+            allowed, keep = (None, match.keep) if match.broad else (match.ids, None)
+        matches = keyword_search(self.index.catalog, keyword_text, pool, allowed=allowed, exclude=own_ids, keep=keep)
         if not matches:
             return candidates[:k]
         query = np.asarray(vector, dtype=np.float32)
@@ -205,14 +206,20 @@ class Searcher:
         return self._hits(found)
 
     def _filtered(self, query: np.ndarray, k: int, exclude: list[int], filters: Filters) -> list[tuple[float, int]]:
-        from retriever.filters import matching_ids
+        from retriever.filters import match_filter
 
-        allowed = matching_ids(self.index.catalog, filters)
-        if exclude:
-            allowed = allowed[~np.isin(allowed, np.asarray(exclude, dtype=np.int64))]
         total = len(self.vectors)
         self.last_strategy = None
-        if len(allowed) == 0 or total == 0:
+        if total == 0:
+            return []
+        match = match_filter(self.index.catalog, filters)
+        if match.broad:  # most items pass: rank, then check the best candidates against the filter
+            self.last_strategy = "verify"
+            return search_verified(self.vectors, query, k, exclude, match)
+        allowed = match.ids
+        if exclude:
+            allowed = allowed[~np.isin(allowed, np.asarray(exclude, dtype=np.int64))]
+        if len(allowed) == 0:
             return []
         # On IVF the selector also scans more lists for a selective filter, so it is both the
         # faster and the more exact path at every fraction (benchmarks/filters.py).
@@ -261,6 +268,33 @@ def search_overfetch(vectors, query: np.ndarray, k: int, allowed: np.ndarray) ->
     if len(found) >= k or fetch >= total:
         return found[:k]
     return search_selector(vectors, query, k, allowed)
+
+
+VERIFY_MAX_FETCH = 8192  # candidates checked against a broad filter before listing its ids instead
+
+
+def search_verified(vectors, query: np.ndarray, k: int, exclude: list[int], match) -> list[tuple[float, int]]:
+    """The best k that pass a broad filter (`match`: a filters.FilterMatch): unfiltered searches
+    deep enough for k to pass, each deeper one sized by the share that passed so far; only the
+    candidates are checked in the catalog. A filter that runs against the query (fewer than k
+    pass among VERIFY_MAX_FETCH candidates) lists its ids and searches among them."""
+    total = len(vectors)
+    fetch = min(total, max(4 * k, 40))
+    while True:
+        scores, ids = vectors.search(query, fetch, exclude=exclude)
+        valid = ids[0] != -1
+        scores, ids = scores[0][valid], ids[0][valid]
+        passed = set(match.keep(ids).tolist())
+        found = [(float(s), int(i)) for s, i in zip(scores, ids) if int(i) in passed]
+        if len(found) >= k or fetch >= total:
+            return found[:k]
+        if fetch >= VERIFY_MAX_FETCH:
+            allowed = match.all_ids()
+            if exclude:
+                allowed = allowed[~np.isin(allowed, np.asarray(exclude, dtype=np.int64))]
+            return search_selector(vectors, query, k, allowed) if len(allowed) else []
+        share = max(len(found), 1) / max(len(ids), 1)
+        fetch = min(total, VERIFY_MAX_FETCH, max(4 * fetch, int(k / share * 1.5) + 8))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -141,14 +141,15 @@ def test_migration_002_creates_the_tags_table(tmp_path):
     with cat.engine.connect() as conn:
         columns = [tuple(r[1:6]) for r in conn.exec_driver_sql("PRAGMA table_info(tags)")]
         indexes = {r[1]: r for r in conn.exec_driver_sql("PRAGMA index_list(tags)")}
-        label_index = [r[2] for r in conn.exec_driver_sql("PRAGMA index_info(ix_tags_label)")]
+        label_index = [r[2] for r in conn.exec_driver_sql("PRAGMA index_info(ix_tags_label_score)")]
     # (name, type, notnull, default, pk position)
     assert columns == [
         ("image_id", "INTEGER", 1, None, 1),
         ("label", "TEXT", 1, None, 2),
         ("score", "REAL", 1, None, 0),
     ]
-    assert "ix_tags_label" in indexes and label_index == ["label"]
+    # 005_filter_columns put the score beside the label (a label's best score is one seek)
+    assert "ix_tags_label_score" in indexes and label_index == ["label", "score"]
 
 
 def test_a_catalog_from_before_tags_upgrades_and_can_be_tagged(offline_index, encoder, vocab_cache, tmp_path,

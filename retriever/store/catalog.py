@@ -163,36 +163,10 @@ class Catalog:
         None deletes it, absent leaves it as it is; either way the item's tags, computed from the
         old vector, are dropped (the next `retriever tag` tags it again). `remove_ids` are
         dropped first, with their vectors and tags."""
-        remove_ids = list(remove_ids)
-        ids: list[int] = []
+        from retriever.store.writes import write_rows
+
         with self.engine.begin() as conn:
-            for chunk in _chunks(remove_ids, 500):
-                conn.execute(delete(tags).where(tags.c.image_id.in_(chunk)))
-                conn.execute(delete(tag_scored).where(tag_scored.c.image_id.in_(chunk)))
-                conn.execute(delete(vectors).where(vectors.c.image_id.in_(chunk)))
-                conn.execute(delete(images).where(images.c.id.in_(chunk)))
-            for row in rows:
-                values = {k: row[k] for k in IMAGE_FIELDS if k in row}
-                values["indexed_at"] = utcnow()
-                image_id = row.get("id")
-                if image_id is None:
-                    frame = row.get("frame_ms")
-                    same_frame = images.c.frame_ms.is_(None) if frame is None else images.c.frame_ms == frame
-                    image_id = conn.execute(
-                        select(images.c.id).where(images.c.path == row["path"], same_frame)
-                    ).scalar_one_or_none()
-                if image_id is None:
-                    image_id = conn.execute(insert(images).values(**values)).inserted_primary_key[0]
-                else:
-                    conn.execute(update(images).where(images.c.id == image_id).values(**values))
-                if "vector" in row:
-                    conn.execute(delete(tags).where(tags.c.image_id == image_id))
-                    conn.execute(delete(tag_scored).where(tag_scored.c.image_id == image_id))
-                    conn.execute(delete(vectors).where(vectors.c.image_id == image_id))
-                    if row["vector"] is not None:
-                        blob = np.asarray(row["vector"], dtype="<f4").tobytes()
-                        conn.execute(insert(vectors).values(image_id=image_id, vector=blob))
-                ids.append(int(image_id))
+            ids = write_rows(conn.connection.dbapi_connection, rows, remove_ids, utcnow())
             self._bump_generation(conn)
         return ids
 
@@ -355,20 +329,20 @@ class Catalog:
         return scored_tags_for(self, ids)
 
     def tag_counts(self) -> dict[str, int]:
-        """Items per label, most used first."""
-        n = func.count().label("n")
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(tags.c.label, n).group_by(tags.c.label).order_by(n.desc(), tags.c.label))
-            return {label: int(count) for label, count in rows}
+        """Items per label, most used first (kept by triggers: no tag is read)."""
+        with self.cursor() as cursor:
+            rows = cursor.execute("SELECT label, n FROM tag_label_stats ORDER BY n DESC, label").fetchall()
+        return {label: int(count) for label, count in rows}
 
     def tag_coverage(self) -> dict[str, int]:
         """{"tagged": items with a vector scored under the label set (with or without tags),
-        "untagged": items with a vector not scored yet, "with_tags": items that have a tag}."""
-        with self.engine.connect() as conn:
-            untagged = conn.execute(select(func.count()).select_from(vectors).where(~_is_scored())).scalar_one()
-            total = conn.execute(select(func.count()).select_from(vectors)).scalar_one()
-            with_tags = conn.execute(select(func.count(func.distinct(tags.c.image_id)))).scalar_one()
-        return {"tagged": int(total - untagged), "untagged": int(untagged), "with_tags": int(with_tags)}
+        "untagged": items with a vector not scored yet, "with_tags": items that have a tag}.
+        Counted from small tables and indexes (an item is scored only while it has a vector)."""
+        with self.cursor() as cursor:
+            total = cursor.execute("SELECT count(*) FROM vectors").fetchone()[0]
+            scored = cursor.execute("SELECT count(*) FROM tag_scored").fetchone()[0]
+            with_tags = cursor.execute("SELECT count(*) FROM tagged_items").fetchone()[0]
+        return {"tagged": int(scored), "untagged": int(total - scored), "with_tags": int(with_tags)}
 
     # -- queries --------------------------------------------------------------------------------
 

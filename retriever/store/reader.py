@@ -24,12 +24,15 @@ from retriever.errors import CatalogError
 from retriever.files import path_from_text, path_to_text
 
 # catalog.MIGRATIONS, by name (catalog.py checks that the two agree)
-SCHEMA_MIGRATIONS = ("001_initial", "002_tags", "003_captions", "004_tag_upkeep")
+SCHEMA_MIGRATIONS = ("001_initial", "002_tags", "003_captions", "004_tag_upkeep", "005_filter_columns")
 STATUS_INDEXED, STATUS_FAILED = "indexed", "failed"
 METADATA_FIELDS = (  # image columns a search hit carries (catalog.py checks them against its table)
     "width", "height", "format", "taken_at", "camera_make", "camera_model", "gps_lat", "gps_lon", "frame_ms",
 )
 _CHUNK = 500  # ids per IN (...) list
+# The images columns a row carries (not date_key: a filter column, see schema._m005_filter_columns)
+_IMAGE_COLUMNS = ("id, path, frame_ms, size, mtime_ns, fingerprint, status, error, width, height, format, taken_at, "
+                  "camera_make, camera_model, gps_lat, gps_lon, indexed_at")
 
 
 class SchemaMismatch(CatalogError):
@@ -99,13 +102,13 @@ class CatalogReader:
         out: dict[int, dict[str, Any]] = {}
         for chunk in _chunks([int(i) for i in ids]):
             marks = ",".join("?" * len(chunk))
-            for row in self._rows(f"SELECT * FROM images WHERE id IN ({marks})", chunk):
+            for row in self._rows(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id IN ({marks})", chunk):
                 out[int(row["id"])] = row
         return out
 
     def find_by_path(self, path: str) -> dict[str, Any] | None:
         """The row of a file: the image, or the first frame of a video."""
-        rows = self._rows("SELECT * FROM images WHERE path = ? ORDER BY frame_ms LIMIT 1", (path_to_text(path),))
+        rows = self._rows(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE path = ? ORDER BY frame_ms LIMIT 1", (path_to_text(path),))
         return rows[0] if rows else None
 
     def counts(self) -> dict[str, int]:

@@ -219,11 +219,71 @@ def _m004_tag_upkeep(conn: Connection) -> None:
                       "DELETE FROM tag_rejections WHERE image_id = old.id; END"))
 
 
+_DATE_OF = "COALESCE({0}taken_at, strftime('%Y-%m-%dT%H:%M:%S', {0}mtime_ns / 1000000000, 'unixepoch', 'localtime'))"
+CAMERA_SQL = "lower(COALESCE(camera_make, '') || ' ' || COALESCE(camera_model, ''))"  # ix_images_camera's expression
+FORMAT_SQL = "upper(format)"  # ix_images_format's
+LONG_SIDE_SQL, SHORT_SIDE_SQL = "max(width, height)", "min(width, height)"  # ix_images_size's
+
+
+def _m005_filter_columns(conn: Connection) -> None:
+    # Every search filter is answered from an index, never a scan of the images table
+    # (benchmarks/scale.py; tests/test_scale.py checks the query plans). An image's date (EXIF
+    # date taken, else the file's mtime in local time) depends on the time zone, which an
+    # expression index may not: it is stored in date_key when the row is written (by the catalog's
+    # writer, store/writes.py, or else by these triggers).
+    conn.execute(text("ALTER TABLE images ADD COLUMN date_key TEXT"))
+    conn.execute(text(f"UPDATE images SET date_key = {_DATE_OF.format('')}"))
+    for statement in (
+        f"CREATE TRIGGER tr_images_date_add AFTER INSERT ON images WHEN new.date_key IS NULL BEGIN "
+        f"UPDATE images SET date_key = {_DATE_OF.format('new.')} WHERE id = new.id; END",
+        f"CREATE TRIGGER tr_images_date_change AFTER UPDATE OF taken_at, mtime_ns ON images BEGIN "
+        f"UPDATE images SET date_key = {_DATE_OF.format('new.')} WHERE id = new.id; END",
+        "CREATE INDEX ix_images_date ON images (date_key)",
+        f"CREATE INDEX ix_images_camera ON images ({CAMERA_SQL})",
+        f"CREATE INDEX ix_images_format ON images ({FORMAT_SQL})",
+        "CREATE INDEX ix_images_frames ON images (frame_ms) WHERE frame_ms IS NOT NULL",
+        f"CREATE INDEX ix_images_size ON images ({LONG_SIDE_SQL}, {SHORT_SIDE_SQL})",
+        "CREATE INDEX ix_images_gps ON images (gps_lat, gps_lon)",
+        # keyword rows of new items: written in bulk by the catalog's writer (store/writes.py),
+        # a quarter of an insert's cost as a per-row trigger
+        "DROP TRIGGER IF EXISTS tr_keywords_add",
+        # count(*) of vectors reads this small index, not 2 KB rows (seconds at 1 M)
+        "CREATE INDEX ix_vectors_count ON vectors (image_id)",
+    ):
+        conn.execute(text(statement))
+    # `retriever tags` and status without reading every tag: per-label counts and score sums,
+    # and the items that have a tag, kept by triggers; a label's best score is one seek of
+    # ix_tags_label_score.
+    conn.execute(text("CREATE TABLE tag_label_stats (label TEXT PRIMARY KEY, n INTEGER NOT NULL, "
+                      "score_sum REAL NOT NULL) WITHOUT ROWID"))
+    conn.execute(text("INSERT INTO tag_label_stats SELECT label, count(*), total(score) FROM tags GROUP BY label"))
+    conn.execute(text("CREATE TABLE tagged_items (image_id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"))
+    conn.execute(text("INSERT INTO tagged_items SELECT image_id, count(*) FROM tags GROUP BY image_id"))
+    for statement in (
+        "CREATE TRIGGER tr_tag_stats_add AFTER INSERT ON tags BEGIN "
+        "INSERT INTO tag_label_stats (label, n, score_sum) VALUES (new.label, 1, new.score) "
+        "ON CONFLICT (label) DO UPDATE SET n = n + 1, score_sum = score_sum + new.score; "
+        "INSERT INTO tagged_items (image_id, n) VALUES (new.image_id, 1) "
+        "ON CONFLICT (image_id) DO UPDATE SET n = n + 1; END",
+        "CREATE TRIGGER tr_tag_stats_drop AFTER DELETE ON tags BEGIN "
+        "UPDATE tag_label_stats SET n = n - 1, score_sum = score_sum - old.score WHERE label = old.label; "
+        "DELETE FROM tag_label_stats WHERE label = old.label AND n <= 0; "
+        "UPDATE tagged_items SET n = n - 1 WHERE image_id = old.image_id; "
+        "DELETE FROM tagged_items WHERE image_id = old.image_id AND n <= 0; END",
+        "CREATE TRIGGER tr_tag_stats_rescore AFTER UPDATE OF score ON tags BEGIN "
+        "UPDATE tag_label_stats SET score_sum = score_sum - old.score + new.score WHERE label = new.label; END",
+        "CREATE INDEX ix_tags_label_score ON tags (label, score)",
+        "DROP INDEX ix_tags_label",
+    ):
+        conn.execute(text(statement))
+
+
 # Named, ordered, applied once each. Append only; never edit or reorder a released migration.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_tags", _m002_tags),
     ("003_captions", _m003_captions),
     ("004_tag_upkeep", _m004_tag_upkeep),
+    ("005_filter_columns", _m005_filter_columns),
 ]
 assert tuple(name for name, _ in MIGRATIONS) == SCHEMA_MIGRATIONS, "store.reader.SCHEMA_MIGRATIONS lags"

@@ -48,15 +48,16 @@ def rejections(catalog) -> list[tuple[int, str]]:
 
 
 def label_stats(catalog) -> dict[str, dict[str, Any]]:
-    """{label: {"images", "mean_score", "max_score"}}, most used first."""
-    n = func.count().label("n")
-    with catalog.engine.connect() as conn:
-        rows = conn.execute(
-            select(tags.c.label, n, func.avg(tags.c.score), func.max(tags.c.score))
-            .group_by(tags.c.label).order_by(n.desc(), tags.c.label)
-        )
-        return {label: {"images": int(count), "mean_score": round(float(mean), 4), "max_score": round(float(top), 4)}
-                for label, count, mean, top in rows}
+    """{label: {"images", "mean_score", "max_score"}}, most used first: counts and score sums from
+    tag_label_stats (kept by triggers), each label's best score one seek of ix_tags_label_score."""
+    with catalog.cursor() as cursor:
+        rows = cursor.execute("SELECT label, n, score_sum FROM tag_label_stats ORDER BY n DESC, label").fetchall()
+        out = {}
+        for label, count, total in rows:
+            top = cursor.execute("SELECT max(score) FROM tags WHERE label = ?", (label,)).fetchone()[0]
+            out[label] = {"images": int(count), "mean_score": round(float(total) / max(int(count), 1), 4),
+                          "max_score": round(float(top), 4)}
+        return out
 
 
 def scored_tags_for(catalog, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
