@@ -7,8 +7,9 @@ cost the issue names, measured on it. Prints one JSON line, then a table.
     python benchmarks/scale.py --rows 200000 --keep /tmp/scale200k
     python benchmarks/scale.py --reuse /tmp/scale200k      # measure again, no build
 
-Rows: dates over 15 years (15 % without EXIF date: the file's mtime counts), 40 camera models
-(10 % none), GPS for 60 % clustered around 300 places, folders 4 deep (year/event/day), formats
+Rows: dates over 15 years, in date order as a folder walk finds them (15 % without EXIF date: the
+file's mtime counts), 40 camera models (10 % none), GPS for 60 % (an event's 500 photos at one of
+300 places), folders 4 deep (year/event/day), formats
 (JPEG, HEIF, PNG, DNG, 3 % video frames), sizes, tags on a share of the photos, captions on 2 %.
 Text read in photos (OCR) does not exist yet in the catalog; no row has any.
 """
@@ -41,7 +42,8 @@ MAKES = ["Canon", "NIKON CORPORATION", "Apple", "SONY", "Google", "samsung", "FU
          "LEICA"]
 TAGS = {"beach": 0.04, "dog": 0.02, "snow": 0.03, "car": 0.05, "sunset": 0.01, "document": 0.001}
 TARGETS = {"filter_p50_ms": 10.0, "filtered_search_p50_ms": 5.0, "filtered_search_recall": 0.95,
-           "commit_rows_per_s": 10_000, "status_s": 0.3, "tags_s": 0.3, "incremental_s": 5.0}
+           "commit_rows_per_s": 10_000, "status_s": 0.3, "tags_s": 0.3, "incremental_s": 5.0,
+           "duplicates_s": 600.0}
 
 
 class Rows:
@@ -58,15 +60,27 @@ class Rows:
         scenes = _unit(rng.standard_normal((2000, DIM)).astype(np.float32))
         self.centers = _unit(0.6 * common + 0.55 * themes[np.arange(2000) % 50] + 0.5 * scenes)
         start = np.datetime64("2011-01-01T00:00:00").astype("datetime64[s]").astype(np.int64)
-        self.taken = start + rng.integers(0, 15 * 365 * 86400, n)
+        # a library is walked folder by folder, and folders follow time: rows come in date order
+        self.taken = np.sort(start + rng.integers(0, 15 * 365 * 86400, n))
         self.has_exif = rng.random(n) > 0.15
         self.camera = np.where(rng.random(n) < 0.1, -1, rng.integers(0, 40, n))
-        self.place = np.where(rng.random(n) < 0.6, rng.integers(0, 300, n), -1)
+        # an event's photos (500 in a row) share a place, when they have GPS
+        self.event_place = rng.integers(0, 300, n // 500 + 1)
+        self.place = np.where(rng.random(n) < 0.6, self.event_place[np.arange(n) // 500], -1)
         self.jitter = rng.normal(0, 0.05, (n, 2))
         self.kind = rng.choice(5, n, p=[0.78, 0.1, 0.06, 0.03, 0.03])  # JPEG HEIF PNG DNG video
         self.size = rng.choice(5, n, p=[0.4, 0.25, 0.15, 0.1, 0.1])
         self.cluster = rng.integers(0, 2000, n)
         self.noise_seed = seed + 1
+        # planted near-duplicates: 0.5 % of the photos are an edited copy of an earlier one
+        # (the source's vector plus noise: cosine ~0.98; the offline threshold is 0.95)
+        self.copy_of = np.full(n, -1, dtype=np.int64)
+        planted = np.flatnonzero(rng.random(n) < 0.005)
+        planted = planted[planted > 0]
+        self.copy_of[planted] = (rng.random(len(planted)) * planted).astype(np.int64)
+        self.copy_of[planted[self.copy_of[self.copy_of[planted]] >= 0]] = -1  # a copy of a copy: none
+        video = self.kind == 4  # still images only (a frame is never a still's duplicate)
+        self.copy_of[video | (self.copy_of >= 0) & video[np.maximum(self.copy_of, 0)]] = -1
 
     SIZES = [(4032, 3024), (3024, 4032), (6000, 4000), (1920, 1080), (800, 600)]
     FORMATS = ["JPEG", "HEIF", "PNG", "DNG", "MOV"]
@@ -77,9 +91,19 @@ class Rows:
         return f"/data/photos/{year}/event-{i // 500:05d}/day-{(i // 50) % 10}/IMG_{i:08d}.{ext}"
 
     def vectors(self, lo: int, hi: int) -> np.ndarray:
+        """Rows lo..hi (lo a multiple of CHECKPOINT, as build writes them)."""
+        out, rng = self._base(lo, hi)
+        for k in np.flatnonzero(self.copy_of[lo:hi] >= 0):  # a copy of its source's own vector
+            src = int(self.copy_of[lo + k])
+            start = src // CHECKPOINT * CHECKPOINT
+            source = self._base(start, min(self.n, start + CHECKPOINT))[0][src - start]
+            out[k] = _unit((source + rng.standard_normal(DIM).astype(np.float32) * 0.009)[None])[0]
+        return out
+
+    def _base(self, lo: int, hi: int):
         rng = np.random.default_rng((self.noise_seed, lo))
         noise = rng.standard_normal((hi - lo, DIM)).astype(np.float32) * 0.025
-        return _unit(self.centers[self.cluster[lo:hi]] + noise)
+        return _unit(self.centers[self.cluster[lo:hi]] + noise), rng
 
     def batch(self, lo: int, hi: int) -> list[dict]:
         vecs = self.vectors(lo, hi)
@@ -135,7 +159,9 @@ def build(home: Path, rows: Rows, log) -> dict:
     write_captions(catalog, [(int(i), f"a photo of a beach with a red kite number {int(i)}", None) for i in captioned],
                    "synthetic")
     t = time.perf_counter()
+    index.acquire_lock()  # as `retriever index` holds it: the FAISS file is saved
     index.vector_index()  # the auto-chosen FAISS index, built and saved
+    index.release_lock()
     faiss_build_s = time.perf_counter() - t
     index.close()
     return {"rows": rows.n, "commit_s": round(write_s, 2), "commit_rows_per_s": round(rows.n / write_s),
@@ -145,7 +171,7 @@ def build(home: Path, rows: Rows, log) -> dict:
 
 def filter_cases(rows: Rows) -> list[tuple[str, str, dict]]:
     """(kind, breadth, Filters keywords): each kind alone, selective and broad, and combined."""
-    place = rows.places[17]
+    place = rows.places[rows.event_place[rows.n // 2 // 500]]
     near = f"{place[0]:.4f},{place[1]:.4f}"
     year_folder = "/data/photos/2016"
     event_folder = os.path.dirname(os.path.dirname(rows.path(rows.n // 2)))
@@ -291,6 +317,40 @@ def child(role: str, home: Path, rows: Rows) -> None:
     print(json.dumps(result))
 
 
+def duplicates(home: Path, rows: Rows, exact_too: bool, log) -> dict:
+    """`retriever duplicates`' search (find_duplicates, the default threshold of the offline
+    encoder's family) on the whole catalog; recall of the planted copies (source and copy in one
+    group). exact_too: the exact range search as well, for the recall it gives."""
+    import retriever.duplicates as D
+
+    planted = {(int(self_id), int(src)) for self_id, src in enumerate(rows.copy_of) if src >= 0}
+    out = {"planted_pairs": len(planted), "threshold": 0.95}
+    runs = [("ivf" if rows.n > D.EXACT_MAX else "exact", None)] + ([("exact", 10**12)] if exact_too and rows.n > D.EXACT_MAX else [])
+    for method, exact_max in runs:
+        saved = D.EXACT_MAX
+        if exact_max is not None:
+            D.EXACT_MAX = exact_max
+        try:
+            with Index.open(home, "scale") as index:
+                t = time.perf_counter()
+                report = D.find_duplicates(index, 0.95)
+                seconds = time.perf_counter() - t
+        finally:
+            D.EXACT_MAX = saved
+        group_of = {}
+        for g, group in enumerate(report.groups):
+            for m in group.members:
+                group_of[m.id] = g
+        # catalog ids are row number + 1 (written in order into a new catalog)
+        found = sum(1 for a, b in planted if group_of.get(a + 1, -1) == group_of.get(b + 1, -2))
+        out[method] = {"seconds": round(seconds, 1), "groups": len(report.groups),
+                       "files_in_groups": report.files_in_groups, "planted_recall": round(found / max(1, len(planted)), 4)}
+        log(f"  duplicates ({method}): {seconds:.1f} s, {len(report.groups):,} groups, "
+            f"planted recall {out[method]['planted_recall']:.4f}")
+    out["duplicates_s"] = out[runs[0][0]]["seconds"]
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -299,6 +359,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=15, help="timings per filter")
     ap.add_argument("--queries", type=int, default=30, help="queries per filtered search")
     ap.add_argument("--no-incremental", action="store_true", help="skip adding 100 rows at the end")
+    ap.add_argument("--duplicates", action="store_true", help="time `retriever duplicates` on the whole catalog")
+    ap.add_argument("--duplicates-exact", action="store_true",
+                    help="with --duplicates above the exact search's limit: the exact search too (its recall)")
     ap.add_argument("--child", nargs=2, metavar=("ROLE", "HOME"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -320,6 +383,9 @@ def main(argv=None) -> int:
         (home / "scale-build.json").write_text(json.dumps(result["build"]))
     result["commit_rows_per_s"] = result["build"]["commit_rows_per_s"]
     result.update(measure(home, rows, args, log))
+    if args.duplicates:
+        result["duplicates"] = duplicates(home, rows, args.duplicates_exact, log)
+        result["duplicates_s"] = result["duplicates"]["duplicates_s"]
     if not args.no_incremental:
         result.update(incremental(home, rows, log))
     result["loadavg_end"] = round(os.getloadavg()[0], 2)

@@ -12,9 +12,8 @@ Range search. The vectors stream out of the catalog in chunks; each chunk is add
 inner-product index (IndexFlatIP) and then queried against it, so chunk c meets chunks 0..c and
 every pair is found once. Memory: the flat index (n x dim x 4 bytes: 100k x 704 = 280 MB) plus one
 chunk's results, whatever the collection size. Time: n^2 / 2 dot products, all in BLAS, so it
-grows with the square of the collection: measured on 2 shared CPU cores (benchmarks/duplicates.py),
-10k vectors 0.7-3 s, 100k 45-150 s; 1M would take about 100x the 100k figure, the point where an
-approximate (IVF) range search should replace the exact one.
+grows with the square of the collection (benchmarks/duplicates.py, 2 cores: 10k vectors 0.7-3 s,
+100k 45-150 s). Above duplicates_ivf.EXACT_MAX vectors an approximate (IVF) range search is used.
 
 Chaining guard. Near-duplicate links are not transitive: A~B and B~C can join two photos that
 share nothing but an intermediate, and a long enough chain makes one giant group. A group of more
@@ -47,6 +46,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from retriever.duplicates_ivf import EXACT_MAX, range_pairs_ivf
 from retriever.errors import RetrieverError
 from retriever.store.duplicates import count_files, shared_fingerprint_rows, vector_item_rows
 
@@ -280,7 +280,9 @@ def near_groups(
     if not plan:
         return []
     wanted, file_of, is_video, first_id, copies = plan
-    index, pos_ids, (qi, qj, qs) = range_pairs(_only(catalog.iter_vectors(dim), wanted), dim, threshold, chunk=chunk)
+    chunks = _only(catalog.iter_vectors(dim), wanted)
+    index, pos_ids, (qi, qj, qs) = (range_pairs_ivf(chunks, dim, threshold) if len(wanted) > EXACT_MAX
+                                    else range_pairs(chunks, dim, threshold, chunk=chunk))
     if len(pos_ids) == 0:
         return []
     file_pos = np.array([file_of[int(i)] for i in pos_ids], dtype=np.int64)

@@ -155,6 +155,45 @@ def test_range_pairs_find_exactly_the_pairs_brute_force_finds(chunk):
     assert max(abs(found[p] - sims[p]) for p in found) < 1e-5
 
 
+def test_the_ivf_range_search_finds_the_planted_pairs_the_exact_one_finds():
+    """Above EXACT_MAX vectors: 3,000 seeded vectors with 300 planted near-copies; the approximate
+    search finds only true pairs, with their exact scores, and nearly all of the exact pairs."""
+    from retriever.duplicates_ivf import range_pairs_ivf
+
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((2700, 32)).astype(np.float32) + 2.0 * rng.standard_normal((1, 32)).astype(np.float32)
+    copies = base[:300] + rng.standard_normal((300, 32)).astype(np.float32) * 0.15
+    vecs = np.concatenate([base, copies])
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(5, 3005, dtype=np.int64)
+    given = [(ids[lo:lo + 700], vecs[lo:lo + 700]) for lo in range(0, 3000, 700)]
+    _, exact_ids, (ei, ej, es) = range_pairs(given, 32, 0.95)
+    rows, pos_ids, (qi, qj, qs) = range_pairs_ivf(given, 32, 0.95)
+    assert np.array_equal(pos_ids, exact_ids) and np.allclose(rows.reconstruct(7), vecs[7])
+    exact = dict(zip(zip(ei.tolist(), ej.tolist()), es.tolist()))
+    found = dict(zip(zip(qi.tolist(), qj.tolist()), qs.tolist()))
+    assert len(found) == len(qi) and np.all(qi > qj)  # each pair once
+    assert len(exact) >= 250 and set(found) <= set(exact)
+    assert len(found) >= 0.97 * len(exact)
+    assert max(abs(found[p] - exact[p]) for p in found) < 1e-5
+
+
+def test_groups_are_the_same_through_the_ivf_search(made, monkeypatch):
+    import retriever.duplicates as D
+
+    index, put = made
+    links = [0.93, 0.97, 0.95, 0.96, 0.94, 0.92]
+    angles = np.concatenate([[0.0], np.cumsum(np.arccos(links))])
+    for k, angle in enumerate(angles):
+        put(f"p{k}.jpg", np.cos(angle) * basis(0) + np.sin(angle) * basis(1))
+    put("far.jpg", basis(3))
+    exact = find_duplicates(index, 0.9)
+    monkeypatch.setattr(D, "EXACT_MAX", 0)
+    approx = find_duplicates(index, 0.9)
+    assert [names(g) for g in approx.groups] == [names(g) for g in exact.groups] == [["p1.jpg", "p2.jpg"],
+                                                                                      ["p3.jpg", "p4.jpg"]]
+
+
 def test_connected_components_and_the_video_score():
     assert connected_components({(1, 2): 0.9, (3, 4): 0.9, (2, 5): 0.95}) == [[1, 2, 5], [3, 4]]
     assert connected_components({}) == []

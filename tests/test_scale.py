@@ -191,4 +191,16 @@ def test_bulk_writer_updates_and_replaces_vectors_in_one_checkpoint(tmp_path):
     assert ids[1] not in stored and ids[5] not in stored and ids[3] in stored
     assert cat.tag_counts() == {}
     assert cat.image_rows([ids[5]]) == {}
+    # new items between updates, and a new item twice: one insert, then an update of it
+    fresh = _rows(12)[6:]
+    out = cat.write_batch([fresh[0], fresh[1], dict(rows[3], size=9), fresh[2], dict(fresh[2], size=77, vector=new_vec),
+                           fresh[3]])
+    assert out[3] == out[4] and len(set(out)) == 5 and out[2] == ids[3]
+    assert [i for i in out if i not in ids] == sorted(i for i in out if i not in ids)
+    got = cat.image_rows(out)
+    assert [got[i]["path"] for i in out] == [fresh[0]["path"], fresh[1]["path"], rows[3]["path"], fresh[2]["path"],
+                                             fresh[2]["path"], fresh[3]["path"]]
+    assert got[out[3]]["size"] == 77 and got[ids[3]]["size"] == 9
+    stored = cat.vectors_for(out, DIM)
+    assert np.array_equal(stored[out[3]], new_vec) and np.array_equal(stored[out[5]], fresh[3]["vector"])
     index.close()

@@ -30,37 +30,60 @@ def write_rows(dbapi_connection, rows: Sequence[dict[str, Any]], remove_ids: Ite
                 key = "id" if table == "images" else "image_id"
                 cur.executemany(f"DELETE FROM {table} WHERE {key} = ?", removes)
         existing = _existing_ids(cur, rows)
-        ids: list[int] = []
+        ids: list[int | None] = []
         cleared: list[tuple[int]] = []  # items that existed before: drop their tags and vector
         new_vectors: dict[int, bytes | None] = {}
         created: dict[int, str] = {}  # new item id -> its stored path
-        for row in rows:
-            values = {k: row[k] for k in IMAGE_FIELDS if k in row}
-            values["indexed_at"] = now
-            if "path" in values:
-                values["path"] = path_to_text(values["path"])
-            image_id = row.get("id")
-            key = None
-            if image_id is None:
-                key = (values["path"], _frame_key(row.get("frame_ms")))
-                image_id = existing.get(key)
-            columns = tuple(values)
-            if image_id is None:
-                values["date_key"] = date_key(values.get("taken_at"), values["mtime_ns"])
-                columns = tuple(values)
-                cur.execute(_insert_sql(columns), tuple(values.values()))
-                image_id = int(cur.lastrowid)
-                existing[key] = image_id
+        run: list[tuple[int, tuple, dict]] = []  # consecutive new rows: (position, key, values), one INSERT
+        run_keys: set[tuple] = set()
+
+        def insert_run() -> None:
+            if not run:
+                return
+            columns = tuple(run[0][2])
+            cur.executemany(_insert_sql(columns), [tuple(v.values()) for _, _, v in run])
+            # AUTOINCREMENT in one writer's transaction: the run's ids are consecutive, ending at seq
+            last = cur.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()[0]
+            for offset, (position, key, values) in enumerate(run):
+                image_id = int(last) - len(run) + 1 + offset
+                ids[position] = existing[key] = image_id
                 created[image_id] = values["path"]
-            else:
-                image_id = int(image_id)
-                cur.execute(_update_sql(columns), (*values.values(), image_id))
+                _vector_of(rows[position], image_id)
+            run.clear()
+            run_keys.clear()
+
+        def _vector_of(row: dict[str, Any], image_id: int) -> None:
             if "vector" in row:
                 if image_id not in created and image_id not in new_vectors:
                     cleared.append((image_id,))
                 vector = row["vector"]
                 new_vectors[image_id] = None if vector is None else np.asarray(vector, dtype="<f4").tobytes()
-            ids.append(image_id)
+
+        for position, row in enumerate(rows):
+            values = {k: row[k] for k in IMAGE_FIELDS if k in row}
+            values["indexed_at"] = now
+            if "path" in values:
+                values["path"] = path_to_text(values["path"])
+            image_id = row.get("id")
+            ids.append(None)
+            if image_id is None:
+                key = (values["path"], _frame_key(row.get("frame_ms")))
+                if key in run_keys:
+                    insert_run()  # the same item twice in one checkpoint: the second updates it
+                image_id = existing.get(key)
+                if image_id is None:
+                    values["date_key"] = date_key(values.get("taken_at"), values["mtime_ns"])
+                    if run and tuple(run[0][2]) != tuple(values):
+                        insert_run()
+                    run.append((position, key, values))
+                    run_keys.add(key)
+                    continue
+            insert_run()
+            image_id = int(image_id)
+            cur.execute(_update_sql(tuple(values)), (*values.values(), image_id))
+            ids[position] = image_id
+            _vector_of(row, image_id)
+        insert_run()
         if cleared:
             for table in ("tags", "tag_scored", "vectors"):
                 cur.executemany(f"DELETE FROM {table} WHERE image_id = ?", cleared)
@@ -70,7 +93,7 @@ def write_rows(dbapi_connection, rows: Sequence[dict[str, Any]], remove_ids: Ite
                             [(i, path.rsplit("/", 1)[-1]) for i, path in created.items()])
         cur.executemany("INSERT OR REPLACE INTO vectors (image_id, vector) VALUES (?, ?)",
                         [(i, blob) for i, blob in new_vectors.items() if blob is not None])
-        return ids
+        return [int(i) for i in ids]
     finally:
         cur.close()
 
