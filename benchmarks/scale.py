@@ -313,8 +313,17 @@ def child(role: str, home: Path, rows: Rows) -> None:
             q = rows.vectors(0, 1)[0]
             hits = searcher._filtered(q[None, :], 10, [], F.build(after="2013", formats=["jpeg"]))
             result = {"vectors": len(searcher.vectors), "hits": len(hits)}
-    result["maxrss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result["maxrss_mb"] = _peak_rss_mb()
     print(json.dumps(result))
+
+
+def _peak_rss_mb() -> int:
+    """This process's peak RSS (VmHWM: getrusage's maxrss survives exec, so a child started by a
+    big parent would report the parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def duplicates(home: Path, rows: Rows, exact_too: bool, log) -> dict:

@@ -20,6 +20,7 @@ hub cache.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -74,18 +75,36 @@ class Resources:
     device: str  # the actors' encoder device
 
 
-def plan_resources(cluster: dict[str, float], options: RayOptions) -> Resources:
-    """Actors and their resources for a cluster's totals (ray.cluster_resources())."""
+def plan_resources(cluster: dict[str, float], options: RayOptions, device: str = "auto") -> Resources:
+    """Actors and their resources for a cluster's totals (ray.cluster_resources()) and the
+    --device asked for: 'cpu' leaves the GPUs alone, 'cuda' (or 'cuda:N': each actor has its
+    own GPU) needs the cluster to have GPUs, 'auto' takes them where it has. Every way leaves
+    at least one CPU to the decode tasks: actors holding every CPU starve them (the pipeline
+    waits forever). Raises DistributedError for 'cuda' on a cluster without GPUs and for more
+    --ray-actors than GPUs (the extra actors would wait for a GPU forever)."""
     cpus = float(cluster.get("CPU", 1))
-    gpus = int(cluster.get("GPU", 0))
+    gpus = 0 if device == "cpu" else int(cluster.get("GPU", 0))
+    if device.startswith("cuda") and gpus < 1:
+        raise DistributedError(
+            f"--device {device}: the Ray cluster has no GPUs (ray.cluster_resources() lists none); "
+            "start its nodes with GPUs (ray start --num-gpus N), or use --device cpu or auto")
     if gpus >= 1:
+        if options.actors > gpus:
+            raise DistributedError(
+                f"--ray-actors {options.actors}: the Ray cluster has {gpus} GPU{'s' if gpus != 1 else ''} and each "
+                f"encoder actor takes one; use --ray-actors {gpus} or fewer (0: one per GPU), or --device cpu")
         actors = options.actors or gpus
-        return Resources(actors, 1.0, options.cpus_per_actor or 1.0, "cuda")
+        return Resources(actors, 1.0, options.cpus_per_actor or _leave_a_cpu(1.0, actors, cpus), "cuda")
     actors = options.actors or max(1, int(cpus) // CPUS_PER_ACTOR_GROUP)
-    per_actor = options.cpus_per_actor or max(1.0, float(int(cpus // (2 * actors))))
-    if actors * per_actor > cpus - 1:  # leave one CPU to the decode tasks at least
-        per_actor = max(0.25, (cpus - 1) / actors) if cpus > 1 else 0.5 / actors
+    per_actor = options.cpus_per_actor or _leave_a_cpu(max(1.0, float(int(cpus // (2 * actors)))), actors, cpus)
     return Resources(actors, 0.0, per_actor, "cpu")
+
+
+def _leave_a_cpu(per_actor: float, actors: int, cpus: float) -> float:
+    """CPUs per actor, fewer than asked where `actors` of them would leave no CPU to decoding."""
+    if actors * per_actor > cpus - 1:
+        return (cpus - 1) / actors if cpus > 1 else 0.5 / actors
+    return per_actor
 
 
 class RayEngine:
@@ -100,6 +119,7 @@ class RayEngine:
         self.options = options or RayOptions()
         self.resources: Resources | None = None  # chosen when the pipeline starts
         self.backend: str | None = None  # what encodes, for the run's summary (indexer.RunSummary.backend)
+        self.notices: list[str] = []  # for the run's summary: the CPUs taken where a GPU was expected, ...
 
     def prepare(self, tasks: list[_Task], encoder, draft_min_side: int | None, known_content: frozenset[str],
                 options: IndexOptions) -> Iterator[list[_Prepared]]:
@@ -117,11 +137,14 @@ class RayEngine:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the CLI draws its own, from the run's checkpoints
         cluster = dict(ray.cluster_resources())
-        if self.spec.device == "cpu":  # --device cpu: the GPUs are left alone
-            cluster["GPU"] = 0
-        res = plan_resources(cluster, self.options)
+        res = plan_resources(cluster, self.options, self.spec.device)
         self.resources = res
         self.backend = f"pytorch ({res.device}) in {res.actors} Ray actor{'s' if res.actors != 1 else ''}"
+        if res.device == "cpu" and self.spec.device == "auto" and driver_has_gpu():
+            self.notices.append(
+                f"the Ray cluster has no GPUs (this machine has one): encoding on CPUs in {res.actors} "
+                f"actor{'s' if res.actors != 1 else ''}; start Ray with GPUs (ray start --num-gpus N), "
+                "or pass --device cpu to say so")
         spec = replace(self.spec, device=res.device)
         batch = spec.batch_size or default_batch_size(res.device)
         spec = replace(spec, batch_size=batch)
@@ -157,6 +180,9 @@ class RayEngine:
             batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
             try:
                 for out in batches:
+                    for note in out.get("note", ()):  # an actor halved its batch for GPU memory
+                        if note and note not in self.notices:
+                            self.notices.append(str(note))
                     results = []
                     for key, blob in zip(out["key"], out["item"]):
                         prepared: _Prepared = pickle.loads(blob)
@@ -194,7 +220,7 @@ class _EncodeActor:
 
         if spec.device == "cpu":
             torch.set_num_threads(threads)
-        self.encoder = create_encoder(spec)
+        self.encoder = create_encoder(spec)  # on "cuda": the one GPU Ray gave this actor (CUDA_VISIBLE_DEVICES)
         if self.encoder.model_id != model_id:
             raise ModelMismatchError(
                 f"the index was built with {model_id}, but a Ray worker loads {self.encoder.model_id}: "
@@ -220,8 +246,25 @@ class _EncodeActor:
             p.pixels = None
             if p.frames is not None:
                 p.frames = [(ms, None) for ms, _ in p.frames]
+        note = self.encoder.batch_note or ""  # out of GPU memory: the smaller batch, said to the driver
         return {"key": batch["key"], "item": _objects([pickle.dumps(p, protocol=pickle.HIGHEST_PROTOCOL)
-                                                       for p in items])}
+                                                       for p in items]),
+                "note": _objects([note] * len(items))}
+
+
+def _driver_encoder(index, batch_size: int | None):
+    return index.indexing_encoder("cpu", batch_size)[0]
+
+
+def driver_has_gpu() -> bool:
+    """Whether this machine (the driver) has a CUDA GPU torch can use."""
+    from retriever.encoders.base import surely_cpu
+
+    if surely_cpu("auto"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _objects(values: Sequence[Any]) -> np.ndarray:
@@ -284,12 +327,29 @@ def run_index_ray(
     batch_size: int | None = None,
 ) -> RunSummary:
     """indexer.run_index with decoding and encoding on Ray. `encoder`: the driver's encoder (or a
-    loader): its preprocessor is shipped to the decode tasks. device, batch_size: the actors'
-    (auto: CUDA where the cluster has GPUs). Raises MissingDependencyError without Ray,
-    DistributedError when the cluster fails."""
+    loader, replaced by one on the CPU): its preprocessor is shipped to the decode tasks. device,
+    batch_size: the actors' (auto: CUDA where the cluster has GPUs). Raises MissingDependencyError
+    without Ray, DistributedError when the cluster fails or cannot give what was asked (--device
+    cuda without GPUs, more --ray-actors than GPUs)."""
     import_ray()
     engine = RayEngine(index.model_spec(device, batch_size), index.model_id, ray_options)
-    return run_index(index, encoder, roots, options, on_progress=on_progress, engine=engine)
+    # The driver only preprocesses (and rarely encodes a file whose content vanished while
+    # planned): its copy of the model goes on the CPU, not on a GPU an actor needs.
+    if not hasattr(encoder, "embed_preprocessed"):  # not loaded yet: loaded on the CPU
+        if device != "cpu":
+            encoder = functools.partial(_driver_encoder, index, batch_size)
+        return run_index(index, encoder, roots, options, on_progress=on_progress, engine=engine)
+    on = str(getattr(encoder, "device", "cpu"))
+    if not on.startswith("cuda"):
+        return run_index(index, encoder, roots, options, on_progress=on_progress, engine=engine)
+    from retriever.encoders.cuda import release_cached_memory
+
+    encoder.move_to("cpu")  # loaded on this machine's GPU (a new index): off it for the run, back after
+    release_cached_memory()
+    try:
+        return run_index(index, encoder, roots, options, on_progress=on_progress, engine=engine)
+    finally:
+        encoder.move_to(on)
 
 
 __all__ = ["RayEngine", "RayOptions", "DistributedError", "plan_resources", "run_index_ray"]

@@ -37,3 +37,12 @@ class CatalogError(RetrieverError):
 
 class MissingDependencyError(RetrieverError):
     """An optional package needed by this feature is not installed."""
+
+
+class DeviceError(RetrieverError):
+    """The GPU could not run the model, named for what it is: out of memory, a torch build for
+    another CUDA (or none), no kernel for this GPU, a device that does not exist."""
+
+
+class DeviceOutOfMemoryError(DeviceError):
+    """The GPU ran out of memory even at the smallest batch."""

@@ -78,6 +78,8 @@ class RunSummary:
     engine: str = "local"  # where files were decoded and encoded: "local" (this process's pools) or "ray"
     backend: str | None = None  # what ran the image tower: "onnxruntime" or "pytorch (cpu|cuda)"; None: no model
     preparation: str | None = None  # a new index's first export of its model on this machine, in words
+    notices: list[str] = field(default_factory=list)  # how the run ran: a batch halved for GPU memory, Ray on CPUs
+    error: str | None = None  # why the run stopped, when an error ended it (the run is recorded as failed)
 
     @property
     def indexed(self) -> int:
@@ -100,7 +102,12 @@ class RunSummary:
             **({"backend": self.backend} if self.backend else {}),
             **({"tuning": self.tuning} if self.tuning else {}),
             **({"preparation": self.preparation} if self.preparation else {}),
+            **({"notices": self.notices} if self.notices else {}),
+            **({"error": self.error} if self.error else {}),
         }
+
+
+NON_FINITE_REASON = "the model gave a vector with NaN or infinite values for this file; nothing stored"
 
 
 # -- the worker side --------------------------------------------------------------------------------
@@ -270,9 +277,9 @@ class _Run:
         # We hold the lock: a run still marked running was killed (or crashed).
         self.after_crash = catalog.close_abandoned_runs() > 0
         run_id = catalog.start_run(self.roots)
-        tasks, gone = self._plan()
         status = "completed"
         try:
+            tasks, gone = self._plan()
             if tasks or gone:
                 self.vectors = self.index.vector_index()
                 self._process(tasks, gone)
@@ -281,15 +288,29 @@ class _Run:
             self.summary.interrupted = True
             if self.in_commit:  # the FAISS index may lag the catalog: leave it to be rebuilt
                 self.vectors = None
+        except Exception as exc:
+            # Out of GPU memory even one image at a time, a lost cluster, a full disk: the run
+            # is recorded as failed (not left "running"), its checkpoints kept, the error raised.
+            # The FAISS file is not written: the next open rebuilds it from the stored vectors.
+            self.summary.error = " ".join(str(exc).split())[:300] or type(exc).__name__
+            self._finish(run_id, "failed")
+            raise
         if self.vectors is not None:
             self.vectors.save(self.index.vectors_path, catalog.generation())
-        if self.summary.backend is None and getattr(self._encoder, "resolved", None) is not None:
-            self.summary.backend = encoder_backend(self._encoder)
-        self.summary.seconds = time.monotonic() - self.started
-        catalog.finish_run(run_id, status, self.summary.as_dict())
-        catalog.set_settings({"last_run_at": catalog.last_run()["finished_at"]})
+        self._finish(run_id, status)
         self.index.adapt_vector_index(None if self.summary.interrupted else self.vectors)  # the kind for the size
         return self.summary
+
+    def _finish(self, run_id: int, status: str) -> None:
+        if self.summary.backend is None and getattr(self._encoder, "resolved", None) is not None:
+            self.summary.backend = encoder_backend(self._encoder)
+        encoder = getattr(self._encoder, "resolved", None) or self._encoder
+        note = getattr(encoder, "batch_note", None)  # the GPU ran out of memory: a smaller batch since
+        if isinstance(note, str) and note not in self.summary.notices:
+            self.summary.notices.append(note)
+        self.summary.seconds = time.monotonic() - self.started
+        self.catalog.finish_run(run_id, status, self.summary.as_dict())
+        self.catalog.set_settings({"last_run_at": self.catalog.last_run()["finished_at"]})
 
     def _plan(self) -> tuple[list[_Task], list[KnownFile]]:
         """Stat only: which files to read, and which known files are gone."""
@@ -422,15 +443,13 @@ class _Run:
                 close()
             if getattr(self.engine, "backend", None):  # what encoded there, not the driver's encoder
                 self.summary.backend = self.engine.backend
+            self.summary.notices.extend(n for n in getattr(self.engine, "notices", ()) if n not in self.summary.notices)
 
     def _handle(self, p: _Prepared) -> None:
         task = p.task
         base = {"path": task.path, "size": task.size, "mtime_ns": task.mtime_ns}
         if p.error is not None:
-            self.summary.failed += 1
-            self.summary.failures.append((task.path, p.error))
-            self._replace(task, [{**base, "fingerprint": p.fingerprint, "status": STATUS_FAILED, "error": p.error,
-                                  "frame_ms": None, "vector": None}])
+            self._fail(task, p.fingerprint, p.error)
             return
         if task.known is not None and task.known.fingerprint == p.fingerprint and task.known.status == STATUS_INDEXED:
             self.summary.unchanged += 1  # touched, same content: new size/mtime only
@@ -468,6 +487,14 @@ class _Run:
         if len(self.to_encode) >= self.encoder.batch_size:
             self._encode_batch()
 
+    def _fail(self, task: _Task, fingerprint: str | None, reason: str) -> None:
+        """The file is recorded as failed, with its reason and no vector (its old items dropped)."""
+        self.summary.failed += 1
+        self.summary.failures.append((task.path, reason))
+        self._replace(task, [{"path": task.path, "size": task.size, "mtime_ns": task.mtime_ns,
+                              "fingerprint": fingerprint, "status": STATUS_FAILED, "error": reason,
+                              "frame_ms": None, "vector": None}])
+
     def _count_new(self, task: _Task) -> None:
         if task.known is None:
             self.summary.added += 1
@@ -493,7 +520,12 @@ class _Run:
 
     def _add_encoded(self, p: _Prepared, vectors: np.ndarray) -> None:
         """One encoded file into the next checkpoint: a still image's one row (vectors (1, dim)),
-        or a video's frames (one row each)."""
+        or a video's frames (one row each). A vector with NaN or inf in it (a model overflowing in
+        half precision, a broken GPU) fails the file: it would never be found, and would poison
+        the IVF training and every search that scores it."""
+        if not np.isfinite(vectors).all():
+            self._fail(p.task, p.fingerprint, NON_FINITE_REASON)
+            return
         self._count_new(p.task)
         base = {"path": p.task.path, "size": p.task.size, "mtime_ns": p.task.mtime_ns, **(p.meta or {}),
                 "fingerprint": p.fingerprint, "status": STATUS_INDEXED, "error": None}

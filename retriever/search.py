@@ -270,6 +270,7 @@ def search_overfetch(vectors, query: np.ndarray, k: int, allowed: np.ndarray) ->
     return search_selector(vectors, query, k, allowed)
 
 
+VERIFY_FIRST_FETCH = 400  # candidates of the first check of a broad filter
 VERIFY_MAX_FETCH = 8192  # candidates checked against a broad filter before listing its ids instead
 
 
@@ -279,7 +280,9 @@ def search_verified(vectors, query: np.ndarray, k: int, exclude: list[int], matc
     candidates are checked in the catalog. A filter that runs against the query (fewer than k
     pass among VERIFY_MAX_FETCH candidates) lists its ids and searches among them."""
     total = len(vectors)
-    fetch = min(total, max(4 * k, 40))
+    # deep enough at once for a filter passing 2.5 % (an IVF search costs about the same for 40
+    # or 400; checking 400 ids in the catalog ~0.6 ms)
+    fetch = min(total, max(4 * k, VERIFY_FIRST_FETCH))
     while True:
         scores, ids = vectors.search(query, fetch, exclude=exclude)
         valid = ids[0] != -1

@@ -37,6 +37,20 @@ TINY_CONFIG = {
 TINY_NAME = "retriever-tiny-test"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` run where torch sees a CUDA GPU and are skipped elsewhere."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in marked:
+        item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
     """Each test gets its own index home and cache: nothing leaks between tests or to ~."""

@@ -1,8 +1,10 @@
 """The Ray Data engine (--engine ray) and collections at URLs (fsspec).
 
-One local Ray cluster (2 CPUs) serves the module. The Ray runs are compared with local runs of
-the same files: catalog rows, stored vectors and exact-search answers must be the same, after a
-killed encoder actor and after an interrupted driver too."""
+One local Ray cluster (2 CPUs, no GPU even on a machine that has one) serves the module. The Ray
+runs are compared with local runs of the same files on the CPU: catalog rows, stored vectors and
+exact-search answers must be the same, after a killed encoder actor and after an interrupted
+driver too. Every run here says --device cpu: these tests mean the CPU (tests/test_gpu_cuda.py
+has the CUDA ones)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from retriever.cli import main
-from retriever.distributed import CPUS_PER_ACTOR_GROUP, RayOptions, plan_resources, run_index_ray
+from retriever.distributed import CPUS_PER_ACTOR_GROUP, DistributedError, RayOptions, plan_resources, run_index_ray
 from retriever.encoders import ModelSpec
 from retriever.errors import MissingDependencyError
 from retriever.index import Index
@@ -129,7 +131,7 @@ def ray_cluster(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
     os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the hook travels by value
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False,
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": _inject_faults,
                           "env_vars": {"RETRIEVER_TEST_FAULTS": str(faults)}})
     try:
@@ -166,7 +168,8 @@ def test_ray_run_gives_the_local_catalog_vectors_and_answers_even_when_an_actor_
     armed.write_text("3")  # the encoder actor dies in its third batch of 2, with 2 done and 5 to come
     with new_index(tmp_path, "ray", offline_encoder) as index:
         progress = []
-        summary = run_index_ray(index, offline_encoder, [str(col)], on_progress=progress.append, batch_size=2)
+        summary = run_index_ray(index, offline_encoder, [str(col)], on_progress=progress.append, batch_size=2,
+                                device="cpu")
         assert not armed.exists(), "the encoder actor was not killed"
         files = 17  # 15 photos, one copy, one broken file
         assert (summary.indexed, summary.failed, summary.interrupted, summary.engine) == (files - 1, 1, False, "ray")
@@ -190,7 +193,7 @@ def test_an_interrupted_driver_resumes_where_it_stopped(ray_cluster, tmp_path, o
                 raise KeyboardInterrupt
 
         first = run_index_ray(index, offline_encoder, [str(col)], on_progress=stop_after_two_checkpoints,
-                              batch_size=2)
+                              batch_size=2, device="cpu")
         assert first.interrupted and index.catalog.last_run()["status"] == "interrupted"
         saved = {p: f for p, f in index.catalog.known_files().items()}
         assert 4 <= len(saved) < 17
@@ -201,7 +204,7 @@ def test_an_interrupted_driver_resumes_where_it_stopped(ray_cluster, tmp_path, o
         os.rename(moved, col / "moved" / os.path.basename(moved))
         os.unlink(deleted)
 
-        second = run_index_ray(index, offline_encoder, [str(col)], batch_size=2)
+        second = run_index_ray(index, offline_encoder, [str(col)], batch_size=2, device="cpu")
         assert not second.interrupted
         assert (second.moved, second.removed) == (1, 1)
         assert second.unchanged == len(saved) - 2
@@ -220,7 +223,7 @@ def test_cli_engine_ray_on_a_file_url(ray_cluster, reference, tmp_path, offline_
     runner = CliRunner()
     home = ["--home", str(tmp_path / "home")]
     out = runner.invoke(main, ["index", url + "/", "--engine", "ray", "--batch-size", "4", "--model", "offline",
-                               "--no-onnx", "--json", "-q", *home])
+                               "--device", "cpu", "--no-onnx", "--json", "-q", *home])
     assert out.exit_code == 0, out.output
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert (summary["engine"], summary["indexed"], summary["failed"]) == ("ray", 16, 1)
@@ -229,7 +232,7 @@ def test_cli_engine_ray_on_a_file_url(ray_cluster, reference, tmp_path, offline_
         assert all(p.startswith(f"file://{col}/") for p in index.catalog.known_files())
         assert_same_index(local, index, strip_b="file://")
 
-    hits = runner.invoke(main, ["search", "a cat", "-k", "3", "--paths", "--no-daemon", *home])
+    hits = runner.invoke(main, ["search", "a cat", "-k", "3", "--paths", "--no-daemon", "--device", "cpu", *home])
     assert hits.exit_code == 0, hits.output
     expected = [p for p, _ in top_paths(local, offline_encoder)["a cat"][:3]]
     printed = hits.stdout.split("\n")[:3]
@@ -238,7 +241,7 @@ def test_cli_engine_ray_on_a_file_url(ray_cluster, reference, tmp_path, offline_
 
     # Thumbnails read local files only: a URL gets the page's placeholder, not a crash.
     page = runner.invoke(main, ["search", "a cat", "-k", "2", "--html", str(tmp_path / "r.html"), "--no-daemon",
-                                *home])
+                                "--device", "cpu", *home])
     assert page.exit_code == 0, page.output
     assert "chelsea.png" in (tmp_path / "r.html").read_text()
 
@@ -274,8 +277,25 @@ def test_actors_never_hold_every_cpu():
             assert res.actors * res.cpus_per_actor < cpus
             assert res.actors == (actors or max(1, cpus // CPUS_PER_ACTOR_GROUP))
     gpu = plan_resources({"CPU": 32.0, "GPU": 4.0}, RayOptions())
-    assert (gpu.actors, gpu.gpus_per_actor, gpu.device) == (4, 1.0, "cuda")
+    assert (gpu.actors, gpu.gpus_per_actor, gpu.cpus_per_actor, gpu.device) == (4, 1.0, 1.0, "cuda")
     assert plan_resources({"CPU": 2.0}, RayOptions()).cpus_per_actor == 1.0
+    # GPU actors leave a CPU to the decode tasks too (the hang the CPU branch guards against).
+    for cpus, gpus in ((1, 1), (2, 2), (4, 4), (3, 8), (3, 16), (16, 2)):
+        res = plan_resources({"CPU": float(cpus), "GPU": float(gpus)}, RayOptions())
+        assert (res.actors, res.device) == (gpus, "cuda") and res.actors * res.cpus_per_actor < cpus
+
+
+def test_the_device_asked_for_is_what_the_cluster_gives_or_a_clear_error():
+    on_gpus = {"CPU": 16.0, "GPU": 2.0}
+    assert plan_resources(on_gpus, RayOptions(), "cpu").device == "cpu"  # the GPUs left alone
+    assert plan_resources(on_gpus, RayOptions(), "cuda:1").device == "cuda"  # each actor has its own GPU
+    assert plan_resources({"CPU": 16.0}, RayOptions(), "auto").device == "cpu"
+    with pytest.raises(DistributedError, match=r"^--device cuda: the Ray cluster has no GPUs"):
+        plan_resources({"CPU": 16.0, "GPU": 0.0}, RayOptions(), "cuda")
+    # More actors than GPUs would wait for a GPU forever: refused, saying how many there are.
+    with pytest.raises(DistributedError, match=r"^--ray-actors 3: the Ray cluster has 2 GPUs .* --ray-actors 2 or fewer"):
+        plan_resources(on_gpus, RayOptions(actors=3), "auto")
+    assert plan_resources(on_gpus, RayOptions(actors=3), "cpu").actors == 3  # CPU actors: as many as asked
 
 
 def test_memory_url_collection_indexes_moves_and_drops_like_a_local_one(tmp_path, offline_encoder):

@@ -332,7 +332,8 @@ CLI_INDEX = """
 import sys
 from retriever.cli import main
 try:
-    main(["index", "--home", sys.argv[1], "--index", sys.argv[2], "--backend", sys.argv[3], "--json", "-q", sys.argv[4]])
+    main(["index", "--home", sys.argv[1], "--index", sys.argv[2], "--backend", sys.argv[3], "--device", "cpu", "--json",
+          "-q", sys.argv[4]])  # --backend onnx runs on the CPU only: said, so that a GPU machine passes too
 except SystemExit as exc:
     assert not exc.code, exc.code
 print("TORCH", "torch" in sys.modules, "open_clip" in sys.modules, file=sys.stderr)

@@ -154,6 +154,8 @@ def _print_index_summary(summary, status: dict[str, Any]) -> None:
         click.echo(f"  failed: {shown(path)}: {reason}", err=True)
     for warning in summary.warnings[:10]:
         click.echo(f"  warning: {shown(warning)}", err=True)
+    for note in summary.notices:  # a batch halved for GPU memory, a Ray cluster without GPUs
+        click.echo(f"  note: {note}", err=True)
     if len(summary.failures) > 10:
         click.echo(f"  ... and {len(summary.failures) - 10} more (retriever errors)", err=True)
     click.echo(f"index {status['index']!r}: {status['images']} images, model {status['model_id']}", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -28,13 +29,26 @@ def index_options(fn: Callable) -> Callable:
     return fn
 
 
+class DeviceType(click.ParamType):
+    """auto, cpu, cuda, or cuda:N (the Nth GPU)."""
+
+    name = "[auto|cpu|cuda|cuda:N]"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip().lower()
+        if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]{1,3}", text):
+            return text
+        self.fail(f"{value!r} is not auto, cpu, cuda or cuda:N (N: a GPU's number, from 0)", param, ctx)
+
+
 def device_option(fn: Callable) -> Callable:
     return click.option(
         "--device",
-        type=click.Choice(["auto", "cpu", "cuda"]),
+        type=DeviceType(),
         default="auto",
         show_default=True,
-        help="Where the model runs; auto = CUDA when available (fp16 autocast there).",
+        help="Where the model runs: auto = CUDA when available, else the CPU; cuda:N = the Nth GPU. "
+             "On CUDA in half precision: bf16 where the GPU runs it natively, else fp16.",
     )(fn)
 
 

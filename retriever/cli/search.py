@@ -62,6 +62,8 @@ def _rerank(hits, terms, rerank_with, device, top):
         reranked = rerank(vlm, keyword_text_of(terms), hits, top_n=rerank_top, on_progress=progress.callback)
     finally:
         progress.close()
+    if vlm.batch_note:  # the GPU ran out of memory and the batches were made smaller
+        click.echo(f"note: {vlm.batch_note}", err=True)
     from dataclasses import replace
 
     return [replace(r.as_hit(), rank=i) for i, r in enumerate(reranked[:top], start=1)]

@@ -190,6 +190,8 @@ def caption(home, index_name, vlm_spec, device, limit, batch_size, max_new_token
                    f"{counts['with_caption']} of {counts['items']} photos have captions (model {model_id})", err=True)
         for label, reason in summary.failures[:10]:
             click.echo(f"  failed: {shown(label)}: {reason}", err=True)
+        for note in summary.notices:
+            click.echo(f"  note: {note}", err=True)
     if summary.interrupted:
         click.echo(f"interrupted: {summary.captioned} captions from this run are saved; run the same command "
                    "again to resume", err=True)

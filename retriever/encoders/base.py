@@ -56,6 +56,8 @@ class Encoder(ABC):
     input_size: int  # the short side images are resized to first; decoding may stop at a multiple of it
     batch_size: int = 32
     device: str = "cpu"
+    _fits: int | None = None  # the largest batch known to fit in GPU memory (after an out-of-memory error)
+    _first_batch: int | None = None  # the image batch before out-of-memory errors made it smaller
 
     @abstractmethod
     def preprocessor(self) -> Callable[[Image.Image], np.ndarray]:
@@ -88,10 +90,46 @@ class Encoder(ABC):
         return self._run_batched(list(texts), self._embed_text_batch, max(self.batch_size, TEXT_BATCH))
 
     def _run_batched(self, items: Sequence[Any], fn, size: int | None = None) -> np.ndarray:
+        """fn over batches of `size` (default: the batch size). When the GPU runs out of memory,
+        the batch is halved and the same items tried again, down to one; the smaller image batch
+        is kept for the rest of the encoder's life (a run), and said in `batch_note`."""
         if len(items) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        parts = [np.asarray(fn(chunk), dtype=np.float32) for chunk in batched(items, size or self.batch_size)]
+        step = min(size or self.batch_size, self._fits or len(items))
+        parts, start = [], 0
+        while start < len(items):
+            chunk = items[start : start + step]
+            try:
+                parts.append(np.asarray(fn(chunk), dtype=np.float32))
+            except Exception as exc:
+                from retriever.encoders import cuda
+
+                if not cuda.is_out_of_memory(exc):
+                    cuda.raise_if_cuda_failure(exc, f"encoding on {self.device} failed")  # said for what it is
+                    raise
+                cuda.release_cached_memory()
+                if len(chunk) == 1:
+                    raise cuda.out_of_memory_at_one("encoding", exc) from exc
+                step = len(chunk) // 2
+                self._fits = step
+                if size is None and step < self.batch_size:  # images: the run's batch from now on
+                    self._first_batch = self._first_batch or self.batch_size
+                    self.batch_size = step
+                continue
+            start += len(chunk)
         return l2_normalize(np.concatenate(parts, axis=0))
+
+    def move_to(self, device: str) -> None:
+        """The model onto `device` ('cpu', 'cuda', 'cuda:N'), in place. Encoders whose model
+        cannot move (ONNX Runtime's, on the CPU) stay where they are."""
+
+    @property
+    def batch_note(self) -> str | None:
+        """One line when out-of-memory errors made the image batch smaller, else None."""
+        if not self._first_batch:
+            return None
+        return (f"the GPU ran out of memory at batch {self._first_batch}: "
+                f"encoded {self.batch_size} images per batch from then on")
 
 
 TEXT_BATCH = 256  # texts encoded per call, at least (see Encoder.embed_texts)
@@ -103,22 +141,26 @@ def default_batch_size(device: str) -> int:
 
 
 def to_device(batch: Sequence[Any], device: str):
-    """Preprocessed arrays -> one float32 tensor on `device`; on CUDA through pinned memory with
-    a non-blocking copy, so the transfer overlaps the work already queued on the GPU."""
+    """Preprocessed arrays -> one float32 tensor on `device`. A plain copy: pinning the batch
+    first would be one more blocking copy, and every batch ends in a blocking copy of its
+    vectors back anyway, so nothing would overlap."""
     import torch
 
     tensor = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x in batch]))
-    if device.startswith("cuda"):
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor
+    return tensor.to(device) if device != "cpu" else tensor
 
 
-NVIDIA_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version")
+# How `auto` tells, without importing torch (2-3 s), that there is no GPU: none of the files an
+# NVIDIA driver makes exists. Linux (/dev/nvidia*, /proc/driver/nvidia), WSL2 (/dev/dxg: the GPU
+# of the Windows host) and Jetson boards (/dev/nvhost-*, /etc/nv_tegra_release). Where one exists,
+# torch decides; where a GPU is missed, --device cuda (or cuda:N) makes torch look.
+NVIDIA_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/dxg",
+                       "/dev/nvhost-ctrl-gpu", "/dev/nvhost-gpu", "/etc/nv_tegra_release")
 
 
 def surely_cpu(device: str) -> bool:
-    """True when `device` can only mean the CPU: 'cpu', or 'auto' on a machine with no NVIDIA
-    driver (no device files), decided without importing torch (2-3 s). False: ask torch."""
+    """True when `device` can only mean the CPU: 'cpu', or 'auto' on a machine with none of the
+    NVIDIA_DEVICE_FILES, decided without importing torch. False: ask torch."""
     import os
 
     if device == "cpu":
@@ -127,15 +169,14 @@ def surely_cpu(device: str) -> bool:
 
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'. 'cuda' without a GPU is an error."""
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'. 'cuda' or 'cuda:N' without that GPU is
+    a DeviceError."""
     import torch
-
-    from retriever.errors import RetrieverError
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RetrieverError("--device cuda was asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise RetrieverError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if device != "cpu":
+        from retriever.encoders.cuda import check_cuda_device
+
+        check_cuda_device(device)
     return device

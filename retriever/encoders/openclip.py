@@ -17,6 +17,7 @@ import numpy as np
 
 from retriever.errors import UnknownModelError, WeightsNotFoundError
 from retriever.encoders.base import Encoder, ModelSpec, default_batch_size, resolve_device, to_device
+from retriever.encoders.cuda import cuda_errors_named, half_dtype, raise_if_cuda_failure
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
@@ -43,12 +44,15 @@ class OpenClipEncoder(Encoder):
             and _check_tag_reachable(open_clip, arch, pretrained)
         self.device = resolve_device(spec.device)
         self.batch_size = spec.batch_size or default_batch_size(self.device)
+        self._half = half_dtype(self.device) if self.device.startswith("cuda") else None
+        loading = f"could not load {spec.name} on {self.device}"
         try:
             with _hub_offline(cached):
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     arch, pretrained=pretrained, device=self.device
                 )
         except Exception as exc:  # noqa: BLE001 - a bad checkpoint fails in many ways (pickle, safetensors, shapes)
+            raise_if_cuda_failure(exc, loading)  # the GPU's failure is not the weights' (out of memory, no kernel)
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightsNotFoundError(
                 f"could not load {spec.name} weights {pretrained or ''}: {first_line[:300]}"
@@ -59,7 +63,8 @@ class OpenClipEncoder(Encoder):
         size = model.visual.image_size
         self.input_size = int(min(size) if isinstance(size, (tuple, list)) else size)
         self.tokenizer = open_clip.get_tokenizer(arch)
-        self.dim = int(self._embed_text_batch(["a photo"]).shape[1])
+        with cuda_errors_named(loading):  # the first forward pass: where a missing kernel shows
+            self.dim = int(self._embed_text_batch(["a photo"]).shape[1])
 
     @staticmethod
     def _resolve(open_clip, spec: ModelSpec) -> tuple[str, str | None, str]:
@@ -105,13 +110,16 @@ class OpenClipEncoder(Encoder):
     def preprocessor(self) -> "TransformToArray":
         return self._preprocessor
 
-    def _autocast(self):
-        import contextlib
+    def move_to(self, device: str) -> None:
+        self.model.to(device)
+        self.device = device
+        self._half = half_dtype(device) if device.startswith("cuda") else None
 
+    def _autocast(self):
         import torch
 
-        if self.device.startswith("cuda"):
-            return torch.autocast("cuda", dtype=torch.float16)
+        if self._half is not None:  # bf16 where the GPU runs it natively, else fp16
+            return torch.autocast("cuda", dtype=self._half)
         return contextlib.nullcontext()
 
     def _embed_preprocessed_batch(self, batch: Sequence[Any]) -> np.ndarray:

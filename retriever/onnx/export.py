@@ -60,6 +60,20 @@ def check_images(n: int = 4, size: int = 320) -> list[Any]:
 # ---- the towers as torch modules -------------------------------------------------------------
 
 
+def cpu_copy(module):
+    """A float32 copy of `module` on the CPU, made without a second copy on its GPU (a plain
+    deepcopy would first duplicate every weight there, beside the encoder that is running):
+    each parameter and buffer is copied straight to the CPU, deepcopy copies the rest."""
+    import torch
+
+    memo: dict[int, Any] = {}
+    for p in module.parameters():
+        memo[id(p)] = torch.nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=p.requires_grad)
+    for b in module.buffers():
+        memo[id(b)] = b.detach().to("cpu", copy=True)
+    return copy.deepcopy(module, memo).float()
+
+
 def _towers(encoder) -> tuple[Any, Any, dict[str, Any], Any]:
     """-> (text module, image module, tokenizer description, tokenizer), all on the CPU in float32."""
     import torch
@@ -70,7 +84,7 @@ def _towers(encoder) -> tuple[Any, Any, dict[str, Any], Any]:
     nn = torch.nn
     if isinstance(encoder, OpenClipEncoder):
         _check_clip_tokenizer(encoder.tokenizer)
-        model = copy.deepcopy(encoder.model).float().cpu().eval() if encoder.device != "cpu" else encoder.model
+        model = cpu_copy(encoder.model).eval() if encoder.device != "cpu" else encoder.model
 
         class Text(nn.Module):
             def __init__(self):
@@ -123,7 +137,7 @@ def _towers(encoder) -> tuple[Any, Any, dict[str, Any], Any]:
         cnn = encoder._cnn
         class_emb = encoder._class_emb
         if not on_cpu:
-            bert, cnn, class_emb = copy.deepcopy(bert).cpu(), copy.deepcopy(cnn).cpu(), class_emb.cpu()
+            bert, cnn, class_emb = cpu_copy(bert), cpu_copy(cnn), class_emb.cpu()
         features = encoder._features.__func__
         holder = type("CnnHolder", (), {"_cnn": cnn})()
         a, b = encoder._a, encoder._b

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from retriever.store.schema import CAMERA_SQL, FORMAT_SQL, LONG_SIDE_SQL, SHORT_SIDE_SQL
+from retriever.store.reader import CAMERA_SQL, FORMAT_SQL, LONG_SIDE_SQL, SHORT_SIDE_SQL
 
 EARTH_RADIUS_KM = 6371.0088
 

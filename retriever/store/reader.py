@@ -29,6 +29,11 @@ STATUS_INDEXED, STATUS_FAILED = "indexed", "failed"
 METADATA_FIELDS = (  # image columns a search hit carries (catalog.py checks them against its table)
     "width", "height", "format", "taken_at", "camera_make", "camera_model", "gps_lat", "gps_lon", "frame_ms",
 )
+# The expressions of migration 005's filter indexes (schema.py): a filter must spell them exactly
+# so SQLite uses the index. Here, not in schema.py: a search's filters must not import SQLAlchemy.
+CAMERA_SQL = "lower(COALESCE(camera_make, '') || ' ' || COALESCE(camera_model, ''))"  # ix_images_camera
+FORMAT_SQL = "upper(format)"  # ix_images_format
+LONG_SIDE_SQL, SHORT_SIDE_SQL = "max(width, height)", "min(width, height)"  # ix_images_size
 _CHUNK = 500  # ids per IN (...) list
 # The images columns a row carries (not date_key: a filter column, see schema._m005_filter_columns)
 _IMAGE_COLUMNS = ("id, path, frame_ms, size, mtime_ns, fingerprint, status, error, width, height, format, taken_at, "

@@ -23,7 +23,14 @@ from sqlalchemy import (
 )
 
 from retriever.files import path_from_text, path_to_text
-from retriever.store.reader import METADATA_FIELDS, SCHEMA_MIGRATIONS
+from retriever.store.reader import (  # noqa: F401  (the index expressions are re-exported)
+    CAMERA_SQL,
+    FORMAT_SQL,
+    LONG_SIDE_SQL,
+    METADATA_FIELDS,
+    SCHEMA_MIGRATIONS,
+    SHORT_SIDE_SQL,
+)
 
 STATUS_INDEXED = "indexed"
 STATUS_FAILED = "failed"
@@ -220,9 +227,6 @@ def _m004_tag_upkeep(conn: Connection) -> None:
 
 
 _DATE_OF = "COALESCE({0}taken_at, strftime('%Y-%m-%dT%H:%M:%S', {0}mtime_ns / 1000000000, 'unixepoch', 'localtime'))"
-CAMERA_SQL = "lower(COALESCE(camera_make, '') || ' ' || COALESCE(camera_model, ''))"  # ix_images_camera's expression
-FORMAT_SQL = "upper(format)"  # ix_images_format's
-LONG_SIDE_SQL, SHORT_SIDE_SQL = "max(width, height)", "min(width, height)"  # ix_images_size's
 
 
 def _m005_filter_columns(conn: Connection) -> None:

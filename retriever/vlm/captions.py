@@ -52,6 +52,7 @@ class CaptionSummary:
     seconds: float = 0.0
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)  # (label, reason)
+    notices: list[str] = field(default_factory=list)  # how the run ran (a batch made smaller for GPU memory)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +62,7 @@ class CaptionSummary:
             "seconds": round(self.seconds, 3),
             "seconds_per_photo": round(self.seconds / self.captioned, 3) if self.captioned else None,
             "interrupted": self.interrupted,
+            **({"notices": self.notices} if self.notices else {}),
         }
 
 
@@ -168,6 +170,10 @@ def run_captions(
                     on_progress(Progress(done, len(todo), summary.failed, time.monotonic() - started))
         except KeyboardInterrupt:
             summary.interrupted = True
+        finally:
+            note = getattr(vlm, "batch_note", None)  # None too while vlm is still a loader
+            if note:
+                summary.notices.append(note)
     summary.seconds = time.monotonic() - started
     return summary
 

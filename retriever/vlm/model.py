@@ -17,7 +17,9 @@ and the same for every photo: SmolVLM/Idefics3 without tile splitting (one tile 
 tile size), Qwen2-VL under a pixel budget of QWEN_MAX_IMAGE_TOKENS tokens, LLaVA-1.5 as it is (one
 fixed crop).
 
-Precision: bfloat16 on CUDA (float16 where bf16 is unsupported), float32 on the CPU.
+Precision: bfloat16 on a GPU that runs it natively, float16 on one that would only emulate it,
+float32 on the CPU (model_dtype). A batch that runs out of GPU memory is halved and tried again
+(VLM._in_passes), and the smaller batch kept for the rest of the run.
 torch and transformers are imported inside functions: importing this module costs nothing.
 """
 
@@ -58,6 +60,16 @@ class VLM:
     dtype: str  # "float32", "bfloat16", "float16"
     image_policy: str  # how image tokens are bounded, in words
     last_prompt_tokens: int = 0  # tokens (text + image) of the longest prompt of the last generate()
+    batch_limit: int | None = None  # prompts per forward pass since the GPU ran out of memory (None: any)
+    first_batch: int | None = None  # the batch that first ran out of memory
+
+    @property
+    def batch_note(self) -> str | None:
+        """One line when out-of-memory errors made the batches smaller, else None."""
+        if self.batch_limit is None:
+            return None
+        return (f"the GPU ran out of memory at {self.first_batch} photos per pass: "
+                f"{self.batch_limit} per pass from then on")
 
     # -- facts -------------------------------------------------------------------------------
 
@@ -133,25 +145,62 @@ class VLM:
         family's multimodal rope are handled exactly as in generation."""
         import torch
 
-        batch = self.inputs(prompts, images)
-        with torch.inference_mode(), quiet_transformers():
-            out = self.model.generate(
-                **batch, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True,
-                pad_token_id=self._pad_id,
-            )
-        return torch.log_softmax(out.logits[0].float(), dim=-1).cpu()
+        def run(prompts, images):
+            batch = self.inputs(prompts, images)
+            with torch.inference_mode(), quiet_transformers():
+                out = self.model.generate(
+                    **batch, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                    pad_token_id=self._pad_id,
+                )
+            return torch.log_softmax(out.logits[0].float(), dim=-1).cpu()
+
+        return torch.cat(self._in_passes(prompts, images, run))
 
     def generate(self, prompts: Sequence[str], images: Sequence[Any], max_new_tokens: int) -> list[str]:
         """Greedy continuation of each prompt, decoded without special tokens, stripped."""
         import torch
 
-        batch = self.inputs(prompts, images)
-        self.last_prompt_tokens = int(batch["input_ids"].shape[1])
-        with torch.inference_mode(), quiet_transformers():
-            out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=self._pad_id)
-        new = out[:, batch["input_ids"].shape[1]:]
-        return [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
+        def run(prompts, images):
+            batch = self.inputs(prompts, images)
+            self.last_prompt_tokens = max(self.last_prompt_tokens, int(batch["input_ids"].shape[1]))
+            with torch.inference_mode(), quiet_transformers():
+                out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                          pad_token_id=self._pad_id)
+            new = out[:, batch["input_ids"].shape[1]:]
+            return [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
+
+        self.last_prompt_tokens = 0
+        return [text for part in self._in_passes(prompts, images, run) for text in part]
+
+    def _in_passes(self, prompts: Sequence[str], images: Sequence[Any], run) -> list[Any]:
+        """run(prompts, images) over the whole batch, or, once the GPU ran out of memory, over
+        parts of at most `batch_limit` prompts: an out-of-memory error halves the part and tries
+        it again, down to one prompt. Only a batch of one prompt repeated (rerank, captions: the
+        same photo placeholders in each) can be split; any other goes in one pass."""
+        n = len(prompts)
+        same = n > 0 and len(set(prompts)) == 1 and len(images) % n == 0
+        per = len(images) // n if same else None  # photos per prompt
+        size = n if per is None else min(n, self.batch_limit or n)
+        parts, start = [], 0
+        while start < n:
+            count = min(size, n - start)
+            part = images if per is None else images[start * per:(start + count) * per]
+            try:
+                parts.append(run(list(prompts[start:start + count]), list(part)))
+            except Exception as exc:
+                from retriever.encoders.cuda import is_out_of_memory, out_of_memory_at_one, release_cached_memory
+
+                if not is_out_of_memory(exc):
+                    raise
+                release_cached_memory()
+                if count == 1 or per is None:
+                    raise out_of_memory_at_one("running the vision-language model", exc) from exc
+                size = count // 2
+                self.first_batch = self.first_batch or count
+                self.batch_limit = size
+                continue
+            start += count
+        return parts
 
     def token_ids(self, variants: Sequence[str]) -> list[int]:
         """Ids of the spellings in `variants` that are one token each (in order, no repeats);
@@ -189,7 +238,23 @@ def resolve_device(device: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VLMError("--device cuda: no CUDA device is available here (use --device cpu)")
+    if device != "cpu":
+        from retriever.encoders.cuda import check_cuda_device
+
+        check_cuda_device(device)  # cuda:N: that GPU exists
     return device
+
+
+def model_dtype(device: str):
+    """bfloat16 on a GPU that runs it natively (the device chosen, cuda:N included), float16 on
+    one that would only emulate it (T4, V100: slow), float32 on the CPU."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return torch.float32
+    from retriever.encoders.cuda import half_dtype
+
+    return half_dtype(device)
 
 
 def locate_model(spec: str | None, device: str = "cpu") -> tuple[str, Path | None]:
@@ -262,18 +327,16 @@ def load_vlm(spec: str | None = None, device: str = "auto", *, max_image_tokens:
     QWEN_MAX_IMAGE_TOKENS by default; fixed-size models ignore it.
 
     Raises MissingDependencyError without transformers, VLMNotFoundError when the weights cannot
-    be had (within seconds), VLMLoadError when the folder is not a chat-capable VLM."""
+    be had (within seconds), VLMLoadError when the folder is not a chat-capable VLM, DeviceError
+    when the GPU cannot hold or run it (out of memory, no kernel for it, a torch for another CUDA)."""
     try:
-        import torch
+        import torch  # noqa: F401 - said here, with what to install, when missing
         from transformers import AutoModelForImageTextToText, AutoProcessor
     except ImportError:
         raise MissingDependencyError(f"the VLM features need transformers: {INSTALL_HINT}") from None
     device = resolve_device(device)
     model_id, folder = resolve_model(spec, device)
-    if device.startswith("cuda"):
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        dtype = torch.float32
+    dtype = model_dtype(device)
     try:
         with quiet_transformers():
             processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
@@ -281,13 +344,19 @@ def load_vlm(spec: str | None = None, device: str = "auto", *, max_image_tokens:
     except ImportError as exc:  # a processor's own optional dependency (num2words for SmolVLM2, ...)
         raise VLMLoadError(f"cannot load {model_id}: {_one_line(exc)}") from None
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        from retriever.encoders.cuda import raise_if_cuda_failure
+
+        raise_if_cuda_failure(exc, f"cannot load {model_id} on {device}")  # the GPU's failure, named
         raise VLMLoadError(f"cannot load {model_id} as a vision-language model: {_one_line(exc)}") from None
     if getattr(processor, "tokenizer", None) is None or not hasattr(processor, "image_processor"):
         raise VLMLoadError(f"{model_id}: its processor has no tokenizer or no image processor")
     if not getattr(processor, "chat_template", None):
         raise VLMLoadError(f"{model_id} has no chat template: use an instruction-tuned (chat) model")
     processor.tokenizer.padding_side = "left"  # batched generation continues every row at the end
-    model = model.to(device).eval()
+    from retriever.encoders.cuda import cuda_errors_named
+
+    with cuda_errors_named(f"cannot load {model_id} on {device}"):  # out of memory, no kernel: said as such
+        model = model.to(device).eval()
     return VLM(
         model=model,
         processor=processor,
