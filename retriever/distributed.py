@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from retriever.encoders.base import ModelSpec, default_batch_size
+from retriever.encoders.base import ModelSpec, auto_device, default_batch_size
 from retriever.errors import MissingDependencyError, ModelMismatchError, RetrieverError
 from retriever.indexer import IndexOptions, RunSummary, _Prepared, _Task, prepare, run_index
 
@@ -82,6 +82,7 @@ def plan_resources(cluster: dict[str, float], options: RayOptions, device: str =
     at least one CPU to the decode tasks: actors holding every CPU starve them (the pipeline
     waits forever). Raises DistributedError for 'cuda' on a cluster without GPUs and for more
     --ray-actors than GPUs (the extra actors would wait for a GPU forever)."""
+    device = auto_device(device)  # $RETRIEVER_DEVICE decides what auto means, when set
     cpus = float(cluster.get("CPU", 1))
     gpus = 0 if device == "cpu" else int(cluster.get("GPU", 0))
     if device.startswith("cuda") and gpus < 1:

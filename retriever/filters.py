@@ -19,7 +19,13 @@ from datetime import date, datetime, timedelta
 from typing import Any, Sequence
 
 from retriever.errors import RetrieverError
-from retriever.store.filters import EARTH_RADIUS_KM, date_sql, filter_ids, filter_rows  # noqa: F401  (date_sql re-exported)
+from retriever.store.filters import (  # noqa: F401  (date_sql re-exported)
+    EARTH_RADIUS_KM,
+    date_sql,
+    filter_ids,
+    filter_rows,
+    max_item_id,
+)
 
 DEFAULT_WITHIN_KM = 1.0
 
@@ -261,6 +267,19 @@ class FilterMatch:
             return ids[np.isin(ids, self.ids)]
         passing = _passing(filter_rows(self.catalog, self.filters, among=[int(i) for i in ids]), self.filters)
         return ids[np.isin(ids, passing)]
+
+    def share(self, sample: int = 128, seed: int = 0) -> float:
+        """About which share of the catalog's items pass: `sample` random ids checked (for a broad
+        filter, ~0.7 ms at 1 M items; exact for a listed one)."""
+        import numpy as np
+
+        top = max_item_id(self.catalog)
+        if self.ids is not None:
+            return len(self.ids) / max(1, top)
+        if top == 0:
+            return 0.0
+        ids = np.random.default_rng(seed).integers(1, top + 1, sample)
+        return len(self.keep(ids)) / sample
 
     def all_ids(self) -> "Any":
         """Every passing id, sorted (reads them all for a broad filter)."""

@@ -52,9 +52,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
+def _isolated_env(tmp_path, monkeypatch, request):
     """Each test gets its own index home and cache: nothing leaks between tests or to ~."""
     monkeypatch.setenv("RETRIEVER_HOME", str(tmp_path / "home"))
+    if request.node.get_closest_marker("cuda") is None:  # on a GPU machine too, `auto` means the CPU
+        monkeypatch.setenv("RETRIEVER_DEVICE", "cpu")  # (subprocesses inherit it)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # beside tmp_path, not in it: tests look at what they write there
     cache = tmp_path.parent / f"{tmp_path.name}-model-cache"

@@ -267,9 +267,10 @@ def test_address_without_engine_ray_is_refused(tmp_path):
     assert out.exit_code == 1 and "--engine ray" in out.output
 
 
-def test_actors_never_hold_every_cpu():
+def test_actors_never_hold_every_cpu(monkeypatch):
     """Encoder actors that took all CPUs would leave none to the decode tasks: the pipeline would
     wait forever (seen with 2 actors on 2 CPUs)."""
+    monkeypatch.delenv("RETRIEVER_DEVICE", raising=False)  # auto as a user has it (the suite sets cpu)
     for cpus in (1, 2, 3, 4, 8, 16, 64, 96):
         for actors in (0, 1, 2, 4):
             res = plan_resources({"CPU": float(cpus)}, RayOptions(actors=actors))
@@ -285,7 +286,8 @@ def test_actors_never_hold_every_cpu():
         assert (res.actors, res.device) == (gpus, "cuda") and res.actors * res.cpus_per_actor < cpus
 
 
-def test_the_device_asked_for_is_what_the_cluster_gives_or_a_clear_error():
+def test_the_device_asked_for_is_what_the_cluster_gives_or_a_clear_error(monkeypatch):
+    monkeypatch.delenv("RETRIEVER_DEVICE", raising=False)  # auto as a user has it (the suite sets cpu)
     on_gpus = {"CPU": 16.0, "GPU": 2.0}
     assert plan_resources(on_gpus, RayOptions(), "cpu").device == "cpu"  # the GPUs left alone
     assert plan_resources(on_gpus, RayOptions(), "cuda:1").device == "cuda"  # each actor has its own GPU

@@ -409,3 +409,21 @@ def test_the_onnx_export_copies_a_gpu_model_to_the_cpu_without_a_second_copy_on_
     assert next(module.parameters()).dtype == torch.float64 and out.scale.dtype == torch.float32
     copy.deepcopy(module)
     assert copied_tensors  # the counter does see a plain deepcopy
+
+
+def test_retriever_device_says_what_auto_means(monkeypatch):
+    """$RETRIEVER_DEVICE=cpu: auto never looks for a GPU (the suite sets it, so that tests which
+    mean the CPU run on it on a GPU machine too); an explicit --device still wins."""
+    from retriever import distributed
+    from retriever.encoders.base import auto_device, resolve_device, surely_cpu
+
+    monkeypatch.setenv("RETRIEVER_DEVICE", "cpu")
+    assert auto_device("auto") == "cpu" and auto_device("cuda") == "cuda" and surely_cpu("auto")
+    assert resolve_device("auto") == "cpu"
+    plan = distributed.plan_resources({"CPU": 8, "GPU": 2}, distributed.RayOptions(), "auto")
+    assert plan.device == "cpu"
+    monkeypatch.setenv("RETRIEVER_DEVICE", "cuda")
+    assert auto_device("auto") == "cuda" and not surely_cpu("auto")
+    assert distributed.plan_resources({"CPU": 8, "GPU": 2}, distributed.RayOptions(), "auto").device == "cuda"
+    monkeypatch.delenv("RETRIEVER_DEVICE")
+    assert auto_device("auto") == "auto"

@@ -117,8 +117,7 @@ def test_filtered_search_equals_brute_force_whether_broad_or_listed(filled, monk
     path of a 1 M collection); 100,000: every filter lists its ids. Same answers."""
     index, rows, ids = filled
     monkeypatch.setattr(F, "BROAD_AT", broad_at)
-    monkeypatch.setattr(S, "VERIFY_FIRST_FETCH", 16)  # deeper rounds, then (at 64) a filter against
-    monkeypatch.setattr(S, "VERIFY_MAX_FETCH", 64)  # the query falls back to listing its ids
+    monkeypatch.setattr(S, "VERIFY_MAX_FETCH", 64)  # a filter against the query falls back to listing
     tags = {}
     for i, label, _ in [(i, "beach", 0) for i in ids[::6]] + [(i, "dog", 0) for i in ids[::4]]:
         tags.setdefault(i, []).append(label)

@@ -158,11 +158,28 @@ NVIDIA_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/ve
                        "/dev/nvhost-ctrl-gpu", "/dev/nvhost-gpu", "/etc/nv_tegra_release")
 
 
-def surely_cpu(device: str) -> bool:
-    """True when `device` can only mean the CPU: 'cpu', or 'auto' on a machine with none of the
-    NVIDIA_DEVICE_FILES, decided without importing torch. False: ask torch."""
+DEVICE_ENV = "RETRIEVER_DEVICE"  # what `auto` means when set: cpu, cuda or cuda:N
+
+
+def auto_device(device: str) -> str:
+    """`device`, with 'auto' replaced by $RETRIEVER_DEVICE when that is set (e.g. cpu: never a
+    GPU, for a shared GPU machine or a test suite)."""
     import os
 
+    if device == "auto":
+        chosen = os.environ.get(DEVICE_ENV, "").strip().lower()
+        if chosen and chosen != "auto":
+            return chosen
+    return device
+
+
+def surely_cpu(device: str) -> bool:
+    """True when `device` can only mean the CPU: 'cpu', or 'auto' where $RETRIEVER_DEVICE says cpu
+    or on a machine with none of the NVIDIA_DEVICE_FILES, decided without importing torch. False:
+    ask torch."""
+    import os
+
+    device = auto_device(device)
     if device == "cpu":
         return True
     return device == "auto" and not any(os.path.exists(p) for p in NVIDIA_DEVICE_FILES)
@@ -171,6 +188,9 @@ def surely_cpu(device: str) -> bool:
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'. 'cuda' or 'cuda:N' without that GPU is
     a DeviceError."""
+    device = auto_device(device)
+    if device == "cpu":
+        return device
     import torch
 
     if device == "auto":

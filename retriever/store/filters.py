@@ -66,6 +66,12 @@ def filter_ids(catalog, filters, *, limit: int) -> list[tuple]:
                               list(labels)).fetchall()
 
 
+def max_item_id(catalog) -> int:
+    """The largest item id (0 for an empty catalog): ids run from 1 to it, with gaps."""
+    with catalog.cursor() as cursor:
+        return int(cursor.execute("SELECT max(id) FROM images").fetchone()[0] or 0)
+
+
 def filter_query(filters, cursor=None, by_id: bool = False) -> tuple[str, dict[str, Any]]:
     """filter_rows' SQL (without its limit or id list) and parameters. `by_id`: for checking given
     ids (a tag condition is then one key look-up per id, not the list of every tagged item)."""

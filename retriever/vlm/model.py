@@ -232,6 +232,11 @@ def merge_system_message(messages: list[dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def resolve_device(device: str = "auto") -> str:
+    from retriever.encoders.base import auto_device
+
+    device = auto_device(device)
+    if device == "cpu":
+        return device
     import torch
 
     if device == "auto":
