@@ -254,8 +254,15 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     prep = measure(retriever_cmd(tiny), cwd=work, env=retriever_env(work / "home-prep", warm_cache),
                    out_dir=runs_dir / "prep", what="retriever index (warm-cache preparation)")
     prep_summary = json_line(prep.pop("stdout"), "retriever index (preparation)")
-    entries = [m.parent for m in (warm_cache / "onnx").glob("*/manifest.json")
-               if json.loads(m.read_text()).get("record", {}).get("ok")]
+    # An open_clip model's first index encodes with PyTorch while its export is made in a child
+    # process that outlives the command (retriever.onnx.prepare): wait for that export.
+    deadline = time.monotonic() + 600
+    while True:
+        entries = [m.parent for m in (warm_cache / "onnx").glob("*/manifest.json")
+                   if json.loads(m.read_text()).get("record", {}).get("ok")]
+        if entries or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     if len(entries) != 1:
         raise RuntimeError(f"expected one usable export in {warm_cache / 'onnx'}, found {entries}")
     entry = entries[0]

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from retriever.encoders.base import ModelSpec, auto_device, default_batch_size
+from retriever.encoders.base import ModelSpec, auto_device, default_batch_size, surely_cpu
 from retriever.errors import MissingDependencyError, ModelMismatchError, RetrieverError
 from retriever.indexer import IndexOptions, RunSummary, _Prepared, _Task, prepare, run_index
 
@@ -259,8 +259,6 @@ def _driver_encoder(index, batch_size: int | None):
 
 def driver_has_gpu() -> bool:
     """Whether this machine (the driver) has a CUDA GPU torch can use."""
-    from retriever.encoders.base import surely_cpu
-
     if surely_cpu("auto"):
         return False
     import torch
@@ -337,7 +335,7 @@ def run_index_ray(
     # The driver only preprocesses (and rarely encodes a file whose content vanished while
     # planned): its copy of the model goes on the CPU, not on a GPU an actor needs.
     if not hasattr(encoder, "embed_preprocessed"):  # not loaded yet: loaded on the CPU
-        if device != "cpu":
+        if not surely_cpu(device):  # (where auto can only mean the CPU, the caller's loader says so)
             encoder = functools.partial(_driver_encoder, index, batch_size)
         return run_index(index, encoder, roots, options, on_progress=on_progress, engine=engine)
     on = str(getattr(encoder, "device", "cpu"))
