@@ -19,9 +19,8 @@ from datetime import date, datetime, timedelta
 from typing import Any, Sequence
 
 from retriever.errors import RetrieverError
-from retriever.store.filters import (  # noqa: F401  (date_sql re-exported)
+from retriever.store.filters import (
     EARTH_RADIUS_KM,
-    date_sql,
     filter_ids,
     filter_rows,
     max_item_id,

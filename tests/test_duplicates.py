@@ -75,6 +75,15 @@ def names(group) -> list[str]:
     return sorted(m.path.rsplit("/", 1)[-1] for m in group.members)
 
 
+def put_arc(put) -> None:
+    """Seven photos p0..p6 on an arc, each linked only to its neighbours, at cosines
+    0.93, 0.97, 0.95, 0.96, 0.94, 0.92: the ends are 113 degrees apart."""
+    links = [0.93, 0.97, 0.95, 0.96, 0.94, 0.92]
+    angles = np.concatenate([[0.0], np.cumsum(np.arccos(links))])
+    for k, angle in enumerate(angles):
+        put(f"p{k}.jpg", np.cos(angle) * basis(0) + np.sin(angle) * basis(1))
+
+
 # -- thresholds -------------------------------------------------------------------------------------
 
 
@@ -182,10 +191,7 @@ def test_groups_are_the_same_through_the_ivf_search(made, monkeypatch):
     import retriever.duplicates as D
 
     index, put = made
-    links = [0.93, 0.97, 0.95, 0.96, 0.94, 0.92]
-    angles = np.concatenate([[0.0], np.cumsum(np.arccos(links))])
-    for k, angle in enumerate(angles):
-        put(f"p{k}.jpg", np.cos(angle) * basis(0) + np.sin(angle) * basis(1))
+    put_arc(put)
     put("far.jpg", basis(3))
     exact = find_duplicates(index, 0.9)
     monkeypatch.setattr(D, "EXACT_MAX", 0)
@@ -213,10 +219,7 @@ def test_the_guard_breaks_a_chain_at_its_weakest_links(made):
     """Seven photos on an arc, each linked only to its neighbours (cosines below): unguarded they
     are one group although the ends are 113 degrees apart."""
     index, put = made
-    links = [0.93, 0.97, 0.95, 0.96, 0.94, 0.92]
-    angles = np.concatenate([[0.0], np.cumsum(np.arccos(links))])
-    for k, angle in enumerate(angles):
-        put(f"p{k}.jpg", np.cos(angle) * basis(0) + np.sin(angle) * basis(1))
+    put_arc(put)
 
     plain = find_duplicates(index, 0.9, guard=False)
     assert [len(g.members) for g in plain.groups] == [7] and len(plain.groups[0].pairs) == 6
@@ -230,10 +233,7 @@ def test_the_guard_breaks_a_chain_at_its_weakest_links(made):
 
 def test_the_guard_loosens_with_its_factor(made, monkeypatch):
     index, put = made
-    links = [0.93, 0.97, 0.95, 0.96, 0.94, 0.92]
-    angles = np.concatenate([[0.0], np.cumsum(np.arccos(links))])
-    for k, angle in enumerate(angles):
-        put(f"p{k}.jpg", np.cos(angle) * basis(0) + np.sin(angle) * basis(1))
+    put_arc(put)
     monkeypatch.setattr("retriever.duplicates.GUARD_FACTOR", 2.0)  # members within 0.8 of the centre
     assert guard_threshold(0.9) == pytest.approx(0.8)
     (group,) = find_duplicates(index, 0.9).groups

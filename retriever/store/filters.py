@@ -3,7 +3,8 @@ value (read by attribute: after, before, folders, cameras, near, within_km, form
 tags), whose parsing and validation are in retriever/filters.py.
 
 Dates: an image's date is its EXIF DateTimeOriginal (local time as the camera wrote it), or the
-file's mtime in this machine's local time when the photo has none. GPS: the SQL selects a
+file's mtime in local time when the photo has none, stored in `images.date_key` when the row is
+written (migration 005_filter_columns), so that an index answers. GPS: the SQL selects a
 latitude/longitude box around the circle (a superset); the caller keeps what is within the circle.
 """
 
@@ -17,14 +18,6 @@ from retriever.store.reader import CAMERA_SQL, FORMAT_SQL, LONG_SIDE_SQL, SHORT_
 EARTH_RADIUS_KM = 6371.0088
 
 _IN_CHUNK = 500  # ids per IN (...)
-_DATE_SQL = "COALESCE(images.taken_at, strftime('%Y-%m-%dT%H:%M:%S', images.mtime_ns / 1000000000, 'unixepoch', 'localtime'))"
-
-
-def date_sql() -> str:
-    """The SQL expression of an image's date (EXIF date taken, else local mtime), ISO text."""
-    return _DATE_SQL
-
-
 def filter_rows(catalog, filters, *, limit: int | None = None, among: Sequence[int] | None = None) -> list[tuple]:
     """The rows of the catalog's items that pass the SQL conditions of `filters` (failed items
     included: they have no vector, so a search never returns them), in no particular order: (id,), or (id, gps_lat,

@@ -9,6 +9,7 @@ in order, then the vectors. A replaced vector drops the item's tags and its "sco
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -125,23 +126,14 @@ def _frame_key(frame_ms) -> int:
     return -1 if frame_ms is None else int(frame_ms)
 
 
-_SQL_CACHE: dict[tuple[str, tuple[str, ...]], str] = {}
-
-
+@functools.lru_cache(maxsize=64)
 def _insert_sql(columns: tuple[str, ...]) -> str:
-    sql = _SQL_CACHE.get(("insert", columns))
-    if sql is None:
-        sql = f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        _SQL_CACHE[("insert", columns)] = sql
-    return sql
+    return f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
+@functools.lru_cache(maxsize=64)
 def _update_sql(columns: tuple[str, ...]) -> str:
-    sql = _SQL_CACHE.get(("update", columns))
-    if sql is None:
-        sql = f"UPDATE images SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?"
-        _SQL_CACHE[("update", columns)] = sql
-    return sql
+    return f"UPDATE images SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?"
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
