@@ -25,6 +25,7 @@ from retriever.errors import RetrieverError
 if TYPE_CHECKING:  # pragma: no cover
     from retriever.filters import Filters
     from retriever.indexer import RunSummary
+    from retriever.ocr.run import OcrSummary
     from retriever.progress import Progress
     from retriever.search import Hit, Searcher
 
@@ -163,12 +164,14 @@ class Collection:
         """Photos matching `query`, best first: the command line's query language. A string is
         read as a search box reads it (`beach - people`, `"a red car" + 0.5*night`); a list is
         the command line's words. Filters as keywords: after, before, folders, cameras, near,
-        within_km, formats, min_size, tags (all), tags_any (any), no_tags (none), min_score (see
-        `retriever search --help`)."""
+        within_km, formats, min_size, tags (all), tags_any (any), no_tags (none), texts (the
+        photo's text contains each: see read_text), min_score (see `retriever search --help`).
+        An empty query with `texts` lists the photos by their text, best match first."""
         from retriever.query import parse, words_of
 
         words = words_of(query) if isinstance(query, str) else list(query)
-        return self.query(parse(words, default="auto"), k, self.filters(**filters), keywords=keywords)
+        terms = parse(words, default="auto") if words else []
+        return self.query(terms, k, self.filters(**filters), keywords=keywords)
 
     def similar(self, images: str | Path | Sequence[str | Path], k: int = DEFAULT_K, **filters: Any) -> list["Hit"]:
         """Photos that look like `images` (paths inside or outside the collection; several are
@@ -183,7 +186,7 @@ class Collection:
               engine: str = "local", ray=None, **options: Any) -> "RunSummary":
         """Add the photos under `paths` (folders, files, fsspec URLs) as `retriever index` does:
         incremental, checkpointed, resumable. Options: include_hidden, exclude, workers, pool,
-        retry_failed, video_every_s (retriever.indexer.IndexOptions). progress(Progress) is
+        retry_failed, video_every_s, ocr (retriever.indexer.IndexOptions). progress(Progress) is
         called as files are handled. engine="ray" runs on a Ray cluster (ray: RayOptions).
         Only on a collection opened writable=True."""
         if self._indexing_encoder is None:
@@ -206,10 +209,25 @@ class Collection:
             summary = run_index_ray(self.idx, encoder, roots, index_options, ray or RayOptions(), on_progress=progress,
                                     device=self.device, batch_size=self._batch_size)
             summary.preparation = self._settle_export(cancel=summary.interrupted)
+            self._read_rest(summary, index_options, progress)
             return summary
         summary = run_index(self.idx, encoder, roots, index_options, on_progress=progress)
         summary.preparation = self._settle_export(cancel=summary.interrupted)
+        self._read_rest(summary, index_options, progress)
         return summary
+
+    def _read_rest(self, summary, options, progress) -> None:
+        """With ocr: the text of the indexed photos this run did not decode (indexed before,
+        copies of known content, a Ray run), read after the run."""
+        if not options.ocr or summary.interrupted or summary.error:
+            return
+        from retriever.ocr.run import run_ocr
+
+        rest = run_ocr(self.idx, on_progress=progress)
+        summary.text_read += rest.read
+        summary.text_found += rest.with_text
+        summary.interrupted = rest.interrupted
+        summary.failures.extend(rest.failures)
 
     def status(self) -> dict[str, Any]:
         """Where the index lives, its model, counts, vector index, tags, ONNX export, last run."""
@@ -221,6 +239,28 @@ class Collection:
         from retriever.tags import untag_in_index
 
         return untag_in_index(self.idx, str(Path(path).expanduser()), label)
+
+    def read_text(self, *, frames: bool = False, limit: int | None = None,
+                  progress: Callable[["Progress"], None] | None = None) -> "OcrSummary":
+        """Read the text in the photos whose text was not read yet, as `retriever ocr` does
+        (incremental, resumable, committed in batches; needs the `ocr` extra). The text is then
+        found by search (its words) and by the `texts` filter (any part of it)."""
+        from retriever.ocr.run import run_ocr
+
+        return run_ocr(self.idx, frames=frames, limit=limit, on_progress=progress)
+
+    def photo_text(self, path: str | Path) -> dict[str, Any] | None:
+        """The text read in the photo at `path`: {"lines": [{"text", "score", "box", "quad"}],
+        "text", "engine", "created_at"}, boxes in the photo's pixels; None when its text was not
+        read yet. A path that is not indexed: a RetrieverError."""
+        from retriever.files import absolute
+        from retriever.ocr.run import photo_text
+
+        full = absolute(str(Path(path).expanduser()))
+        row = self.idx.catalog.find_by_path(full)
+        if row is None:
+            raise RetrieverError(f"{full} is not in index {self.name!r}")
+        return photo_text(self.idx.catalog, row["id"])
 
     # -- for retriever's front ends -------------------------------------------------------------
 
@@ -239,6 +279,8 @@ class Collection:
         """Parsed query terms -> hits (keywords: fused with FTS5 matches of the text terms)."""
         searcher = self.searcher()
         searcher.last_strategy = None
+        if not terms and filters is not None and filters.texts:  # --text alone: photos by their text
+            return searcher.text_matches(filters, k)
         return searcher.hybrid(terms, k, filters=filters) if keywords else searcher.query(terms, k, filters=filters)
 
     def text(self, text: str, k: int, filters: "Filters | None" = None) -> list["Hit"]:

@@ -38,7 +38,7 @@ def choose_pool(requested: str, n_files: int, device: str, after_crash: bool = F
 _worker_state: dict[str, Any] = {}
 
 
-def _init_worker(prepare, preprocessor, draft_min_side, known_content, video_every_s) -> None:
+def _init_worker(prepare, preprocessor, draft_min_side, known_content, video_every_s, reader=None) -> None:
     # Ctrl-C reaches the whole process group: the main process decides what to keep; workers
     # must not die with tracebacks of their own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -46,12 +46,12 @@ def _init_worker(prepare, preprocessor, draft_min_side, known_content, video_eve
     if torch is not None:  # one thread each: the workers already use every core between them
         torch.set_num_threads(1)
     _worker_state.update(prepare=prepare, preprocessor=preprocessor, draft=draft_min_side, known=known_content,
-                         every=video_every_s)
+                         every=video_every_s, reader=reader)
 
 
 def _prepare_in_worker(task):
     s = _worker_state
-    return s["prepare"](task, s["preprocessor"], s["draft"], s["known"], video_every_s=s["every"])
+    return s["prepare"](task, s["preprocessor"], s["draft"], s["known"], video_every_s=s["every"], reader=s["reader"])
 
 
 def _ping() -> bool:
@@ -69,10 +69,12 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 2))
 
 
-def _make_pool(kind: str, workers: int, prepare, preprocessor, draft, known, every) -> tuple[Executor, Callable]:
+def _make_pool(kind: str, workers: int, prepare, preprocessor, draft, known, every,
+               reader=None) -> tuple[Executor, Callable]:
     """A pool of `workers` threads or processes ("thread", "process") that runs `prepare` (the
     indexer's, a module-level function: processes import it by name) on each task submitted,
-    with the run's other arguments. -> (the pool, submit(task) -> Future)."""
+    with the run's other arguments (`reader`: the OcrReader of a run that reads text, or None).
+    -> (the pool, submit(task) -> Future)."""
     if kind == "process":
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
@@ -86,11 +88,11 @@ def _make_pool(kind: str, workers: int, prepare, preprocessor, draft, known, eve
             max_workers=workers,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(prepare, preprocessor, draft, known, every),
+            initargs=(prepare, preprocessor, draft, known, every, reader),
         )
         return pool, lambda task: pool.submit(_prepare_in_worker, task)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retriever-decode")
-    return pool, lambda task: pool.submit(prepare, task, preprocessor, draft, known, False, every)
+    return pool, lambda task: pool.submit(prepare, task, preprocessor, draft, known, False, every, reader)
 
 
 class _ThreadTuner:

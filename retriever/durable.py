@@ -4,10 +4,12 @@ file behind is still alive."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 PRIVATE_DIR = 0o700  # an index's folders: its paths, places, captions and text are private data
@@ -66,3 +68,30 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextmanager
+def run_lock(path: Path, since: str, busy: str) -> Iterator[None]:
+    """An exclusive lock on the file `path` (flock: released by the kernel if the holder dies),
+    which records this process's pid and `since`. Taken by another process: IndexLockedError at
+    once (no waiting), `busy` followed by who holds it and "; wait for it"."""
+    import fcntl
+
+    from retriever.errors import IndexLockedError
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            who = f" (pid {holder.get('pid')} since {holder.get('since')})" if isinstance(holder, dict) and holder else ""
+            raise IndexLockedError(f"{busy}{who}; wait for it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": since}).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -52,13 +52,14 @@ class Filters:
     tags: tuple[str, ...] = ()  # normalised labels; every one must be present
     tags_any: tuple[str, ...] = ()  # normalised labels; at least one must be present
     no_tags: tuple[str, ...] = ()  # normalised labels; none may be present
+    texts: tuple[str, ...] = ()  # squashed text (retriever.ocr.squash); the photo's text contains every one
     min_score: float | None = None  # on the ranked hits, not in SQL
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # for display only
 
     def restricts(self) -> bool:
         """True when some catalog condition is set (min_score alone restricts nothing here)."""
         return bool(self.after or self.before or self.folders or self.cameras or self.near is not None
-                    or self.formats or self.min_size or self.tags or self.tags_any or self.no_tags)
+                    or self.formats or self.min_size or self.tags or self.tags_any or self.no_tags or self.texts)
 
     def describe(self) -> list[str]:
         """Human-readable conditions, for messages and the HTML page."""
@@ -83,6 +84,8 @@ class Filters:
             out.append("tagged " + " or ".join(self.tags_any))
         if self.no_tags:
             out.append("not tagged " + " or ".join(self.no_tags))
+        for shown in self.extra.get("texts", self.texts):
+            out.append(f"text contains {shown!r}")
         if self.min_score is not None:
             out.append(f"score >= {self.min_score:g}")
         return out
@@ -175,6 +178,7 @@ def build(
     tags: Sequence[str] = (),
     tags_any: Sequence[str] = (),
     no_tags: Sequence[str] = (),
+    texts: Sequence[str] = (),
     min_score: float | None = None,
 ) -> Filters:
     """Filters from command-line strings; raises FilterError with a one-line reason."""
@@ -198,6 +202,7 @@ def build(
     both = set(tag_names) & set(not_names)
     if both:
         raise FilterError(f"--tag and --no-tag both name {min(both)!r}: no photo can match")
+    needles = _needles(texts)
     return Filters(
         after=after_iso,
         before=before_iso,
@@ -210,8 +215,26 @@ def build(
         tags=tag_names,
         tags_any=any_names,
         no_tags=not_names,
+        texts=tuple(needles),
         min_score=min_score,
+        extra={"texts": tuple(needles.values())} if needles else {},
     )
+
+
+def _needles(values: Sequence[str] | str) -> dict[str, str]:
+    """--text values -> {squashed needle: the value as given}, in order. A value without a letter
+    or digit can match nothing: FilterError."""
+    from retriever.ocr import squash
+
+    if isinstance(values, str):
+        values = [values]
+    out: dict[str, str] = {}
+    for value in values or ():
+        needle = squash(str(value))
+        if not needle:
+            raise FilterError(f"--text {value!r} has no letter or digit: text is matched on letters and digits only")
+        out.setdefault(needle, str(value).strip())
+    return out
 
 
 def _labels(values: Sequence[str] | str) -> tuple[str, ...]:
@@ -299,7 +322,7 @@ def match_filter(catalog, filters: Filters, broad_at: int | None = None) -> Filt
         found = filter_ids(catalog, part, limit=limit + 1)
         if len(found) > limit:
             continue
-        if len(parts) > 1 or len(filters.tags) > 1:  # one condition's candidates, checked against all
+        if len(parts) > 1 or len(filters.tags) > 1 or len(filters.texts) > 1:  # candidates of one, checked by all
             found = filter_rows(catalog, filters, among=sorted({r[0] for r in found}))
         return FilterMatch(catalog, filters, np.unique(_passing(found, filters)))
     return FilterMatch(catalog, filters, None)
@@ -308,7 +331,7 @@ def match_filter(catalog, filters: Filters, broad_at: int | None = None) -> Filt
 def _parts(f: Filters) -> list[Filters]:
     """One Filters per kind of condition set in `f`, the usually most selective first."""
     out = []
-    for fields in ({"tags": f.tags}, {"tags_any": f.tags_any}, {"near": f.near, "within_km": f.within_km},
+    for fields in ({"texts": f.texts}, {"tags": f.tags}, {"tags_any": f.tags_any}, {"near": f.near, "within_km": f.within_km},
                    {"folders": f.folders}, {"after": f.after, "before": f.before}, {"cameras": f.cameras},
                    {"min_size": f.min_size}, {"formats": f.formats}, {"no_tags": f.no_tags}):
         part = replace(Filters(), **fields)

@@ -279,6 +279,7 @@ class Index(IndexVectors):
             "on_disk": on_disk["files"] if on_disk else None,
             "failed": counts["failed"],
             "tags": self._tags_status(),
+            "text": _text_status(self.catalog),
             "onnx": self._onnx_status(),
             "created_at": self.catalog.get_setting("created_at"),
             "last_run": self.catalog.last_run(),
@@ -545,3 +546,10 @@ def open_for_writing(
         if on_backend is not None:
             on_backend(why)
     return index, encoder, note
+
+
+def _text_status(catalog) -> dict[str, int]:
+    """Photos whose text was read (retriever ocr), and of them those with text."""
+    from retriever.store.ocr import read_counts
+
+    return read_counts(catalog)

@@ -19,7 +19,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import BrokenExecutor, Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
@@ -34,6 +34,7 @@ from retriever.decode_pool import (  # noqa: F401  (PROCESS_MIN_FILES: re-export
 )
 from retriever.store.catalog import STATUS_FAILED, STATUS_INDEXED, KnownFile
 from retriever.progress import Progress
+from retriever.run_types import NON_FINITE_REASON, IndexOptions, RunSummary  # noqa: F401  (re-exported)
 from retriever.errors import ImageDecodeError
 from retriever.files import absolute, fingerprint_bytes, fingerprint_file, is_under, walk
 from retriever.images import MAX_FILE_BYTES, NEEDS_INSTALL, decode, optional_decoders, read_file
@@ -50,64 +51,6 @@ CHECKPOINT_SECONDS = 5.0
 CHECKPOINT_ROWS = 256
 
 
-@dataclass
-class IndexOptions:
-    include_hidden: bool = False  # index .hidden files and folders, and system litter
-    exclude: Sequence[str] = ()  # glob patterns on the full path or the base name
-    workers: int = 0  # decode workers; 0 = one per core (at most 8)
-    pool: str = "auto"  # "process", "thread", or "auto" (see choose_pool)
-    retry_failed: bool = False  # read failed files again even if they have not changed
-    draft: bool = True  # reduced-size JPEG decoding (see DRAFT_FACTOR)
-    video_every_s: float = DEFAULT_EVERY_S  # seconds between the sampled frames of a video
-
-
-@dataclass
-class RunSummary:
-    added: int = 0  # new files (copies of known content included)
-    updated: int = 0  # changed content, re-embedded
-    moved: int = 0  # a known file found under a new path; its vector reused
-    removed: int = 0  # gone from disk, dropped
-    unchanged: int = 0  # same size and mtime, or same content
-    failed: int = 0  # could not be read or decoded this run
-    copied: int = 0  # of `added`: content already indexed elsewhere, vector reused
-    seconds: float = 0.0
-    interrupted: bool = False
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of this run
-    warnings: list[str] = field(default_factory=list)  # folders that could not be listed, ...
-    tuning: dict[str, Any] | None = None  # torch threads tried beside decode threads, and the choice
-    engine: str = "local"  # where files were decoded and encoded: "local" (this process's pools) or "ray"
-    backend: str | None = None  # what ran the image tower: "onnxruntime" or "pytorch (cpu|cuda)"; None: no model
-    preparation: str | None = None  # a new index's first export of its model on this machine, in words
-    notices: list[str] = field(default_factory=list)  # how the run ran: a batch halved for GPU memory, Ray on CPUs
-    error: str | None = None  # why the run stopped, when an error ended it (the run is recorded as failed)
-
-    @property
-    def indexed(self) -> int:
-        return self.added + self.updated
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "added": self.added,
-            "updated": self.updated,
-            "moved": self.moved,
-            "removed": self.removed,
-            "unchanged": self.unchanged,
-            "failed": self.failed,
-            "copied": self.copied,
-            "indexed": self.indexed,
-            "seconds": round(self.seconds, 3),
-            "images_per_second": round(self.indexed / self.seconds, 2) if self.seconds > 0 and self.indexed else None,
-            "interrupted": self.interrupted,
-            "engine": self.engine,
-            **({"backend": self.backend} if self.backend else {}),
-            **({"tuning": self.tuning} if self.tuning else {}),
-            **({"preparation": self.preparation} if self.preparation else {}),
-            **({"notices": self.notices} if self.notices else {}),
-            **({"error": self.error} if self.error else {}),
-        }
-
-
-NON_FINITE_REASON = "the model gave a vector with NaN or infinite values for this file; nothing stored"
 
 
 # -- the worker side --------------------------------------------------------------------------------
@@ -132,6 +75,7 @@ class _Prepared:
     # (1, dim), a video's (frames, dim): set when an engine encoded the file elsewhere (Ray's
     # encoder actors), which then drops the encoder input (pixels None, frames' arrays None).
     vectors: np.ndarray | None = None
+    text: list | None = None  # the photo's text lines (retriever.ocr.reader.TextLine), when read
 
     @property
     def decoded(self) -> bool:
@@ -145,9 +89,13 @@ def prepare(
     known_content: frozenset[str],
     force: bool = False,
     video_every_s: float = DEFAULT_EVERY_S,
+    reader=None,
 ) -> _Prepared:
     """Read, fingerprint, and (unless the content is already known, or `force`) decode and
-    preprocess one file. Never raises for a bad file: the reason goes into `error`."""
+    preprocess one file, and with a `reader` (retriever.ocr.reader.OcrReader) read a still
+    photo's text from the same decoded image. Never raises for a bad file: the reason goes into
+    `error`; a photo whose text could not be read is indexed all the same (text None: a later
+    `retriever ocr` reads it)."""
     if is_video_name(task.path):
         return _prepare_video(task, preprocessor, known_content, force, video_every_s)
     try:
@@ -164,7 +112,13 @@ def prepare(
         return _Prepared(task, fingerprint=fp, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a preprocessing bug on one odd file must not stop the run
         return _Prepared(task, fingerprint=fp, error=f"preprocessing failed: {type(exc).__name__}: {exc}"[:300])
-    return _Prepared(task, fingerprint=fp, meta=decoded.meta, pixels=np.asarray(pixels, dtype=np.float32))
+    text = None
+    if reader is not None:
+        try:
+            text = reader.read(decoded.image, full_size=(decoded.meta["width"], decoded.meta["height"]))
+        except Exception:  # noqa: BLE001 - OCR trouble on one photo leaves its text unread, not the photo
+            text = None
+    return _Prepared(task, fingerprint=fp, meta=decoded.meta, pixels=np.asarray(pixels, dtype=np.float32), text=text)
 
 
 def _content_known(task: _Task, fp: str, known_content: frozenset[str]) -> bool:
@@ -262,6 +216,7 @@ class _Run:
         self.draft: int | None = None
         self.tuner: _ThreadTuner | None = None
         self.in_flight: deque = deque()  # (task, future) sent to the workers, oldest first
+        self.reader = None  # with options.ocr: the OcrReader of the decode workers
         self.taken = 0  # results taken from the workers
 
     @property
@@ -372,10 +327,16 @@ class _Run:
         workers = opts.workers or default_workers()
         kind = choose_pool(opts.pool, len(tasks), getattr(encoder, "device", "cpu"), self.after_crash)
         self.draft = DRAFT_FACTOR * encoder.input_size if opts.draft else None
+        reader = None
+        if opts.ocr:
+            from retriever.ocr.reader import DECODE_MIN_SIDE, OcrReader
+
+            reader = self.reader = OcrReader()  # its models load in each worker, on its first photo
+            self.draft = max(self.draft, DECODE_MIN_SIDE) if self.draft else None
         cpu_model = not str(getattr(encoder, "device", "cpu")).startswith("cuda")
         if kind == "thread" and cpu_model and "torch" in sys.modules and len(tasks) >= 5 * encoder.batch_size:
             self.tuner = _ThreadTuner(workers, len(tasks) // encoder.batch_size)
-        args = (encoder.preprocessor(), self.draft, frozenset(self.gone_by_fp), opts.video_every_s)
+        args = (encoder.preprocessor(), self.draft, frozenset(self.gone_by_fp), opts.video_every_s, reader)
         lookahead = max(2 * encoder.batch_size, 4 * workers)  # bounded: memory stays flat
         queue: deque[_Task] = deque(tasks)
         suspects: deque[_Task] = deque()  # in flight when a worker died
@@ -530,7 +491,8 @@ class _Run:
         base = {"path": p.task.path, "size": p.task.size, "mtime_ns": p.task.mtime_ns, **(p.meta or {}),
                 "fingerprint": p.fingerprint, "status": STATUS_INDEXED, "error": None}
         if p.frames is None:
-            self._queue([{**base, "frame_ms": None, "vector": vectors[0], "_in_index": p.task.known is not None}])
+            text = {} if p.text is None else {"_text": p.text}
+            self._queue([{**base, "frame_ms": None, "vector": vectors[0], "_in_index": p.task.known is not None, **text}])
         else:
             self._replace(p.task, [{**base, "frame_ms": ms, "vector": v} for (ms, _), v in zip(p.frames, vectors)])
 
@@ -564,7 +526,15 @@ class _Run:
         Rows marked _in_index may already have a vector there (removal scans the whole index, so
         it is skipped for files that are new to the catalog)."""
         self.in_commit = True
-        ids = self.catalog.write_batch(rows, remove_ids=remove_ids)
+        texts = None
+        if any("_text" in row for row in rows):
+            from retriever.ocr.run import text_of
+
+            texts = (self.reader.version, {n: (row["fingerprint"], *text_of(row["_text"]))
+                                           for n, row in enumerate(rows) if "_text" in row})
+            self.summary.text_read += len(texts[1])
+            self.summary.text_found += sum(1 for row in rows if row.get("_text"))
+        ids = self.catalog.write_batch(rows, remove_ids=remove_ids, texts=texts)
         self.last_flush = time.monotonic()
         stale = list(remove_ids) + [i for row, i in zip(rows, ids) if "vector" in row and row.get("_in_index")]
         changed = [(i, row["vector"]) for row, i in zip(rows, ids) if row.get("vector") is not None]

@@ -26,6 +26,7 @@ DEFAULT_K = 10
 # Exact index: filters passing at most this share of the index use the IDSelector, broader ones
 # over-fetch (10-20 % faster from 50 % on, when the filter is unrelated to the content).
 SELECTOR_MAX_FRACTION = 0.5
+TEXT_CANDIDATES = 10_000  # photos a --text search without a query ranks, at most
 
 
 @dataclass
@@ -146,6 +147,30 @@ class Searcher:
 
         return fuse_hits(candidates, matches, k, fetch, min_score=filters.min_score if filters else None)
 
+    def text_matches(self, filters: Filters, k: int = DEFAULT_K) -> list[Hit]:
+        """The photos whose text contains every `--text` needle of `filters` (and that pass its
+        other conditions), with no query to rank by: the best match first, scored by the share of
+        its text line that the needle covers (1.0: the line is the needle; "0471" in "2023-0471"
+        scores 0.5), ties by the trigram index's BM25. `min_score` applies to that score."""
+        from retriever.filters import match_filter
+        from retriever.store.ocr import substring_matches
+
+        if not filters.texts:
+            raise QueryError("empty query: say what to look for, or give --text TEXT")
+        needle = max(filters.texts, key=len)
+        found = substring_matches(self.index.catalog, needle, TEXT_CANDIDATES)
+        from dataclasses import replace
+
+        if len(filters.texts) > 1 or replace(filters, texts=()).restricts():  # the other conditions
+            passing = {int(i) for i in match_filter(self.index.catalog, filters).keep([i for i, _ in found])}
+            found = [(i, text) for i, text in found if i in passing]
+        scored = [(max((len(needle) / len(line) for line in text.split("\n") if needle in line), default=0.0), i)
+                  for i, text in found]
+        if filters.min_score is not None:  # here the match score, not a cosine
+            scored = [(score, i) for score, i in scored if score >= filters.min_score]
+        order = sorted(range(len(scored)), key=lambda n: (-scored[n][0], n))
+        return self._hits([scored[n] for n in order[:k]])
+
     def query_vector(self, terms: list[Term]) -> tuple[np.ndarray, list[int]]:
         if not terms:
             raise QueryError("empty query: say what to look for")
@@ -233,6 +258,9 @@ class Searcher:
         catalog = self.index.catalog
         rows = catalog.image_rows([i for _, i in found])
         tags = _tags_for(catalog, [i for _, i in found])
+        from retriever.store.ocr import texts_for
+
+        texts = texts_for(catalog, [i for _, i in found])
         hits: list[Hit] = []
         for score, image_id in found:
             row = rows.get(image_id)
@@ -244,6 +272,8 @@ class Searcher:
             scored = tags.get(image_id, [])
             meta["tags"] = [label for label, _ in scored]
             meta["tag_scores"] = [{"label": label, "score": round(s, 4)} for label, s in scored]
+            if image_id in texts:  # read by `retriever ocr`: its lines (none: no text found)
+                meta["ocr"] = texts[image_id]["lines"]
             hits.append(Hit(rank=len(hits) + 1, score=score, id=image_id, path=row["path"], meta=meta))
         return hits
 

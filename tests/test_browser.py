@@ -457,3 +457,153 @@ def test_a_phone_sized_page(new_page, server_url, tmp_path):
     page.wait_for_selector("#viewer:not([open])", state="attached")
     assert page.evaluate(no_overflow)
     assert not page.problems, page.problems
+
+
+# -- text in photos -----------------------------------------------------------------------------------
+
+# Written straight into a copy of the offline index (no OCR model runs here), in each photo's own
+# pixels: a slanted line, a line that looks like markup (text from photos is untrusted), a square
+# photo (letterboxed in a short viewer) and one read without text.
+PHOTO_TEXT = {
+    "coffee.jpg": [("INVOICE 2023-0471", [[40, 30], [300, 42], [298, 82], [38, 70]]),
+                   ("<img src=x onerror=window.pwned=1>", [[40, 300], [400, 300], [400, 340], [40, 340]])],
+    "astronaut.jpg": [("NASA", [[300, 200], [420, 200], [420, 250], [300, 250]])],
+    "chelsea.png": [],
+}
+
+
+@pytest.fixture(scope="module")
+def text_server_url(tmp_path_factory, offline_index, offline_encoder):
+    """A server on a copy of the offline index in which PHOTO_TEXT was read."""
+    pytest.importorskip("fastapi")
+    from retriever.index import Index
+    from retriever.ocr import squash_lines
+    from retriever.serve.server import Server
+    from retriever.serve.service import Service
+    from retriever.store.ocr import write_texts
+
+    home = tmp_path_factory.mktemp("text-home")
+    shutil.copytree(offline_index.folder, home / "default", ignore=shutil.ignore_patterns("*.lock", "serve.json"))
+    index = Index.open(home, "default")
+    rows = []
+    for name, lines in PHOTO_TEXT.items():
+        row = index.catalog.find_by_path(str(PHOTOS / name))
+        stored = [{"text": text, "score": 0.98, "quad": quad, "box": [*quad[0], *quad[2]]} for text, quad in lines]
+        texts = [text for text, _ in lines]
+        rows.append((row["id"], row["fingerprint"], stored, "\n".join(texts), squash_lines(texts)))
+    assert write_texts(index.catalog, rows, "test-engine 1", "2024-01-02T03:04:05+00:00") == len(rows)
+    server = Server(Service(index, encoder=offline_encoder), host="127.0.0.1", port=0)
+    info = server.start()
+    yield info.url
+    server.stop()
+    index.close()
+
+
+def _viewer_image_shown(page) -> None:
+    page.wait_for_function("() => { const i = document.querySelector('#viewer-img');"
+                           " return i.complete && i.naturalWidth > 0; }")
+
+
+def _check_boxes(page, name: str) -> dict:
+    """Each line's box is drawn where its quad lies on the photo as shown (scaled, centred: the
+    image is fitted with object-fit: contain). Returns the shown image's box."""
+    from PIL import Image
+
+    width, height = Image.open(PHOTOS / name).size
+    shown = page.locator("#viewer-img").bounding_box()
+    scale = min(shown["width"] / width, shown["height"] / height)
+    left = shown["x"] + (shown["width"] - width * scale) / 2
+    top = shown["y"] + (shown["height"] - height * scale) / 2
+    polygons = page.locator("#viewer-boxes polygon")
+    assert polygons.count() == len(PHOTO_TEXT[name])
+    for n, (_, quad) in enumerate(PHOTO_TEXT[name]):
+        drawn = polygons.nth(n).bounding_box()
+        xs, ys = [x for x, _ in quad], [y for _, y in quad]
+        # centre and size (the box of a drawn polygon holds its 2 px stroke too)
+        expected = (left + (min(xs) + max(xs)) / 2 * scale, top + (min(ys) + max(ys)) / 2 * scale,
+                    (max(xs) - min(xs)) * scale, (max(ys) - min(ys)) * scale)
+        got = (drawn["x"] + drawn["width"] / 2, drawn["y"] + drawn["height"] / 2, drawn["width"], drawn["height"])
+        assert all(abs(a - b) <= tolerance for a, b, tolerance in zip(got, expected, (1, 1, 3, 3))), \
+            (name, n, got, expected)
+    return shown
+
+
+def test_text_in_photos_search_viewer_and_boxes(new_page, text_server_url, tmp_path):
+    page = new_page()
+    _open(page, text_server_url)
+    # the text box alone, with the search box empty: the photos whose text contains it
+    page.fill("#text", "0471")
+    page.press("#text", "Enter")
+    page.wait_for_selector("#status:has-text('by the text in them')")
+    assert page.locator("#status").inner_text() == "1 results by the text in them (text contains '0471')"
+    assert _names(page) == ["coffee.jpg"] and page.url.endswith("/?text=0471")
+    _thumbnails_shown(page)
+
+    # the viewer: the lines as text (markup in a photo stays text), their boxes over the photo
+    page.locator("#results .card").first.click()
+    page.wait_for_selector("#viewer[open]")
+    _viewer_image_shown(page)
+    assert page.locator("#viewer-text-section").is_visible()
+    lines = [text for text, _ in PHOTO_TEXT["coffee.jpg"]]
+    assert page.evaluate("() => document.querySelector('#viewer-text').textContent") == "\n".join(lines)
+    assert page.locator("#viewer-text .line").all_inner_texts() == lines
+    assert page.locator("#viewer img").count() == 1 and page.locator("#viewer-text *:not(.line)").count() == 0
+    assert page.evaluate("() => window.pwned") is None
+    _check_boxes(page, "coffee.jpg")
+    # hovering a line lights its box, and hovering a box its line
+    page.hover("#viewer-text .line >> nth=1")
+    assert page.locator("#viewer-boxes polygon.hot").get_attribute("data-line") == "1"
+    assert page.locator("#viewer-text .line.hot").inner_text() == lines[1]
+    page.hover("#viewer-boxes polygon >> nth=0")
+    assert page.locator("#viewer-text .line.hot").inner_text() == lines[0]
+    assert page.locator("#viewer-boxes polygon.hot").count() == 1
+    page.mouse.move(990, 790)
+    assert page.locator(".hot").count() == 0
+    shot = _screenshot(page, tmp_path / "1-text-boxes.png")
+    box = page.locator("#viewer-boxes polygon").nth(1).bounding_box()  # its top edge: the box colour
+    r, g, b = shot.getpixel((int(box["x"] + box["width"] / 2), int(round(box["y"]))))
+    assert r > 200 and g > 150 and b < 110, (r, g, b)
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+
+    # a square photo in a short window: fitted by height, the boxes follow it into the middle
+    page.set_viewport_size({"width": 1000, "height": 500})
+    page.fill("#q", "an astronaut")
+    page.fill("#text", "nasa")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#status:has-text('for “an astronaut” (text contains')")
+    assert _names(page) == ["astronaut.jpg"] and "?q=an%20astronaut&text=nasa" in page.url
+    page.locator("#results .card").first.click()
+    page.wait_for_selector("#viewer[open]")
+    _viewer_image_shown(page)
+    shown = _check_boxes(page, "astronaut.jpg")
+    assert shown["width"] > shown["height"] + 50  # letterboxed: the case the centring is for
+    _screenshot(page, tmp_path / "2-letterboxed.png")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+
+    # photos without text: read and none found, or not read yet (asked for, none shown)
+    page.set_viewport_size({"width": 1000, "height": 800})
+    page.fill("#text", "")
+    _search(page, "a cat", "for “a cat”")
+    assert _names(page)[0] == "chelsea.png"
+    page.locator("#results .card").first.click()
+    page.wait_for_selector("#viewer[open]")
+    assert page.locator("#viewer-text-section").is_hidden() and page.locator("#viewer-boxes polygon").count() == 0
+    unread = next(i for i, n in enumerate(_names(page)) if n not in PHOTO_TEXT)
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+    with page.expect_response(lambda r: r.url.endswith("/text")) as response:
+        page.locator("#results .card").nth(unread).click()
+    page.wait_for_selector("#viewer[open]")
+    assert response.value.json()["read"] is False
+    assert page.locator("#viewer-text-section").is_hidden() and page.locator("#viewer-boxes polygon").count() == 0
+    # a text that cannot match: the server's one-line error, shown as one
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#viewer:not([open])", state="attached")
+    page.fill("#text", "--")
+    page.press("#text", "Enter")
+    page.wait_for_selector("#status.error")
+    assert "no letter or digit" in page.locator("#status").inner_text()
+    page.problems[:] = [p for p in page.problems if "status of 4" not in p]
+    assert not page.problems, page.problems

@@ -91,6 +91,8 @@ def test_search_query_language_and_filters(client):
     ({"q": "image:/etc/passwd"}, 400, "image terms"),
     ({"q": "cat +"}, 400, "operator"),
     ({}, 422, "q"),
+    ({"text": "--"}, 400, "no letter or digit"),  # text is matched on letters and digits only
+    ({"q": "cat", "text": " "}, 400, "no letter or digit"),
 ])
 def test_bad_search_requests_get_json_4xx(client, params, status, words):
     r = client.get("/api/search", params=params)
@@ -256,7 +258,7 @@ def test_status_page_and_openapi(client):
     assert client.get("/static/style.css").status_code == 200
     schema = client.get("/openapi.json").json()
     assert {"/api/search", "/api/similar", "/api/ask", "/api/status", "/api/images/{image_id}",
-            "/api/images/{image_id}/thumbnail"} <= set(schema["paths"])
+            "/api/images/{image_id}/thumbnail", "/api/images/{image_id}/text"} <= set(schema["paths"])
 
 
 def test_ask_without_a_vlm_is_a_501(client):
@@ -616,6 +618,147 @@ def test_the_cli_asks_a_running_server_and_falls_back_when_it_cannot(live_server
     assert bad.exit_code == 1 and "cannot read the date" in bad.stderr
 
 
+# -- text in photos ---------------------------------------------------------------------------------
+# The text rows are written straight into a copy of the offline index with the store's writer (no
+# OCR model runs here: tests/test_ocr.py reads real photos); what is tested is the serve layer.
+
+LINES = {
+    "coffee.jpg": ["INVOICE 2023-0471", "Café Paradiso"],
+    "rocket.jpg": ["NASA", "Apollo 11"],
+    "chelsea.png": [],  # read, no text found
+}  # every other photo: not read
+
+
+def _line(text: str, n: int) -> dict:
+    x0, y0 = 10.0 + 5 * n, 20.0 + 40 * n
+    return {"text": text, "score": 0.99, "box": [x0, y0, x0 + 200, y0 + 30],
+            "quad": [[x0, y0], [x0 + 200, y0 + 4], [x0 + 199, y0 + 34], [x0 - 1, y0 + 30]]}
+
+
+@pytest.fixture(scope="module")
+def text_index(tmp_path_factory, offline_index):
+    """A copy of the offline index in which three photos' text was read (LINES)."""
+    import shutil
+
+    from retriever.index import Index
+    from retriever.ocr import squash_lines
+    from retriever.store.ocr import write_texts
+
+    home = tmp_path_factory.mktemp("text-home")
+    shutil.copytree(offline_index.folder, home / "default", ignore=shutil.ignore_patterns("*.lock", "serve.json"))
+    index = Index.open(home, "default")
+    rows = []
+    for name, texts in LINES.items():
+        row = index.catalog.find_by_path(str(PHOTOS / name))
+        rows.append((row["id"], row["fingerprint"], [_line(t, n) for n, t in enumerate(texts)], "\n".join(texts),
+                     squash_lines(texts)))
+    assert write_texts(index.catalog, rows, "test-engine 1", "2024-01-02T03:04:05+00:00") == 3
+    yield index
+    index.close()
+
+
+@pytest.fixture(scope="module")
+def text_client(text_index, offline_encoder):
+    with TestClient(create_app(Engine(text_index, encoder=offline_encoder, reload_check_s=0)),
+                    raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_text_search_finds_the_photos_with_that_text(text_client, text_index):
+    def found(**params):
+        r = text_client.get("/api/search", params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    alone = found(text="0471")  # no q: the photos whose text contains it, best match first
+    assert names(alone["results"]) == ["coffee.jpg"] and alone["filters"] == ["text contains '0471'"]
+    assert alone["query"] == "" and alone["results"][0]["ocr"][0]["text"] == "INVOICE 2023-0471"
+    assert names(found(q="", text="0471")["results"]) == ["coffee.jpg"]  # an empty search box too
+    # any part, ignoring case, accents, spaces and punctuation; each value must be found (all)
+    assert names(found(text="cafe para")["results"]) == ["coffee.jpg"]
+    assert names(found(text="apollo")["results"]) == ["rocket.jpg"]
+    assert names(found(text=["nasa", "11"])["results"]) == ["rocket.jpg"]
+    assert found(text=["nasa", "0471"])["results"] == [] and found(text="dog")["results"] == []
+    assert names(found(text="a")["results"]) == ["rocket.jpg", "coffee.jpg"]  # a short needle: a scan
+    # with a query: the query's ranking among the photos that have the text; other filters apply
+    assert names(found(q="a cat", text="0471")["results"]) == ["coffee.jpg"]
+    assert found(q="a cat", text="0471", format="png")["results"] == []
+    # every hit carries what was read: lines, [] (read, no text), or no key (not read)
+    plain = {Path(r["path"]).name: r for r in found(q="a cat", k=15)["results"]}
+    assert [line["text"] for line in plain["rocket.jpg"]["ocr"]] == LINES["rocket.jpg"]
+    assert plain["chelsea.png"]["ocr"] == [] and "ocr" not in plain["flower.jpg"]
+    # the same hits as the Python API's text-only search
+    from retriever.api import Collection
+    from retriever.filters import build
+
+    local = Collection(text_index).query([], 10, build(texts=["a"]))
+    assert found(text="a")["results"] == [h.as_dict() for h in local]
+
+
+def test_the_text_filter_in_similar(text_client, text_index):
+    cat = id_of(text_index, "chelsea.png")
+    body = text_client.get("/api/similar", params={"id": cat, "text": "0471"}).json()
+    assert names(body["results"]) == ["coffee.jpg"] and body["filters"] == ["text contains '0471'"]
+    r = text_client.get("/api/similar", params={"id": cat, "text": "?!"})
+    assert r.status_code == 400 and "no letter or digit" in r.json()["error"]
+
+
+def test_a_photos_text_by_id(text_client, text_index):
+    coffee = text_client.get(f"/api/images/{id_of(text_index, 'coffee.jpg')}/text")
+    assert coffee.status_code == 200
+    body = coffee.json()
+    assert body["id"] == id_of(text_index, "coffee.jpg") and body["read"] is True
+    assert body["text"] == "INVOICE 2023-0471\nCafé Paradiso"
+    assert [line["text"] for line in body["lines"]] == LINES["coffee.jpg"]
+    assert body["lines"][1]["quad"] == _line("Café Paradiso", 1)["quad"] and len(body["lines"][1]["box"]) == 4
+    assert body["engine"] == "test-engine 1" and body["created_at"].startswith("2024-01-02")
+    row = text_index.catalog.find_by_path(str(PHOTOS / "coffee.jpg"))
+    assert (body["width"], body["height"]) == (row["width"], row["height"])  # the boxes' frame
+    none = text_client.get(f"/api/images/{id_of(text_index, 'chelsea.png')}/text").json()
+    assert none["read"] is True and none["lines"] == [] and none["text"] == ""
+    unread = text_client.get(f"/api/images/{id_of(text_index, 'flower.jpg')}/text")
+    assert unread.status_code == 200 and unread.json()["read"] is False and unread.json()["lines"] == []
+    assert unread.json()["engine"] is None
+    for url in ("/api/images/999999/text", "/api/images/abc/text", "/api/images/-1/text"):
+        r = text_client.get(url)
+        assert r.status_code == 404 and r.json()["status"] == 404 and "Traceback" not in r.text
+
+
+def test_the_cli_finds_text_through_a_server(text_index, offline_encoder, monkeypatch):
+    """`retriever search --text TEXT` with no query, through a running server: the same output as
+    a local run."""
+    from click.testing import CliRunner
+
+    from retriever.cli import main
+    from retriever.cli import search as cli
+    from retriever.cli.options import FILTER_NAMES
+    from retriever.serve.client import FILTER_PARAMS
+    from retriever.serve.server import Server
+
+    assert set(FILTER_PARAMS) == set(FILTER_NAMES)  # every CLI filter reaches the server
+    server = Server(Engine(text_index, encoder=offline_encoder), host="127.0.0.1", port=0)
+    server.start()
+    try:
+        home = str(text_index.folder.parent)
+        runner = CliRunner()
+        outputs = []
+        for args in (["--text", "a", "--json"], ["a cup", "--text", "0471"], ["--text", "-"]):
+            via_server = runner.invoke(main, ["search", *args, "--home", home, "-v"])
+            monkeypatch.setattr(cli, "_ask_server", lambda *a, **kw: None)
+            local = runner.invoke(main, ["search", *args, "--home", home])
+            monkeypatch.undo()
+            assert (via_server.exit_code, via_server.stdout) == (local.exit_code, local.stdout), args
+            outputs.append((via_server, local))
+        (json_out, _), (query_out, _), (bad, bad_local) = outputs
+        assert "answered by the server" in json_out.stderr
+        assert [Path(json.loads(line)["path"]).name for line in json_out.stdout.splitlines()] == \
+            ["rocket.jpg", "coffee.jpg"]
+        assert "answered by the server" in query_out.stderr and "coffee.jpg" in query_out.stdout
+        assert bad.exit_code == 1 and "no letter or digit" in bad.stderr and bad.stderr.endswith(bad_local.stderr)
+    finally:
+        server.stop()
+
+
 def _fuzz_cases():
     """A few hundred malformed requests over every route: path ids, query strings, headers and
     upload bodies that a browser, a script or an attacker may send."""
@@ -625,13 +768,16 @@ def _fuzz_cases():
     for i in ids:
         cases += [("GET", f"/api/images/{i}", {}), ("GET", f"/api/images/{i}/meta", {}),
                   ("GET", f"/api/images/{i}/thumbnail", {}), ("GET", f"/api/images/{i}/thumbnail?size={i}", {}),
+                  ("GET", f"/api/images/{i}/text", {}),
                   ("GET", f"/api/similar?id={i}", {})]
     values = ["", "nan", "inf", "-inf", "-1", "0", "1e309", "9" * 40, "%00", "x" * 5000, "%FF%FE", "[]", "{}",
               "a,b", "91,181", "2023-13-45", "yesterday", "1920x", "x1080", "\u202e", "a*b", "nan*cat", "1e309*cat"]
     for key in ("q", "k", "after", "before", "in", "camera", "near", "within", "format", "min_size", "tag",
-                "min_score", "rerank", "keywords"):
+                "text", "min_score", "rerank", "keywords"):
         for v in values:
             cases.append(("GET", f"/api/search?q=cat&{key}={v}" if key != "q" else f"/api/search?q={v}", {}))
+    for v in values:
+        cases.append(("GET", f"/api/search?text={v}", {}))  # text alone: no q
     for v in values[:12]:
         cases += [("GET", f"/api/ask?q={v}", {}), ("GET", f"/api/similar?id=1&k={v}", {}),
                   ("GET", f"/api/status?{v}={v}", {})]

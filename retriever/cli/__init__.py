@@ -18,9 +18,9 @@ from retriever import __version__
 # command name -> the module under retriever.cli that defines it
 MODULES = {
     "ask": "vlm", "cache": "cache", "caption": "vlm", "daemon": "daemon", "duplicates": "duplicates",
-    "errors": "status", "index": "indexing", "models": "status", "optimize": "optimize",
+    "errors": "status", "index": "indexing", "models": "status", "ocr": "ocr", "optimize": "optimize",
     "remove": "indexing", "search": "search", "serve": "serve", "similar": "search",
-    "status": "status", "tag": "tags", "tags": "tags", "untag": "tags",
+    "status": "status", "tag": "tags", "tags": "tags", "text": "ocr", "untag": "tags",
 }
 # command name -> the first paragraph of its help, for the command list of `retriever --help`
 SUMMARIES = {
@@ -37,6 +37,7 @@ SUMMARIES = {
     "errors": "Files that could not be indexed, with the reason. They are retried when they change.",
     "index": "Add the photos under PATHS (folders, walked recursively, or files) to an index.",
     "models": "Encoders available: the offline one, and every open_clip architecture with its pretrained tags.",
+    "ocr": "Read the text in each photo of the index (OCR): signs, receipts, screenshots, documents.",
     "optimize": "Rebuild the vector index from the stored vectors (no re-encoding, no model loaded).",
     "remove": "Drop files, or whole folders, from an index (the files on disk are not touched).",
     "search": "Photos that match QUERY, best first: text, images, or both, combined.",
@@ -46,6 +47,7 @@ SUMMARIES = {
     "status": "Where the index lives, its model, and its counts (images, vectors, failed, last run).",
     "tag": "Tag every image with the labels it shows (a built-in vocabulary, or your labels).",
     "tags": "The labels of the index with how many images have each, and the label set's settings.",
+    "text": "Print the text read in the photo at PATH (one line per text line, top to bottom).",
     "untag": "Remove a wrong tag from a photo; later tagging runs never give it back.",
 }
 

@@ -67,12 +67,16 @@ from retriever.errors import RetrieverError
                    "ray://HOST:10001).  [default: start Ray on this machine]")
 @click.option("--ray-actors", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="With --engine ray: encoder actors; 0 = one per GPU, or one per 8 CPUs without GPUs.")
+@click.option("--ocr", is_flag=True,
+              help="Also read the text in each photo (signs, receipts, screenshots), from the image decoded "
+                   "for encoding, and then in the indexed photos not read yet: see `retriever ocr` "
+                   "(pip install 'retriever[ocr]').")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @reports_errors
 def index(paths, home, index_name, model, pretrained, device, batch_size, workers, pool, retry_failed,
           video_every, exclude, include_hidden, onnx, cache_dir, backend, precision, engine, address, ray_actors,
-          as_json, quiet):
+          ocr, as_json, quiet):
     """Add the photos under PATHS (folders, walked recursively, or files) to an index.
 
     Runs are incremental: unchanged files are not read again (no model is even loaded when
@@ -106,6 +110,10 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
             raise RetrieverError("an empty path was given: name the folders or files to index")
         if not is_url(p) and not Path(p).expanduser().exists():
             raise RetrieverError(f"no such file or folder: {p}")
+    if ocr:
+        from retriever.ocr.reader import engine_version
+
+        engine_version()  # no rapidocr: one line naming the extra, before anything is read
     stop_on_sigterm()
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     new = NewIndex(model=model, pretrained=pretrained, batch_size=batch_size, onnx_export=onnx, backend=backend,
@@ -119,7 +127,8 @@ def index(paths, home, index_name, model, pretrained, device, batch_size, worker
         try:
             summary = collection.index(
                 list(paths), progress=reporter.callback, engine=engine, ray=ray_options, include_hidden=include_hidden,
-                exclude=exclude, workers=workers, pool=pool, retry_failed=retry_failed, video_every_s=video_every)
+                exclude=exclude, workers=workers, pool=pool, retry_failed=retry_failed, video_every_s=video_every,
+                ocr=ocr)
         finally:
             reporter.close()
         status = collection.status()
@@ -150,6 +159,8 @@ def _print_index_summary(summary, status: dict[str, Any]) -> None:
     )
     if summary.preparation:
         click.echo(summary.preparation, err=True)
+    if summary.text_read:
+        click.echo(f"read the text of {summary.text_read} photos: {summary.text_found} with text", err=True)
     for path, reason in summary.failures[:10]:
         click.echo(f"  failed: {shown(path)}: {reason}", err=True)
     for warning in summary.warnings[:10]:

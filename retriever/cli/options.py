@@ -89,6 +89,10 @@ def filter_options(fn: Callable) -> Callable:
                      help="Only photos tagged with at least one of these labels (repeatable: any of all given)."),
         click.option("--no-tag", "no_tags", multiple=True, metavar="LABEL",
                      help="Leave out photos tagged LABEL (repeatable or comma-separated: none of them)."),
+        click.option("--text", "texts", multiple=True, metavar="TEXT",
+                     help="Only photos whose text (read by `retriever ocr`) contains TEXT: any part of a word or "
+                          "number, ignoring case, accents, spaces and punctuation (--text 0471 finds 2023-0471; "
+                          "repeatable: all of them)."),
         click.option("--min-score", type=float, metavar="S",
                      help="Drop results scoring below S (cosine similarity); may return fewer than -k."),
     ]
@@ -106,7 +110,7 @@ def pop_filters(kwargs: dict[str, Any]):
 
 
 FILTER_NAMES = ("after", "before", "folders", "cameras", "near", "within_km", "formats", "min_size", "tags", "tags_any", "no_tags",
-                "min_score")
+                "texts", "min_score")
 
 
 def view_options(fn: Callable) -> Callable:

@@ -106,7 +106,7 @@ QUERY_SYNTAX = """
 
 
 @click.command()
-@click.argument("query", nargs=-1, required=True)
+@click.argument("query", nargs=-1)
 @index_options
 @output_options
 @filter_options
@@ -134,12 +134,15 @@ def search(query, home, index_name, top, as_json, paths_only, null_sep, device, 
       retriever search receipt -k 50 --paths
       retriever search sunset --after 2023-06 --before 2023-09 --camera pixel
       retriever search beach + ~/ref.jpg - people --json | jq .path
+      retriever search --text 0471          (photos whose text contains 0471)
     """
     from retriever.query import keyword_text_of, parse
 
     filter_values = {name: kwargs[name] for name in FILTER_NAMES}
     filters = pop_filters(kwargs)
-    terms = parse(query, default="auto")
+    if not query and not filters.texts:
+        raise click.UsageError("give a QUERY, or --text TEXT to find photos by the text in them")
+    terms = parse(query, default="auto") if query else []
     if rerank:
         if not keyword_text_of(terms):
             raise RetrieverError("--rerank needs text in the query: the model is asked whether each photo shows it")
@@ -188,7 +191,8 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
     from retriever.query import describe
 
     if verbose:
-        click.echo(f"query: {shown(describe(terms))}", err=True)
+        click.echo(f"query: {shown(describe(terms)) if terms else '(none: photos by their text, best match first)'}",
+                   err=True)
         for condition in filters.describe():
             click.echo(f"filter: {shown(condition)}", err=True)
     in_daemon = click.get_current_context().find_root().obj is not None
@@ -209,7 +213,7 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
             if verbose and collection.last_strategy:
                 click.echo(f"filtered search: {collection.last_strategy}", err=True)
             backend = collection.query_backend()
-            if verbose and backend is not None:
+            if verbose and backend is not None and terms:
                 click.echo(f"query encoder: {query_encoder_text(backend)}", err=True)
             if verbose and in_daemon:
                 click.echo(f"answered by the warm daemon (pid {os.getpid()})", err=True)

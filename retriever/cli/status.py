@@ -47,6 +47,8 @@ def status(home, index_name, as_json):
         ("images", info["images"]),
         ("vectors", info["vectors"]),
         ("search", _index_kind_text(info)),
+        ("text", (f"{info['text']['read']} photos read, {info['text']['with_text']} with text"
+                  if info.get("text", {}).get("read") else "not read (retriever ocr)")),
         ("tags", (f"{info['tags']['labels']} labels, {info['tags']['tagged']} images tagged, "
                   f"{info['tags']['untagged']} not yet (retriever tag)") if info.get("tags") else "none (retriever tag)"),
         ("onnx", _onnx_text(info.get("onnx"))),

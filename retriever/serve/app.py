@@ -106,6 +106,8 @@ def _filters(
     tag: list[str] = Query([], description="Tagged LABEL (repeatable or comma-separated: all)"),
     tag_any: list[str] = Query([], description="Tagged with at least one of these labels (comma-separated)"),
     no_tag: list[str] = Query([], description="Not tagged LABEL (repeatable or comma-separated: none)"),
+    text: list[str] = Query([], description="The photo's text (read by retriever ocr) contains TEXT, ignoring case, "
+                                            "accents, spaces and punctuation (repeatable: all)"),
     min_score: float | None = Query(None, description="Drop results scoring below this"),
 ):
     for folder in folders:
@@ -113,7 +115,7 @@ def _filters(
             raise ServeError(f"'in' takes an absolute folder, not {folder!r}")
     return build(after=after, before=before, folders=folders, cameras=camera, near=near, within_km=within,
                  formats=format, min_size=min_size, tags=tag, tags_any=tag_any,
-                 no_tags=no_tag, min_score=min_score)
+                 no_tags=no_tag, texts=text, min_score=min_score)
 
 
 def _results(hits, **extra: Any) -> dict[str, Any]:
@@ -138,18 +140,20 @@ def _routes(app: FastAPI, service: Service) -> None:
     def status():
         return service.status()
 
-    @app.get("/api/search", summary="Photos matching a query (the CLI's query language, text terms)")
+    @app.get("/api/search", summary="Photos matching a query (the CLI's query language, text terms); with text= "
+                                    "and no query: the photos with that text, best match first")
     def search(q: str | None = Query(None, description="Search-box text: words between + and - form one "
-                                                        "phrase: a cat on a sofa - dog, 'red car' - 0.5*night"),
+                                                        "phrase: a cat on a sofa - dog, 'red car' - 0.5*night. "
+                                                        "Optional with text="),
                w: list[str] = Query([], description="Or the command-line words exactly (repeatable), as "
                                                     "retriever search gets them"),
                k: int = Query(10, description="How many results"),
                keywords: bool = Query(True, description="Fuse keyword matches in file names and captions"),
                filters=Depends(_filters)):
-        if q is None and not w:
-            raise ServeError("give q=TEXT (or w=WORD, repeated)", status=422)
+        if q is None and not w and not filters.texts:
+            raise ServeError("give q=TEXT (or w=WORD, repeated; or text=TEXT for the photos with that text)", status=422)
         hits = service.search(q, k, filters, keywords=keywords, words=w or None)
-        return _results(hits, query=q if q is not None else w, filters=filters.describe())
+        return _results(hits, query=q if q is not None else (w or ""), filters=filters.describe())
 
     @app.get("/api/similar", summary="Photos like catalog images, by id (repeatable: averaged)")
     def similar(id: list[str] = Query([], description="Catalog id (repeatable)"),
@@ -182,6 +186,11 @@ def _routes(app: FastAPI, service: Service) -> None:
     @app.get("/api/images/{image_id}/meta", summary="One photo's metadata, as in search results")
     def meta(image_id: str):
         return service.meta(_image_id(image_id))
+
+    @app.get("/api/images/{image_id}/text",
+             summary="The text read in a photo (retriever ocr): its lines with boxes in the photo's pixels")
+    def text(image_id: str):
+        return service.text(_image_id(image_id))
 
     @app.delete("/api/images/{image_id}/tags/{label}",
                 summary="Remove a wrong tag from a photo (remembered: re-tagging keeps it off)")

@@ -94,7 +94,9 @@ class Service:
         _check_k(k)
         if words is None:
             words = words_of(q or "")
-        terms = parse(words, default="text")
+        # no words and a text filter: the photos with that text, best match first (as the CLI's
+        # `retriever search --text TEXT`)
+        terms = [] if not words and filters.texts else parse(words, default="text")
         if any(t.kind == IMAGE for t in terms):
             raise ServeError("image terms are not accepted over HTTP: use /api/similar with an id or an upload")
         return self.collection.query(terms, k, filters, keywords=keywords)
@@ -162,6 +164,21 @@ class Service:
         if not hits:
             raise NotFound(f"no image with id {image_id}")
         return hits[0].as_dict()
+
+    def text(self, image_id: int) -> dict[str, Any]:
+        """The text read in one photo: {"id", "read", "lines": [{"text", "score", "box", "quad"}],
+        "text", "engine", "created_at", "width", "height"}; boxes and quads in the photo's pixels
+        after EXIF orientation (width x height). Not read yet (`retriever ocr` has not seen it):
+        read false, no lines. From the catalog alone: no file is opened."""
+        from retriever.ocr.run import photo_text
+
+        row = self.image_row(image_id)
+        found = photo_text(self.index.catalog, image_id)
+        size = {"width": row["width"], "height": row["height"]}
+        if found is None:
+            return {"id": image_id, "read": False, "lines": [], "text": "", "engine": None, "created_at": None, **size}
+        return {"id": image_id, "read": True, "lines": found["lines"], "text": found["text"],
+                "engine": found["engine"], "created_at": found["created_at"], **size}
 
     def untag(self, image_id: int, label: str) -> dict[str, Any]:
         """Remove a wrong tag from one photo; remembered, so later `retriever tag` runs keep it off."""

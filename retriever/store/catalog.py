@@ -153,7 +153,8 @@ class Catalog:
                 out[row.path] = KnownFile(ids, row.path, row.size, row.mtime_ns, row.fingerprint, row.status)
         return out
 
-    def write_batch(self, rows: Sequence[dict[str, Any]], *, remove_ids: Iterable[int] = ()) -> list[int]:
+    def write_batch(self, rows: Sequence[dict[str, Any]], *, remove_ids: Iterable[int] = (),
+                    texts: tuple[str, dict[int, tuple]] | None = None) -> list[int]:
         """One checkpoint, in one transaction. Returns the id of each row.
 
         A row with an "id" updates that item (its path may change: a moved file); otherwise the
@@ -162,11 +163,22 @@ class Catalog:
         Only the keys present are written. The "vector" key: an array replaces the stored vector,
         None deletes it, absent leaves it as it is; either way the item's tags, computed from the
         old vector, are dropped (the next `retriever tag` tags it again). `remove_ids` are
-        dropped first, with their vectors and tags."""
+        dropped first, with their vectors and tags. `texts`: (engine, {position in rows:
+        (fingerprint, lines, text, squashed)}), the text read in those rows' photos, written in
+        the same transaction (store/ocr.py)."""
         from retriever.store.writes import write_rows
 
         with self.engine.begin() as conn:
-            ids = write_rows(conn.connection.dbapi_connection, rows, remove_ids, utcnow())
+            now = utcnow()
+            ids = write_rows(conn.connection.dbapi_connection, rows, remove_ids, now)
+            if texts:
+                from retriever.store.ocr import write_text_rows
+
+                cursor = conn.connection.dbapi_connection.cursor()
+                try:
+                    write_text_rows(cursor, [(ids[n], *value) for n, value in texts[1].items()], texts[0], now)
+                finally:
+                    cursor.close()
             self._bump_generation(conn)
         return ids
 

@@ -1,6 +1,6 @@
 """The SQL of catalog filters: one query over the `images` table for a `retriever.filters.Filters`
 value (read by attribute: after, before, folders, cameras, near, within_km, formats, min_size,
-tags), whose parsing and validation are in retriever/filters.py.
+tags, texts), whose parsing and validation are in retriever/filters.py.
 
 Dates: an image's date is its EXIF DateTimeOriginal (local time as the camera wrote it), or the
 file's mtime in local time when the photo has none, stored in `images.date_key` when the row is
@@ -49,7 +49,7 @@ def filter_ids(catalog, filters, *, limit: int) -> list[tuple]:
     table's label index (the same ids: an item with a tag has a vector)."""
     only_tags = (filters.tags or filters.tags_any) and not (
         filters.after or filters.before or filters.folders or filters.cameras or filters.near is not None
-        or filters.formats or filters.min_size or filters.no_tags)
+        or filters.formats or filters.min_size or filters.no_tags or filters.texts)
     if not only_tags:
         return filter_rows(catalog, filters, limit=limit)
     labels = filters.tags[:1] or filters.tags_any  # with several --tag, the first: a superset
@@ -150,7 +150,27 @@ def where_clauses(f, cursor=None, by_id: bool = False) -> tuple[list[str], dict[
             marks = ", ".join(f":{name}{i}" for i in range(len(labels)))
             where.append(negate + tagged.format(f"IN ({marks})"))
             params.update({f"{name}{i}": label for i, label in enumerate(labels)})
+    for i, needle in enumerate(f.texts):
+        where.append(_text_condition(needle, f"text{i}", cursor, by_id))
+        params[f"text{i}"] = f'"{needle}"' if _uses_trigrams(needle, cursor, by_id) else needle
     return where, params
+
+
+def _uses_trigrams(needle: str, cursor, by_id: bool) -> bool:
+    from retriever.store.ocr import has_trigram_index
+
+    return not by_id and len(needle) >= 3 and cursor is not None and has_trigram_index(cursor)
+
+
+def _text_condition(needle: str, name: str, cursor, by_id: bool) -> str:
+    """The photo's squashed text (ocr.squashed) contains the squashed `needle`. Listing: the ids
+    of the trigram index's phrase match (a needle of 3 characters or more), else a scan of the
+    read texts; checking ids: one key look-up of the text per id."""
+    if by_id:
+        return f"EXISTS (SELECT 1 FROM ocr WHERE ocr.image_id = images.id AND instr(ocr.squashed, :{name}) > 0)"
+    if _uses_trigrams(needle, cursor, by_id):
+        return f"images.id IN (SELECT rowid FROM ocr_squash WHERE ocr_squash MATCH :{name})"
+    return f"images.id IN (SELECT image_id FROM ocr WHERE instr(squashed, :{name}) > 0)"
 
 
 MAX_CAMERAS = 5000  # distinct camera names listed from the index; beyond, cameras match by a scan

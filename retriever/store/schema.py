@@ -282,6 +282,70 @@ def _m005_filter_columns(conn: Connection) -> None:
         conn.execute(text(statement))
 
 
+def _m006_ocr(conn: Connection) -> None:
+    # Text read in photos (retriever/ocr/; the SQL is in retriever/store/ocr.py): one row per item
+    # read, even when no text was found (lines '[]'), so that a photo is read once. Like a
+    # caption, it goes with the content it was read from: triggers drop it when the item's
+    # fingerprint changes or the item leaves the catalog. The keyword index gets a third column,
+    # `text`, kept equal to the item's text by triggers (so rebuilt here: FTS5 has no ADD
+    # COLUMN), and `ocr_squash` indexes each item's text as trigrams for the substring filter
+    # (`--text`): letters and digits only, case-folded, lines kept apart by a newline.
+    conn.execute(text("CREATE TABLE ocr (image_id INTEGER PRIMARY KEY, engine TEXT NOT NULL, fingerprint TEXT, "
+                      "lines TEXT NOT NULL, text TEXT NOT NULL, squashed TEXT NOT NULL, created_at TEXT NOT NULL)"))
+    conn.execute(text("CREATE TRIGGER tr_ocr_stale AFTER UPDATE OF fingerprint ON images "
+                      "WHEN old.fingerprint IS NOT new.fingerprint "
+                      "BEGIN DELETE FROM ocr WHERE image_id = new.id; END"))
+    conn.execute(text("CREATE TRIGGER tr_ocr_gone AFTER DELETE ON images "
+                      "BEGIN DELETE FROM ocr WHERE image_id = old.id; END"))
+    from sqlalchemy.exc import OperationalError
+
+    has_keywords = conn.execute(text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keywords'")).first()
+    if has_keywords:
+        name = "replace({0}, rtrim({0}, replace({0}, '/', '')), '')"  # the path after its last '/'
+        for statement in (
+            "DROP TRIGGER IF EXISTS tr_keywords_move",
+            "DROP TRIGGER IF EXISTS tr_keywords_gone",
+            "DROP TRIGGER IF EXISTS tr_keywords_caption",
+            "DROP TRIGGER IF EXISTS tr_keywords_recaption",
+            "DROP TRIGGER IF EXISTS tr_keywords_uncaption",
+            "DROP TABLE keywords",
+            "CREATE VIRTUAL TABLE keywords USING fts5(name, caption, text, "
+            "tokenize = 'porter unicode61 remove_diacritics 2')",
+            f"INSERT INTO keywords (rowid, name, caption, text) SELECT images.id, {name.format('images.path')}, "
+            "COALESCE(captions.caption, ''), '' FROM images LEFT JOIN captions ON captions.image_id = images.id",
+            f"CREATE TRIGGER tr_keywords_move AFTER UPDATE OF path ON images WHEN old.path IS NOT new.path "
+            f"BEGIN UPDATE keywords SET name = {name.format('new.path')} WHERE rowid = new.id; END",
+            "CREATE TRIGGER tr_keywords_gone AFTER DELETE ON images BEGIN DELETE FROM keywords WHERE rowid = old.id; END",
+            "CREATE TRIGGER tr_keywords_caption AFTER INSERT ON captions "
+            "BEGIN UPDATE keywords SET caption = new.caption WHERE rowid = new.image_id; END",
+            "CREATE TRIGGER tr_keywords_recaption AFTER UPDATE OF caption ON captions "
+            "BEGIN UPDATE keywords SET caption = new.caption WHERE rowid = new.image_id; END",
+            "CREATE TRIGGER tr_keywords_uncaption AFTER DELETE ON captions "
+            "BEGIN UPDATE keywords SET caption = '' WHERE rowid = old.image_id; END",
+            "CREATE TRIGGER tr_keywords_ocr AFTER INSERT ON ocr "
+            "BEGIN UPDATE keywords SET text = new.text WHERE rowid = new.image_id; END",
+            "CREATE TRIGGER tr_keywords_reocr AFTER UPDATE OF text ON ocr "
+            "BEGIN UPDATE keywords SET text = new.text WHERE rowid = new.image_id; END",
+            "CREATE TRIGGER tr_keywords_unocr AFTER DELETE ON ocr "
+            "BEGIN UPDATE keywords SET text = '' WHERE rowid = old.image_id; END",
+        ):
+            conn.execute(text(statement))
+    try:
+        conn.execute(text("CREATE VIRTUAL TABLE ocr_squash USING fts5(squashed, tokenize = 'trigram')"))
+    except OperationalError:  # no FTS5, or an SQLite before 3.34 (no trigram tokenizer): --text scans
+        return
+    for statement in (
+        "CREATE TRIGGER tr_ocr_squash_add AFTER INSERT ON ocr "
+        "BEGIN INSERT INTO ocr_squash (rowid, squashed) VALUES (new.image_id, new.squashed); END",
+        "CREATE TRIGGER tr_ocr_squash_change AFTER UPDATE OF squashed ON ocr BEGIN "
+        "DELETE FROM ocr_squash WHERE rowid = old.image_id; "
+        "INSERT INTO ocr_squash (rowid, squashed) VALUES (new.image_id, new.squashed); END",
+        "CREATE TRIGGER tr_ocr_squash_drop AFTER DELETE ON ocr "
+        "BEGIN DELETE FROM ocr_squash WHERE rowid = old.image_id; END",
+    ):
+        conn.execute(text(statement))
+
+
 # Named, ordered, applied once each. Append only; never edit or reorder a released migration.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
@@ -289,5 +353,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("003_captions", _m003_captions),
     ("004_tag_upkeep", _m004_tag_upkeep),
     ("005_filter_columns", _m005_filter_columns),
+    ("006_ocr", _m006_ocr),
 ]
 assert tuple(name for name, _ in MIGRATIONS) == SCHEMA_MIGRATIONS, "store.reader.SCHEMA_MIGRATIONS lags"

@@ -19,14 +19,12 @@ With `replace`, captions made by another model are made again. Still images only
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from retriever.errors import IndexLockedError, RetrieverError
+from retriever.errors import RetrieverError
 from retriever.progress import Progress
 from retriever.store.captions import (  # noqa: F401  (caption_counts, captions_for: re-exported)
     caption_counts,
@@ -180,25 +178,8 @@ def run_captions(
 
 @contextmanager
 def caption_lock(index) -> Iterator[None]:
-    """One caption run per index at a time (flock: released by the kernel if the holder dies)."""
-    import fcntl
+    """One caption run per index at a time."""
+    from retriever.durable import run_lock
 
-    path = index.folder / CAPTION_LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-            except (OSError, ValueError):
-                holder = {}
-            who = f" (pid {holder.get('pid')} since {holder.get('since')})" if holder else ""
-            raise IndexLockedError(
-                f"another caption run is writing to index {index.name!r}{who}; wait for it"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": utcnow()}).encode(), 0)
+    with run_lock(index.folder / CAPTION_LOCK_FILE, utcnow(), f"another caption run is writing to index {index.name!r}"):
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock

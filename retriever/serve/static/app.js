@@ -66,16 +66,26 @@ function show(found, description, cited = []) {
   say(found.length ? `${found.length} results ${description}` : `no results ${description}`);
 }
 
-async function search(q) {
+// q: the search box; text: the "text in photo" box (the photos whose text contains it). Either
+// may be empty: text alone lists the photos with that text, the best match first.
+async function search(q, text = "") {
   const params = filterParams();
-  params.set("q", q);
+  if (q) params.set("q", q);
+  if (text) params.append("text", text);
   say("searching…");
   try {
     const body = await call(`api/search?${params}`);
     const conditions = body.filters.length ? ` (${body.filters.join("; ")})` : "";
-    show(body.results, `for “${q}”${conditions}`);
-    history.replaceState(null, "", `?q=${encodeURIComponent(q)}`);
+    show(body.results, `${q ? `for “${q}”` : "by the text in them"}${conditions}`);
+    const address = [];
+    if (q) address.push(`q=${encodeURIComponent(q)}`);
+    if (text) address.push(`text=${encodeURIComponent(text)}`);
+    history.replaceState(null, "", `?${address.join("&")}`);
   } catch (e) { say(e.message, true); }
+}
+
+function searchBoxes() {
+  return [$("#q").value.trim(), $("#text").value.trim()];
 }
 
 async function similarTo(hit) {
@@ -135,7 +145,8 @@ function showTags(hit) {
       document.querySelector('#filters input[name="tag"]').value = label;
       $("#filters").open = true;
       closeViewer();
-      search($("#q").value.trim() || label);
+      const [q, text] = searchBoxes();
+      search(q || (text ? "" : label), text);
     });
     const remove = document.createElement("button");
     remove.type = "button";
@@ -154,6 +165,83 @@ function showTags(hit) {
     li.append(filter, remove);
     list.append(li);
   }
+}
+
+// -- the text read in a photo: its lines below the metadata, their boxes drawn over the photo -------
+// Text from photos is untrusted: it only ever goes in as textContent, and the boxes' points are
+// numbers checked here.
+
+const SVG = "http://www.w3.org/2000/svg";
+let textAsked = 0;  // the latest text request: an older answer arriving late is dropped
+
+function linePoints(line) {
+  let corners = Array.isArray(line.quad) && line.quad.length === 4 ? line.quad : null;
+  if (!corners && Array.isArray(line.box) && line.box.length === 4) {
+    const [x0, y0, x1, y1] = line.box;
+    corners = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]];
+  }
+  if (!corners) return null;
+  const numbers = corners.map((c) => (Array.isArray(c) ? c.slice(0, 2).map(Number) : [NaN, NaN]));
+  if (!numbers.every(([x, y]) => Number.isFinite(x) && Number.isFinite(y))) return null;
+  return numbers.map(([x, y]) => `${x},${y}`).join(" ");
+}
+
+function highlightLine(n) {
+  for (const el of document.querySelectorAll("#viewer-boxes polygon, #viewer-text .line")) {
+    el.classList.toggle("hot", n !== null && el.dataset.line === String(n));
+  }
+}
+
+// lines: [{text, score, box, quad}] in the photo's pixels (width x height, after EXIF orientation)
+function drawText(lines, width, height) {
+  const svg = $("#viewer-boxes");
+  const pre = $("#viewer-text");
+  svg.replaceChildren();
+  pre.replaceChildren();
+  const shown = (Array.isArray(lines) ? lines : []).filter((l) => l && typeof l.text === "string");
+  $("#viewer-text-section").hidden = !shown.length;
+  const w = Number(width), h = Number(height);
+  const sized = w > 0 && h > 0;
+  if (sized) svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  else svg.removeAttribute("viewBox");
+  shown.forEach((line, n) => {
+    const span = document.createElement("span");
+    span.className = "line";
+    span.dataset.line = n;
+    span.textContent = line.text;
+    if (n) pre.append("\n");
+    pre.append(span);
+    const points = sized ? linePoints(line) : null;
+    if (!points) return;
+    const polygon = document.createElementNS(SVG, "polygon");
+    polygon.setAttribute("points", points);
+    polygon.dataset.line = n;
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = line.text;
+    polygon.append(title);
+    svg.append(polygon);
+  });
+}
+
+async function showText(hit) {
+  const known = Array.isArray(hit.ocr);
+  drawText(known ? hit.ocr : [], hit.width, hit.height);
+  if (known) return;
+  // not in the hit (not read when it was found): ask, it may have been read since
+  const asked = ++textAsked;
+  try {
+    const body = await call(`api/images/${hit.id}/text`);
+    if (body.read) hit.ocr = body.lines;
+    if (asked === textAsked && hits[current] === hit && viewer.open) drawText(body.lines, body.width, body.height);
+  } catch { /* no text shown: the photo is gone from the index */ }
+}
+
+for (const [area, selector] of [["#viewer-text", ".line"], ["#viewer-boxes", "polygon"]]) {
+  $(area).addEventListener("mouseover", (e) => {
+    const el = e.target.closest(selector);
+    highlightLine(el ? el.dataset.line : null);
+  });
+  $(area).addEventListener("mouseleave", () => highlightLine(null));
 }
 
 function openViewer(i) {
@@ -178,6 +266,7 @@ function openViewer(i) {
   }
   showTags(hit);
   if (!viewer.open) viewer.showModal();
+  showText(hit);
   $("#more").focus();
 }
 
@@ -219,8 +308,8 @@ results.addEventListener("keydown", (e) => {
 
 $("#search-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  const q = $("#q").value.trim();
-  if (q) search(q);
+  const [q, text] = searchBoxes();
+  if (q || text) search(q, text);
 });
 $("#upload").addEventListener("change", (e) => similarToFile(e.target.files[0]));
 $("#ask-form").addEventListener("submit", (e) => {
@@ -245,7 +334,8 @@ document.addEventListener("drop", (e) => {
 
 call("api/status").then((status) => {
   $("#ask-form").hidden = !status.vlm;
-  const q = new URLSearchParams(location.search).get("q");
-  if (q) { $("#q").value = q; search(q); }
+  const address = new URLSearchParams(location.search);
+  const q = address.get("q") || "", text = address.get("text") || "";
+  if (q || text) { $("#q").value = q; $("#text").value = text; search(q, text); }
   else say(`${status.images} photos in index “${status.index}”, model ${status.model_id}`);
 }).catch((e) => say(e.message, true));
