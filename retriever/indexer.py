@@ -260,6 +260,8 @@ class _Run:
         if self.summary.backend is None and getattr(self._encoder, "resolved", None) is not None:
             self.summary.backend = encoder_backend(self._encoder)
         encoder = getattr(self._encoder, "resolved", None) or self._encoder
+        if callable(getattr(encoder, "wait_background", None)):
+            encoder.wait_background()
         note = getattr(encoder, "batch_note", None)  # the GPU ran out of memory: a smaller batch since
         if isinstance(note, str) and note not in self.summary.notices:
             self.summary.notices.append(note)

@@ -13,6 +13,7 @@ class Progress:
     total: int  # items to handle this run
     failed: int
     elapsed: float  # seconds since the job started
+    stage: str | None = None  # a job of several stages: which ("text": reading the text in photos)
 
     @property
     def rate(self) -> float:

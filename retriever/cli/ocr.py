@@ -41,7 +41,7 @@ def ocr(home, index_name, limit, frames, as_json, quiet):
 
     with Index.open(home_dir(home), index_name) as idx:
         stop_on_sigterm()
-        progress = ProgressReporter(enabled=not quiet, verb="reading text", past="read", unit="photo")
+        progress = ProgressReporter(enabled=not quiet, verb="reading text", past="read text of", unit="photo")
         try:
             summary = run_ocr(idx, frames=frames, limit=limit, on_progress=progress.callback)
         finally:

@@ -33,7 +33,15 @@ class ProgressReporter:
     def callback(self):
         return self.update if self.enabled else None
 
+    STAGES = {"text": ("reading text", "read text of", "photo")}  # Progress.stage -> (verb, past, unit)
+
     def update(self, p) -> None:
+        stage = getattr(p, "stage", None)
+        if stage in self.STAGES and (self.verb, self.past, self.unit) != self.STAGES[stage]:
+            self.close()  # a new stage of the job (index --ocr: then the photos indexed before)
+            self.bar, self.last_done = None, 0
+            self.last_log = 0.0 if self.log_ends else None
+            self.verb, self.past, self.unit = self.STAGES[stage]
         if self.tty:
             if self.bar is None:
                 from tqdm import tqdm

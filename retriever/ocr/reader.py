@@ -37,7 +37,7 @@ UPSCALE_MAX = 4.0  # small photos are enlarged for detection at most this much
 # Decoding for reading: JPEGs may be decoded at a reduced scale while both sides keep at least
 # this many pixels (a 12-MP photo is read from its half-size decode).
 DECODE_MIN_SIDE = 1200
-MIN_SCORE = 0.6  # recognition confidence below which a line is dropped (fitted: benchmarks/ocr.py --fit)
+MIN_SCORE = 0.95  # recognition confidence below which a line is dropped (fitted: benchmarks/ocr.py --fit)
 MIN_CHARS = 2  # letters or digits a line needs to be kept
 
 
@@ -63,16 +63,19 @@ class TextLine:
         return cls(str(d["text"]), float(d.get("score", 1.0)), quad, tuple(float(v) for v in d["box"]))
 
 
-def engine_version() -> str:
-    """Which engine and models read the text: stored with each photo's text, so that text read by
-    other models (or other reading settings) is read again."""
+def engine_version(det_side: int | None = None, min_score: float | None = None) -> str:
+    """Which engine, models and reading settings read the text: stored with each photo's text, so
+    that text read otherwise (another rapidocr release, detection size or noise threshold) is
+    read again."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         v = version("rapidocr")
     except PackageNotFoundError:
         raise MissingDependencyError(f"reading text in photos needs rapidocr: {OCR_EXTRA}") from None
-    return f"rapidocr {v} PP-OCRv6 small det{DET_SIDE}"
+    det_side = DET_SIDE if det_side is None else det_side
+    min_score = MIN_SCORE if min_score is None else min_score
+    return f"rapidocr {v} PP-OCRv6 small det{det_side} min{min_score:g}/{MIN_CHARS}"
 
 
 def keeps(text: str, score: float) -> bool:
@@ -83,15 +86,20 @@ def keeps(text: str, score: float) -> bool:
 class OcrReader:
     """Loads the three models on first use (see the module's docstring)."""
 
-    def __init__(self, det_side: int = DET_SIDE, min_score: float = MIN_SCORE):
+    def __init__(self, det_side: int = DET_SIDE, min_score: float = MIN_SCORE, threads: int | None = 1):
+        """threads: ONNX Runtime threads per model run; 1 (the default) where several photos are
+        read at once, one per core (an indexing run's decode workers, `retriever ocr`'s pool);
+        None for ONNX Runtime's default (every core, for one photo at a time)."""
         self.det_side = det_side
+        self.threads = threads
         self.min_score = min_score
         self._lock = threading.Lock()
         self._models: tuple[Any, Any, Any] | None = None
-        self.version = engine_version()
+        self.version = engine_version(det_side, min_score)
 
     def __getstate__(self) -> dict[str, Any]:  # to worker processes: settings only, models load there
-        return {"det_side": self.det_side, "min_score": self.min_score, "version": self.version}
+        return {"det_side": self.det_side, "min_score": self.min_score, "version": self.version,
+                "threads": self.threads}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _lock=threading.Lock(), _models=None)
@@ -100,7 +108,7 @@ class OcrReader:
         if self._models is None:
             with self._lock:
                 if self._models is None:
-                    self._models = _load_models(self.det_side)
+                    self._models = _load_models(self.det_side, self.threads)
         return self._models
 
     def read(self, image, full_size: tuple[int, int] | None = None) -> list[TextLine]:
@@ -140,24 +148,27 @@ class OcrReader:
         return lines
 
 
-_LOADED: dict[int, tuple[Any, Any, Any]] = {}  # det_side -> the models, loaded once per process
+_LOADED: dict[tuple, tuple[Any, Any, Any]] = {}  # (det_side, threads) -> the models, once per process
 _LOAD_LOCK = threading.Lock()
 
 
-def _load_models(det_side: int):
+def _load_models(det_side: int, threads: int | None):
     """The three models (once per process: every reader and run of the process shares them)."""
     with _LOAD_LOCK:
-        if det_side not in _LOADED:
-            _LOADED[det_side] = _create_models(det_side)
-        return _LOADED[det_side]
+        if (det_side, threads) not in _LOADED:
+            _LOADED[det_side, threads] = _create_models(det_side, threads)
+        return _LOADED[det_side, threads]
 
 
-def _create_models(det_side: int):
+def _create_models(det_side: int, threads: int | None):
     try:
         from rapidocr import RapidOCR
     except ImportError:
         raise MissingDependencyError(f"reading text in photos needs rapidocr: {OCR_EXTRA}") from None
     params = {"Global.log_level": "error", "Det.limit_type": "max", "Det.limit_side_len": det_side}
+    if threads:
+        params["EngineConfig.onnxruntime.intra_op_num_threads"] = int(threads)
+        params["EngineConfig.onnxruntime.inter_op_num_threads"] = 1
     try:
         engine = RapidOCR(params=params)
         return engine._load_det_model(), engine._load_cls_model(), engine._load_rec_model()

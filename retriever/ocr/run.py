@@ -12,10 +12,12 @@ from, so a run may go on beside indexing (its own lock, ocr.lock, keeps two runs
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from retriever.decode_pool import default_workers
 from retriever.errors import RetrieverError
 from retriever.progress import Progress
 from retriever.store.catalog import utcnow
@@ -83,19 +85,21 @@ def run_ocr(
     *,
     frames: bool = False,
     limit: int | None = None,
+    workers: int = 0,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> OcrSummary:
     """Read the text of the items of `index` that need it, one committed batch at a time.
 
     `reader`: an OcrReader, or a callable returning one (called only when something needs
-    reading), or None for the default reader. KeyboardInterrupt stops after the last committed
+    reading), or None for the default reader. `workers` photos are decoded and read at once (0:
+    one per core, at most 8). KeyboardInterrupt stops after the last committed
     batch (interrupted=True); running again resumes. Holds the index's OCR lock
     (IndexLockedError if taken). MissingDependencyError without the `ocr` extra."""
     from retriever.ocr.reader import OcrReader, engine_version
 
     summary = OcrSummary()
     started = time.monotonic()
-    engine = engine_version()
+    engine = reader.version if hasattr(reader, "read") else engine_version()  # what the text will be stored as
     summary.engine = engine
     with ocr_lock(index):
         todo = pending_text_rows(index.catalog, engine, frames=frames, limit=limit)
@@ -104,35 +108,48 @@ def run_ocr(
         try:
             if todo and not hasattr(reader, "read"):  # a loader, or None: the default reader
                 reader = (reader or OcrReader)()
-            for start in range(0, len(todo), BATCH):
-                rows = []
-                batch = todo[start:start + BATCH]
-                known = known_texts(index.catalog, [row[3] for row in batch if row[2] is None], engine)
-                for image_id, path, frame_ms, fingerprint, width, height in batch:
-                    if frame_ms is None and fingerprint in known:  # a copy of a photo already read
-                        lines, text, squashed = known[fingerprint]
-                        rows.append((image_id, fingerprint, lines, text, squashed))
-                        summary.lines += len(lines)
-                        summary.with_text += bool(lines)
-                        continue
-                    try:
-                        lines = read_photo(reader, path, frame_ms, (width, height))
-                    except RetrieverError as exc:
-                        summary.failed += 1
-                        label = path if frame_ms is None else f"{path}@{frame_ms / 1000:.1f}s"
-                        summary.failures.append((label, str(getattr(exc, "reason", exc))))
-                        continue
-                    rows.append((image_id, fingerprint, *text_of(lines)))
-                    summary.lines += len(lines)
-                    summary.with_text += bool(lines)
-                summary.read += write_texts(index.catalog, rows, engine, utcnow())
-                done += len(batch)
-                if on_progress:
-                    on_progress(Progress(done, len(todo), summary.failed, time.monotonic() - started))
+            pool = ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="retriever-ocr")
+            try:
+                for start in range(0, len(todo), BATCH):
+                    batch = todo[start:start + BATCH]
+                    summary.read += _read_batch(index.catalog, reader, batch, engine, pool, summary)
+                    done += len(batch)
+                    if on_progress:
+                        on_progress(Progress(done, len(todo), summary.failed, time.monotonic() - started, stage="text"))
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         except KeyboardInterrupt:
             summary.interrupted = True
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _read_batch(catalog, reader, batch, engine: str, pool, summary: OcrSummary) -> int:
+    """Read one batch (photos in parallel, one per worker) and commit it; returns how many items
+    were written."""
+    known = known_texts(catalog, [row[3] for row in batch if row[2] is None], engine)
+
+    def read(row):
+        image_id, path, frame_ms, fingerprint, width, height = row
+        if frame_ms is None and fingerprint in known:  # a copy of a photo already read
+            return known[fingerprint]
+        try:
+            return text_of(read_photo(reader, path, frame_ms, (width, height)))
+        except RetrieverError as exc:
+            return exc
+
+    rows = []
+    for row, result in zip(batch, pool.map(read, batch)):
+        image_id, path, frame_ms, fingerprint = row[:4]
+        if isinstance(result, RetrieverError):
+            summary.failed += 1
+            label = path if frame_ms is None else f"{path}@{frame_ms / 1000:.1f}s"
+            summary.failures.append((label, str(getattr(result, "reason", result))))
+            continue
+        rows.append((image_id, fingerprint, *result))
+        summary.lines += len(result[0])
+        summary.with_text += bool(result[0])
+    return write_texts(catalog, rows, engine, utcnow())
 
 
 def photo_text(catalog, image_id: int) -> dict[str, Any] | None:

@@ -108,6 +108,15 @@ class OnnxEncoder(Encoder):
         self._session_thread = threading.Thread(target=make, name="retriever-onnx-session", daemon=True)
         self._session_thread.start()
 
+    def wait_background(self) -> None:
+        """Wait for the image session being made in the background, if any: its thread must not
+        outlive the run (a process exiting while ONNX Runtime builds a session aborts with
+        "terminate called without an active exception": a run that encodes nothing, such as one
+        that only finds moved files, ends in well under the 0.5 s the session takes)."""
+        thread = self._session_thread
+        if thread is not None:
+            thread.join()
+
     def _new_image_session(self):
         return make_session(self.folder / self._image_file, self._threads, self._one_shot, self._spinning)
 
