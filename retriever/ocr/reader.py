@@ -78,9 +78,9 @@ def engine_version(det_side: int | None = None, min_score: float | None = None) 
     return f"rapidocr {v} PP-OCRv6 small det{det_side} min{min_score:g}/{MIN_CHARS}"
 
 
-def keeps(text: str, score: float) -> bool:
+def keeps(text: str, score: float, min_score: float = MIN_SCORE) -> bool:
     """Whether a recognised line is kept (see the module's noise rules)."""
-    return score >= MIN_SCORE and sum(ch.isalnum() for ch in text) >= MIN_CHARS
+    return score >= min_score and sum(ch.isalnum() for ch in text) >= MIN_CHARS
 
 
 class OcrReader:
@@ -140,7 +140,7 @@ class OcrReader:
         lines = []
         for quad, txt, score in zip(quads, txts, scores):
             txt = " ".join(str(txt).split())
-            if score < self.min_score or sum(ch.isalnum() for ch in txt) < MIN_CHARS:
+            if not keeps(txt, score, self.min_score):
                 continue
             corners = tuple((float(x) * sx, float(y) * sy) for x, y in quad)
             xs, ys = [c[0] for c in corners], [c[1] for c in corners]
