@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -240,13 +241,23 @@ def test_stale_socket_is_removed(tmp_path):
 
 
 def test_long_index_paths_use_a_private_short_socket(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    folder = tmp_path / ("x" * 120) / "default"
-    path = socket_path(folder)
-    assert len(os.fsencode(path)) <= daemon_client.MAX_SOCKET_PATH
-    assert os.path.dirname(path) == str(tmp_path / "retriever")
-    assert os.stat(tmp_path / "retriever").st_mode & 0o777 == 0o700
-    assert path == socket_path(folder) != socket_path(tmp_path / ("x" * 120) / "other")
+    runtime = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short, as XDG_RUNTIME_DIR is
+    try:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+        folder = tmp_path / ("x" * 120) / "default"
+        path = socket_path(folder)
+        assert len(os.fsencode(path)) <= daemon_client.MAX_SOCKET_PATH
+        assert os.path.dirname(path) == str(runtime / "retriever")
+        assert os.stat(runtime / "retriever").st_mode & 0o777 == 0o700
+        assert path == socket_path(folder) != socket_path(tmp_path / ("x" * 120) / "other")
+        # A runtime folder too long itself for a socket name: the private folder under /tmp.
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / ("y" * 90)))
+        (tmp_path / ("y" * 90)).mkdir()
+        path = socket_path(folder)
+        assert len(os.fsencode(path)) <= daemon_client.MAX_SOCKET_PATH
+        assert os.path.dirname(path) == f"/tmp/retriever-{os.getuid()}"
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 @pytest.mark.parametrize("argv, target", [

@@ -67,7 +67,7 @@ def socket_path(folder: str | os.PathLike) -> str:
     import hashlib
 
     digest = hashlib.blake2b(os.fsencode(os.fspath(folder)), digest_size=10).hexdigest()
-    return os.path.join(_private_runtime_folder(), f"{digest}.sock")
+    return os.path.join(_private_runtime_folder(len(digest) + 6), f"{digest}.sock")
 
 
 def lock_path(folder: str | os.PathLike) -> str:
@@ -267,11 +267,14 @@ def _remove_stale(path: str) -> None:
         pass
 
 
-def _private_runtime_folder() -> str:
-    """A folder only this user can enter, for sockets whose natural path is too long."""
+def _private_runtime_folder(name_length: int) -> str:
+    """A folder only this user can enter, for sockets whose natural path is too long:
+    $XDG_RUNTIME_DIR/retriever, or /tmp/retriever-UID where that is unset or itself too long
+    for a socket name of name_length bytes."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = os.path.join(runtime, "retriever") if runtime and os.path.isdir(runtime) else \
-        os.path.join("/tmp", f"retriever-{os.getuid()}")
+    base = os.path.join(runtime, "retriever") if runtime and os.path.isdir(runtime) else ""
+    if not base or len(os.fsencode(base)) + 1 + name_length > MAX_SOCKET_PATH:
+        base = os.path.join("/tmp", f"retriever-{os.getuid()}")
     try:
         os.mkdir(base, 0o700)
     except FileExistsError:
