@@ -26,8 +26,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from retriever.filters import Filters
     from retriever.indexer import RunSummary
     from retriever.ocr.run import OcrSummary
+    from retriever.regions import RegionSummary
     from retriever.progress import Progress
     from retriever.search import Hit, Searcher
+    from retriever.vlm.ask import AskResult
+    from retriever.vlm.locate import Located
 
 TEXT_CACHE_SIZE = 1024  # query texts whose embeddings a warm collection remembers
 DEFAULT_K = 10
@@ -86,8 +89,8 @@ def open(home: str | Path | None = None, index: str = "default", *, writable: bo
 class Collection:
     """One opened index and its warm state. Use it as a context manager (or call close()).
 
-    The public methods are search, similar, index and status; the rest serves retriever's own
-    front ends (the command line, the daemon, the HTTP server)."""
+    The public methods are search, similar, index, status, ask and locate; the rest serves
+    retriever's own front ends (the command line, the daemon, the HTTP server)."""
 
     def __init__(self, idx, *, device: str = "auto", encoder=None, query_threads: int | None = None,
                  one_shot: bool = False, reload_check_s: float = 1.0, indexing_encoder=None,
@@ -113,6 +116,8 @@ class Collection:
         self._batch_size = batch_size
         self._say = on_message or (lambda message: None)
         self.note: str | None = None  # for the user, from opening: an ONNX export refused
+        self._vlms: dict[str, Any] = {}  # vision-language models loaded by ask / locate, by spec
+        self._vlm_lock = threading.Lock()  # one generation at a time
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -218,7 +223,14 @@ class Collection:
 
     def _read_rest(self, summary, options, progress) -> None:
         """With ocr: the text of the indexed photos this run did not decode (indexed before,
-        copies of known content, a Ray run), read after the run."""
+        copies of known content, a Ray run), read after the run. With regions: the region vectors
+        of every photo that has none yet."""
+        if options.regions and not summary.interrupted and not summary.error:
+            done = self.add_regions(progress=progress)
+            summary.region_photos += done.photos
+            summary.regions += done.regions
+            summary.interrupted = done.interrupted
+            summary.failures.extend(done.failures)
         if not options.ocr or summary.interrupted or summary.error:
             return
         from retriever.ocr.run import run_ocr
@@ -239,6 +251,20 @@ class Collection:
         from retriever.tags import untag_in_index
 
         return untag_in_index(self.idx, str(Path(path).expanduser()), label)
+
+    def add_regions(self, *, limit: int | None = None,
+                    progress: Callable[["Progress"], None] | None = None) -> "RegionSummary":
+        """Encode region vectors for the photos that have none yet, as `retriever optimize
+        --regions` does (incremental, resumable, committed in batches; only the crops are
+        encoded). Searches then score each photo by its best region too and say where
+        (`box`). Only on a collection opened writable=True."""
+        if self._indexing_encoder is None:
+            raise ReadOnlyError("this collection was opened read-only: retriever.open(..., writable=True) for regions")
+        from retriever.regions import run_regions
+
+        summary = run_regions(self.idx, self._indexing_encoder, limit=limit, on_progress=progress)
+        self._searcher = None  # the next search loads the new region file
+        return summary
 
     def read_text(self, *, frames: bool = False, limit: int | None = None,
                   progress: Callable[["Progress"], None] | None = None) -> "OcrSummary":
@@ -261,6 +287,49 @@ class Collection:
         if row is None:
             raise RetrieverError(f"{full} is not in index {self.name!r}")
         return photo_text(self.idx.catalog, row["id"])
+
+    def ask(self, question: str, k: int = 4, *, vlm: Any = None, images: Sequence[str | Path] | None = None,
+            boxes: bool = False, max_new_tokens: int = 256, **filters: Any) -> "AskResult":
+        """`retriever ask`: the k photos that match `question` best (filters as in search), or the
+        files `images`, shown to a vision-language model in one chat; the answer cites them by
+        number. boxes: also where, each photo's `boxes` ([x0, y0, x1, y1] in its pixels, label;
+        a model that writes boxes: Qwen2-VL, Qwen2.5-VL, Qwen3-VL). vlm: a model folder or hub id
+        (None: the default), or a loaded model (retriever.vlm.model.load_vlm); loaded once, kept."""
+        from retriever.vlm.ask import ask_about
+
+        model = self._vlm(vlm)
+        if images:
+            items: list[Any] = [str(Path(p).expanduser()) for p in images]
+        else:
+            items = self.text(" ".join(question.split()), k, self.filters(**filters))
+            if not items:
+                raise RetrieverError("no photos to ask about: " + ("the index is empty" if self.is_empty()
+                                                                  else "nothing passes the filters"))
+        with self._vlm_lock:
+            return ask_about(model, question, items, max_new_tokens, boxes=boxes)
+
+    def locate(self, query: str, path: str | Path, *, vlm: Any = None, max_new_tokens: int = 128) -> "Located":
+        """`retriever locate`: the boxes a vision-language model gives for `query` on the photo at
+        `path` (any file): `.boxes`, each `.box` [x0, y0, x1, y1] in the photo's pixels after EXIF
+        orientation and `.label`; none when the model finds nothing. vlm as in ask (None:
+        florence-community/Florence-2-base); a model that writes no boxes: a NoGroundingError."""
+        from retriever.vlm.locate import locate
+        from retriever.vlm.models import DEFAULT_LOCATE
+
+        model = self._vlm(vlm, DEFAULT_LOCATE)
+        with self._vlm_lock:
+            return locate(model, query, str(Path(path).expanduser()), max_new_tokens=max_new_tokens)
+
+    def _vlm(self, vlm: Any, default: str | None = None):
+        if vlm is not None and not isinstance(vlm, (str, Path)):
+            return vlm  # already loaded
+        spec = str(vlm) if vlm is not None else default
+        with self._vlm_lock:
+            if (spec or "") not in self._vlms:
+                from retriever.vlm.model import load_vlm
+
+                self._vlms[spec or ""] = load_vlm(spec, self.device)
+            return self._vlms[spec or ""]
 
     # -- for retriever's front ends -------------------------------------------------------------
 

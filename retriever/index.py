@@ -280,6 +280,7 @@ class Index(IndexVectors):
             "failed": counts["failed"],
             "tags": self._tags_status(),
             "text": _text_status(self.catalog),
+            "regions": _region_status(self),
             "onnx": self._onnx_status(),
             "created_at": self.catalog.get_setting("created_at"),
             "last_run": self.catalog.last_run(),
@@ -546,6 +547,12 @@ def open_for_writing(
         if on_backend is not None:
             on_backend(why)
     return index, encoder, note
+
+
+def _region_status(index) -> dict[str, Any] | None:
+    from retriever.regions import region_status
+
+    return region_status(index)
 
 
 def _text_status(catalog) -> dict[str, int]:

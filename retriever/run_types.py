@@ -19,6 +19,7 @@ class IndexOptions:
     draft: bool = True  # reduced-size JPEG decoding (see DRAFT_FACTOR)
     video_every_s: float = DEFAULT_EVERY_S  # seconds between the sampled frames of a video
     ocr: bool = False  # read the text in each still photo decoded (retriever/ocr/), beside encoding
+    regions: bool = False  # encode region vectors of each still photo after the run (retriever/regions.py)
 
 
 @dataclass
@@ -42,6 +43,8 @@ class RunSummary:
     error: str | None = None  # why the run stopped, when an error ended it (the run is recorded as failed)
     text_read: int = 0  # with IndexOptions.ocr: photos whose text was read in this run
     text_found: int = 0  # of them, photos with some text
+    region_photos: int = 0  # with IndexOptions.regions: photos whose regions were encoded in this run
+    regions: int = 0  # the region vectors they got
 
     @property
     def indexed(self) -> int:
@@ -67,6 +70,7 @@ class RunSummary:
             **({"notices": self.notices} if self.notices else {}),
             **({"error": self.error} if self.error else {}),
             **({"text_read": self.text_read, "text_found": self.text_found} if self.text_read else {}),
+            **({"region_photos": self.region_photos, "regions": self.regions} if self.region_photos else {}),
         }
 
 

@@ -66,6 +66,8 @@ class Searcher:
         self._encoder = encoder
         self._query_encoder = None
         self._vectors = None
+        self._regions: Any = False  # not looked for yet
+        self.use_regions = True  # score photos by their regions too, where the index has them
         self.last_strategy: str | None = None  # how the last filtered search ran: "selector" | "overfetch"
 
     @property
@@ -99,6 +101,18 @@ class Searcher:
         if self._vectors is None:
             self._vectors = self.index.vector_index()
         return self._vectors
+
+    @property
+    def regions(self):
+        """The index's region vectors (retriever.regions.RegionIndex), or None without any."""
+        from retriever.store.regions import region_version
+
+        version = region_version(self.index.catalog)  # one small read: regions added by another process
+        if self._regions is False or getattr(self._regions, "version", None) != version:
+            from retriever.regions import region_index_for
+
+            self._regions = region_index_for(self.index) if version else None
+        return self._regions
 
     def text(self, query: str, k: int = DEFAULT_K, filters: Filters | None = None) -> list[Hit]:
         query = query.strip()
@@ -226,9 +240,37 @@ class Searcher:
         else:
             scores, ids = self.vectors.search(query, k, exclude=exclude)
             found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i != -1]
+        boxes: dict[int, list[float]] = {}
+        if self.use_regions and self.regions is not None and len(self.regions):
+            found, boxes = self._with_regions(query, k, exclude, filters, found)
         if filters is not None and filters.min_score is not None:
             found = [(s, i) for s, i in found if s >= filters.min_score]
-        return self._hits(found)
+        return self._hits(found, boxes)
+
+    def _with_regions(self, query: np.ndarray, k: int, exclude: list[int], filters: Filters | None,
+                      found: list[tuple[float, int]]) -> tuple[list[tuple[float, int]], dict[int, list[float]]]:
+        """The whole-photo results merged with the best regions (retriever.regions.merge): each
+        photo once, by its best region or its whole vector; the winning regions' boxes."""
+        from retriever.regions import merge
+
+        allowed = match = None
+        if filters is not None and filters.restricts():
+            from retriever.filters import match_filter
+
+            match = match_filter(self.index.catalog, filters)
+            if not match.broad:
+                allowed = match.ids
+        best = self.regions.best(query[0], k, allowed=allowed, exclude=exclude)
+        if match is not None and match.broad and best:
+            passed = set(match.keep(np.fromiter(best, dtype=np.int64)).tolist())
+            best = {i: v for i, v in best.items() if i in passed}
+        whole = {i: s for s, i in found}
+        missing = [i for i in best if i not in whole]
+        if missing:
+            stored = self.index.catalog.vectors_for(missing, self.index.dim)
+            whole.update({i: float(stored[i] @ query[0]) for i in missing if i in stored})
+        merged = merge(whole, best, k)
+        return [(s, i) for s, i, _ in merged], {i: box for _, i, box in merged if box}
 
     def _filtered(self, query: np.ndarray, k: int, exclude: list[int], filters: Filters) -> list[tuple[float, int]]:
         from retriever.filters import match_filter
@@ -254,7 +296,9 @@ class Searcher:
         self.last_strategy = "overfetch"
         return search_overfetch(self.vectors, query, k, allowed)
 
-    def _hits(self, found: list[tuple[float, int]]) -> list[Hit]:
+    def _hits(self, found: list[tuple[float, int]], boxes: dict[int, list[float]] | None = None) -> list[Hit]:
+        """Hits of (score, id) pairs; each says where it matched: `box` [x0, y0, x1, y1] in the
+        photo's pixels, the winning region's (`region` true) or the whole photo."""
         catalog = self.index.catalog
         rows = catalog.image_rows([i for _, i in found])
         tags = _tags_for(catalog, [i for _, i in found])
@@ -272,6 +316,11 @@ class Searcher:
             scored = tags.get(image_id, [])
             meta["tags"] = [label for label, _ in scored]
             meta["tag_scores"] = [{"label": label, "score": round(s, 4)} for label, s in scored]
+            box = (boxes or {}).get(image_id)
+            if box:
+                meta["box"], meta["region"] = [round(v, 1) for v in box], True
+            elif row["width"] and row["height"]:
+                meta["box"], meta["region"] = [0.0, 0.0, float(row["width"]), float(row["height"])], False
             if image_id in texts:  # read by `retriever ocr`: its lines (none: no text found)
                 meta["ocr"] = texts[image_id]["lines"]
             hits.append(Hit(rank=len(hits) + 1, score=score, id=image_id, path=row["path"], meta=meta))

@@ -264,7 +264,7 @@ def readme_examples() -> list[Example]:
 EXAMPLES = readme_examples()
 
 NETWORK = "downloads weights from the Hugging Face hub (no network here)"
-VLM = "needs a vision-language model's weights, a download (tests/test_vlm.py runs it with a tiny VLM)"
+VLM = "needs a vision-language model's weights, a download (tests/test_vlm.py, tests/test_grounding.py run it with tiny VLMs)"
 SERVER = "serves until it is stopped (tests/test_serve.py runs the server)"
 REMOTE = "reads s3://: remote storage and credentials (tests/test_distributed.py uses memory://)"
 RAY = "starts Ray or joins a cluster (tests/test_distributed.py runs --engine ray)"
@@ -276,6 +276,10 @@ SKIPPED = {
     'retriever ask "which receipt is from a restaurant?" -k 8 --after 2024-01': VLM,
     'retriever ask --image IMG_2041.jpg "what does the sign say?"': VLM,
     "retriever ask \"where did we eat?\" --json | jq -r '.cited_paths[]'": VLM,
+    'retriever locate "the red car" IMG_2041.jpg': VLM,
+    'retriever locate "the keys" IMG_2041.jpg --draw keys.jpg': VLM,
+    'retriever locate "dog ; ball" IMG_2041.jpg --vlm ~/models/paligemma2-3b-mix-224 --json': VLM,
+    'retriever ask --boxes --image IMG_2041.jpg "where is the dog?" --vlm Qwen/Qwen2-VL-2B-Instruct': VLM,
     "retriever optimize --on-disk --kind ivf-pq --workers 4 --shard-size 500000":
         "ivf-pq needs at least 9,984 vectors to train its codebooks; the example photos are 15",
     "retriever index s3://bucket/photos": REMOTE,

@@ -10,7 +10,12 @@ builds in a fraction of a second once torch and transformers are imported.
     build_idefics3(folder)   SmolVLM's architecture (Idefics3: SigLIP-style tower + pixel shuffle + Llama)
     build_llava(folder)      LLaVA-1.5's architecture (CLIP tower + MLP projector + Llama)
     build_qwen2_vl(folder)   Qwen2-VL's (dynamic resolution: the image-token count follows the photo's
-                             size and aspect, so batched rows differ in length and get padded)
+                             size and aspect, so batched rows differ in length and get padded);
+                             grounding=True: with its box and reference tokens (<|box_start|> ...)
+    build_paligemma(folder)  PaliGemma's (SigLIP tower + Gemma; no chat template, "detect cat"
+                             prompts; the processor adds the 1024 <locDDDD> and 128 <segDDD> tokens)
+    build_florence2(folder)  Florence-2's (DaViT tower + BART encoder-decoder; task prompts such as
+                             <CAPTION_TO_PHRASE_GROUNDING>; 1000 <loc_DDD> tokens)
 """
 
 from __future__ import annotations
@@ -166,9 +171,10 @@ def build_llava(folder: str | Path, *, seed: int = 0) -> Path:
     return folder
 
 
-def build_qwen2_vl(folder: str | Path, *, seed: int = 0) -> Path:
+def build_qwen2_vl(folder: str | Path, *, seed: int = 0, grounding: bool = False) -> Path:
     """Qwen2-VL's architecture: patch 4, 2x2 merge -> one image token per 8x8 pixels, up to the
-    processor's own default pixel budget (28*28*1280 pixels: far more tokens than retriever allows)."""
+    processor's own default pixel budget (28*28*1280 pixels: far more tokens than retriever allows).
+    grounding: the tokenizer has Qwen2-VL's box and reference tokens, special as in the real one."""
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
@@ -177,6 +183,8 @@ def build_qwen2_vl(folder: str | Path, *, seed: int = 0) -> Path:
     patch, merge, temporal = 4, 2, 2
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                "<|image_pad|>", "<|video_pad|>"]
+    if grounding:
+        special += ["<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"]
     tokenizer = _tokenizer(special, bos="<|im_start|>", eos="<|im_end|>", pad="<|endoftext|>")
     vision = dict(patch_size=patch, merge_size=merge, temporal_patch_size=temporal)
     processor = Qwen2VLProcessor(
@@ -207,4 +215,72 @@ def build_qwen2_vl(folder: str | Path, *, seed: int = 0) -> Path:
     return folder
 
 
+def build_paligemma(folder: str | Path, *, seed: int = 0) -> Path:
+    """PaliGemma's architecture: SigLIP tower 32 px / patch 8 -> 16 image tokens, Gemma decoder."""
+    import torch
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessor
+
+    folder = Path(folder)
+    image_size, patch = 32, 8
+    tokenizer = _tokenizer(["<pad>", "<eos>", "<bos>", "<unk>", "<image>"], bos="<bos>", eos="<eos>", pad="<pad>",
+                           unk="<unk>")
+    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    image_processor.image_seq_length = (image_size // patch) ** 2
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # adds <loc>, <seg>
+    ids = tokenizer.convert_tokens_to_ids
+    text = _text_config(len(tokenizer), ids("<pad>"), ids("<bos>"), ids("<eos>"))
+    text.update(model_type="gemma", head_dim=16)
+    config = PaliGemmaConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=patch, projection_dim=64),
+        text_config=text, image_token_id=ids("<image>"), projection_dim=64, vocab_size=len(tokenizer),
+    )
+    torch.manual_seed(seed)
+    model = PaliGemmaForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = ids("<pad>")
+    model.generation_config.eos_token_id = ids("<eos>")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def build_florence2(folder: str | Path, *, seed: int = 0) -> Path:
+    """Florence-2's architecture: DaViT tower on 64 px (4 stages, stride 32 -> 2x2 + 1 = 5 image
+    tokens), BART encoder-decoder; the 1000 <loc_DDD> tokens as in the real tokenizer."""
+    import torch
+    from transformers import CLIPImageProcessor, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
+
+    folder = Path(folder)
+    side = 64
+    tokenizer = _tokenizer(["<s>", "<pad>", "</s>", "<unk>", "<image>"], bos="<s>", eos="</s>", pad="<pad>",
+                           unk="<unk>", extra={"extra_special_tokens": {"image_token": "<image>"}})
+    tokenizer.add_tokens([f"<loc_{i}>" for i in range(1000)])
+    image_processor = CLIPImageProcessor(size={"height": side, "width": side}, do_center_crop=False,
+                                         crop_size={"height": side, "width": side})
+    image_processor.image_seq_length = (side // 32) ** 2 + 1
+    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    ids = tokenizer.convert_tokens_to_ids
+    config = Florence2Config(
+        vision_config=dict(depths=[1, 1, 1, 1], embed_dim=[16, 16, 32, 32], num_heads=[2, 2, 2, 2],
+                           num_groups=[2, 2, 2, 2], window_size=2, projection_dim=32, drop_path_rate=0.0),
+        text_config=dict(model_type="bart", vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                         max_position_embeddings=256, pad_token_id=ids("<pad>"), bos_token_id=ids("<s>"),
+                         eos_token_id=ids("</s>"), decoder_start_token_id=ids("</s>"),
+                         forced_eos_token_id=ids("</s>"), init_std=0.2),
+        image_token_id=ids("<image>"),
+    )
+    torch.manual_seed(seed)
+    model = Florence2ForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = ids("<pad>")
+    model.generation_config.eos_token_id = ids("</s>")
+    model.generation_config.decoder_start_token_id = ids("</s>")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 BUILDERS = {"idefics3": build_idefics3, "llava": build_llava, "qwen2_vl": build_qwen2_vl}
+# Families that write boxes (retriever locate, ask --boxes): tests/test_grounding.py
+GROUNDING_BUILDERS = {"qwen2_vl": lambda folder: build_qwen2_vl(folder, grounding=True),
+                      "paligemma": build_paligemma, "florence2": build_florence2}

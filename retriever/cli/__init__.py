@@ -18,7 +18,7 @@ from retriever import __version__
 # command name -> the module under retriever.cli that defines it
 MODULES = {
     "ask": "vlm", "cache": "cache", "caption": "vlm", "daemon": "daemon", "duplicates": "duplicates",
-    "errors": "status", "index": "indexing", "models": "status", "ocr": "ocr", "optimize": "optimize",
+    "errors": "status", "index": "indexing", "locate": "vlm", "models": "status", "ocr": "ocr", "optimize": "optimize",
     "remove": "indexing", "search": "search", "serve": "serve", "similar": "search",
     "status": "status", "tag": "tags", "tags": "tags", "text": "ocr", "untag": "tags",
 }
@@ -36,6 +36,8 @@ SUMMARIES = {
                   "cropped or lightly edited copies) found from the stored vectors.",
     "errors": "Files that could not be indexed, with the reason. They are retried when they change.",
     "index": "Add the photos under PATHS (folders, walked recursively, or files) to an index.",
+    "locate": "Where QUERY is in the photo at PATH: the boxes a vision-language model that can point "
+              "(Florence-2, PaliGemma, Qwen2-VL) gives for the phrase.",
     "models": "Encoders available: the offline one, and every open_clip architecture with its pretrained tags.",
     "ocr": "Read the text in each photo of the index (OCR): signs, receipts, screenshots, documents.",
     "optimize": "Rebuild the vector index from the stored vectors (no re-encoding, no model loaded).",

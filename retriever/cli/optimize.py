@@ -39,10 +39,14 @@ KIND_CHOICES = ["auto", "flat", "ivf-sq8", "ivf-pq"]  # = "auto" + retriever.vec
 @click.option("--onnx/--no-onnx", "onnx", default=True, show_default=True,
               help="Also take the model's ONNX export (checked against PyTorch to 1e-4) from the model cache, "
                    "exporting it there when it is missing or damaged, so that searches run without torch.")
+@click.option("--regions", is_flag=True,
+              help="Also encode region vectors for the photos that have none (crops on 2x2 and 3x3 grids, only "
+                   "the crops encoded: the photo vectors stay), so that searches find small things and say "
+                   "where. Incremental and resumable: Ctrl-C keeps what is done.")
 @cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print what was built as one JSON object.")
 @reports_errors
-def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers, shard_size, onnx, cache_dir,
+def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers, shard_size, onnx, regions, cache_dir,
              as_json):
     """Rebuild the vector index from the stored vectors (no re-encoding, no model loaded).
 
@@ -57,6 +61,7 @@ def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers,
       retriever optimize --kind flat           exact search, whatever the size
       retriever optimize --on-disk             IVF lists on disk, memory-mapped (beyond memory)
       retriever optimize --in-memory           back into memory
+      retriever optimize --regions             add region vectors (search by parts of photos)
     """
     from retriever.index import Index
 
@@ -66,6 +71,7 @@ def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers,
                                     workers=workers, shard_size=shard_size, progress=_Progress())
         count = report.count
         onnx_result = _export_onnx(idx, cache_dir) if onnx else None
+    region_result = _add_regions(home, index_name) if regions else None
     result = {
         "index": index_name,
         "index_type": report.index_type,
@@ -82,6 +88,7 @@ def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers,
         "bytes": size,
         "bytes_per_vector": round(size / count, 1) if count else None,
         "onnx": onnx_result,
+        **({"regions": region_result} if region_result is not None else {}),
     }
     if as_json:
         click.echo(json.dumps(result))
@@ -89,9 +96,35 @@ def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers,
         click.echo(_describe(result), err=True)
         if onnx_result is not None:
             click.echo(_describe_onnx(onnx_result), err=True)
+        if region_result is not None:
+            click.echo(f"regions: {region_result['photos']} photos encoded, {region_result['regions']} regions "
+                       f"({region_result['regions_per_photo'] or 0} a photo) in {region_result['seconds']:.1f}s"
+                       + (f"; {region_result['failed']} failed" if region_result["failed"] else ""), err=True)
+    if region_result is not None and region_result["interrupted"]:
+        from retriever.cli.options import EXIT_INTERRUPTED
+
+        click.echo("interrupted: the regions encoded so far are saved; run the same command again to resume", err=True)
+        raise SystemExit(EXIT_INTERRUPTED)
     if not report.reached:
         click.echo(f"warning: recall@10 {report.recall_at_10} is under the target {report.target_recall} even "
                    f"scanning every list; `retriever optimize --kind flat` gives exact search", err=True)
+
+
+def _add_regions(home, index_name) -> dict:
+    """`--regions`: region vectors for the photos without them, with a progress line."""
+    from retriever.api import open as open_collection
+    from retriever.cli.output import ProgressReporter
+
+    from retriever.cli.options import stop_on_sigterm
+
+    stop_on_sigterm()
+    with open_collection(home_dir(home), index_name, writable=True,
+                         on_message=lambda msg: click.echo(msg, err=True)) as collection:
+        reporter = ProgressReporter(enabled=True, verb="encoding regions of", past="encoded regions of", unit="photo")
+        try:
+            return collection.add_regions(progress=reporter.callback).as_dict()
+        finally:
+            reporter.close()
 
 
 def _export_onnx(idx, cache_dir=None) -> dict:

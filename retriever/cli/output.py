@@ -33,7 +33,8 @@ class ProgressReporter:
     def callback(self):
         return self.update if self.enabled else None
 
-    STAGES = {"text": ("reading text", "read text of", "photo")}  # Progress.stage -> (verb, past, unit)
+    STAGES = {"text": ("reading text", "read text of", "photo"),
+              "regions": ("encoding regions of", "encoded regions of", "photo")}  # Progress.stage -> (verb, past, unit)
 
     def update(self, p) -> None:
         stage = getattr(p, "stage", None)

@@ -51,6 +51,9 @@ def status(home, index_name, as_json):
                   if info.get("text", {}).get("read") else "not read (retriever ocr)")),
         ("tags", (f"{info['tags']['labels']} labels, {info['tags']['tagged']} images tagged, "
                   f"{info['tags']['untagged']} not yet (retriever tag)") if info.get("tags") else "none (retriever tag)"),
+        ("regions", (f"{info['regions']['regions']:,} regions of {info['regions']['photos']:,} photos "
+                     f"({info['regions']['per_photo']} a photo, {info['regions']['bytes'] / 1e6:.1f} MB)"
+                     if info.get("regions") else "none (retriever optimize --regions)")),
         ("onnx", _onnx_text(info.get("onnx"))),
         ("daemon", "running (retriever daemon status)" if info["daemon"] else "not running"),
         ("failed", f"{info['failed']}" + (" (retriever errors)" if info["failed"] else "")),

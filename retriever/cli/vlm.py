@@ -1,4 +1,5 @@
-"""`retriever ask` and `retriever caption`: a vision-language model over the index (retriever/vlm/)."""
+"""`retriever ask`, `retriever caption` and `retriever locate`: a vision-language model over the
+index or a photo (retriever/vlm/)."""
 
 from __future__ import annotations
 
@@ -21,15 +22,33 @@ def vlm_option(fn: Callable) -> Callable:
     )(fn)
 
 
-def load_vlm_for_command(vlm_spec: str | None, device: str, say: Callable[[str], None]):
-    """The model a command asked for, with one line on stderr while it loads (CPU loads take seconds)."""
+def load_vlm_for_command(vlm_spec: str | None, device: str, say: Callable[[str], None], boxes: bool = False):
+    """The model a command asked for, with one line on stderr while it loads (CPU loads take seconds).
+    boxes: it must write boxes (a NoGroundingError before it loads, when its config says it cannot)."""
     from retriever.vlm.model import check_weights, load_vlm, resolve_device, resolve_model
 
     check_weights(vlm_spec, device)  # no weights: fail within seconds, before importing torch
     device = resolve_device(device)
-    model_id, _ = resolve_model(vlm_spec, device)
+    model_id, folder = resolve_model(vlm_spec, device)
+    if boxes:
+        check_boxes(model_id, device, folder)
     say(f"loading {model_id} on {device} ...")
     return load_vlm(model_id, device)
+
+
+def check_boxes(vlm_spec: str | None, device: str, folder=None) -> None:
+    """Refuse, before anything slow, a model that writes no boxes, when its config (a folder, the
+    cache) or retriever's table of known models says what it is; else it is checked once loaded."""
+    from retriever.vlm.grounding import require_grounding
+    from retriever.vlm.model import locate_model, model_type_of
+    from retriever.vlm.models import known
+
+    model_id = vlm_spec
+    if folder is None:
+        model_id, folder = locate_model(vlm_spec, "cpu" if device == "auto" else device)
+    model_type = model_type_of(folder) or getattr(known(model_id), "family", None)
+    if model_type is not None:
+        require_grounding(model_type, model_id)
 
 
 # -- ask --------------------------------------------------------------------------------------------
@@ -48,12 +67,17 @@ def load_vlm_for_command(vlm_spec: str | None, device: str, say: Callable[[str],
 @device_option
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=256, show_default=True,
               help="Longest answer, in tokens.")
+@click.option("--boxes", is_flag=True,
+              help="Also ask where: the boxes the model gives for what its answer mentions, each on its photo "
+                   "(box: [x0, y0, x1, y1] in the photo's pixels, and label). Needs a model that writes boxes "
+                   "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object: question, answer, citations, cited_paths, photos (n, cited, path, score, "
-                   "id, ...), model, prompt_tokens, seconds.")
+                   "id, ..., with --boxes: boxes, width, height), model, prompt_tokens, seconds.")
 @click.option("-v", "--verbose", is_flag=True, help="Say which model ran, its image tokens per photo, and the time.")
 @reports_errors
-def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_tokens, as_json, verbose, **kwargs):
+def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_tokens, boxes, as_json, verbose,
+        **kwargs):
     """Answer QUESTION from your photos: the k photos that match it best are shown to a
     vision-language model in one chat, numbered, and the answer cites them by number.
 
@@ -66,6 +90,7 @@ def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_
       retriever ask "which receipt is from a restaurant?" -k 8 --after 2024-01
       retriever ask --image IMG_2041.jpg "what does the sign say?"
       retriever ask "where did we eat?" --json | jq -r .cited_paths[]
+      retriever ask --boxes "where is the dog?" --vlm Qwen/Qwen2-VL-2B-Instruct
     """
     from retriever.vlm.ask import ask_about
 
@@ -82,8 +107,8 @@ def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_
         for path in image_paths:
             if not os.path.isfile(path):
                 raise click.ClickException(f"no such image file: {path}")
-        vlm = load_vlm_for_command(vlm_spec, device, say)
-        result = ask_about(vlm, text, list(image_paths), max_new_tokens)
+        vlm = load_vlm_for_command(vlm_spec, device, say, boxes)
+        result = ask_about(vlm, text, list(image_paths), max_new_tokens, boxes=boxes)
     else:
         from retriever.api import open as open_collection
 
@@ -91,13 +116,15 @@ def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_
             from retriever.vlm.model import check_weights
 
             check_weights(vlm_spec, device)  # no weights: fail before loading the encoder and searching
+            if boxes:
+                check_boxes(vlm_spec, device)
             hits = collection.text(text, top, filters)
             if not hits:
                 empty = collection.is_empty()
                 reason = "the index is empty" if empty else "nothing passes " + "; ".join(filters.describe())
                 raise click.ClickException(f"no photos to ask about: {reason}")
-        vlm = load_vlm_for_command(vlm_spec, device, say)
-        result = ask_about(vlm, text, hits, max_new_tokens)
+        vlm = load_vlm_for_command(vlm_spec, device, say, boxes)
+        result = ask_about(vlm, text, hits, max_new_tokens, boxes=boxes)
     if as_json:
         click.echo(shown(json.dumps(result.as_dict(), ensure_ascii=False)))
         return
@@ -120,6 +147,8 @@ def _print_answer(result, with_scores: bool) -> None:
         mark = "*" if photo.cited else " "
         score = f"{photo.hit.score:.4f}  " if with_scores and photo.hit is not None else ""
         click.echo(f"{photo.number:>3}{mark} {score}{display_text(photo.label)}")
+        for b in photo.boxes or []:
+            click.echo(f"       box: [{', '.join(f'{v:.0f}' for v in b.box)}]  {display_text(b.label)}")
 
 
 # -- caption ----------------------------------------------------------------------------------------
@@ -213,4 +242,75 @@ def _show_captions(idx, as_json: bool) -> None:
         click.echo("no captions yet: run `retriever caption`", err=True)
 
 
-COMMANDS = [ask, caption]
+# -- locate -----------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("query")
+@click.argument("path")
+@click.option("--vlm", "vlm_spec", metavar="MODEL",
+              help="A vision-language model that writes boxes: Florence-2, PaliGemma, Qwen2-VL, Qwen2.5-VL or "
+                   "Qwen3-VL (a local folder, or a Hugging Face id: the local cache, else downloaded if the hub "
+                   "answers within 3 s).  [default: florence-community/Florence-2-base]")
+@device_option
+@click.option("--max-new-tokens", type=click.IntRange(1, 1024), default=128, show_default=True,
+              help="Longest answer, in tokens (a box with its label is 10-25).")
+@click.option("--draw", "draw_path", type=click.Path(dir_okay=False), metavar="OUT.jpg",
+              help="Also write the photo with the boxes drawn and labelled (.jpg, .png or .webp).")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object: query, path, width, height, boxes ([{"box": [x0, y0, x1, y1], "label"}] in '
+                   "the photo's pixels after EXIF orientation), answer (the model's text), model, seconds.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print the model's answer, the model and the time.")
+@reports_errors
+def locate(query, path, vlm_spec, device, max_new_tokens, draw_path, as_json, verbose):
+    """Where QUERY is in the photo at PATH: the boxes a vision-language model that can point
+    (Florence-2, PaliGemma, Qwen2-VL) gives for the phrase.
+
+    Prints one box a line, x0 y0 x1 y1 in the photo's pixels (after EXIF orientation) and its
+    label; none when the model finds nothing. A model whose family writes no boxes (SmolVLM,
+    LLaVA) is refused with the list of those that do.
+
+    \b
+      retriever locate "the red car" IMG_2041.jpg
+      retriever locate "dog ; ball" IMG_2041.jpg --vlm ~/models/paligemma2-3b-mix-224 --json
+      retriever locate "the keys" IMG_2041.jpg --draw keys.jpg
+    """
+    from retriever.vlm.locate import check_query, draw_boxes, locate as locate_phrase
+    from retriever.vlm.models import DEFAULT_LOCATE
+
+    import os
+
+    say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
+    check_query(query)
+    if not os.path.isfile(path):
+        raise click.ClickException(f"no such image file: {path}")
+    vlm = load_vlm_for_command(vlm_spec or DEFAULT_LOCATE, device, say, boxes=True)
+    found = locate_phrase(vlm, query, path, max_new_tokens=max_new_tokens)
+    if draw_path:
+        draw_boxes(path, found.boxes, draw_path)
+    if as_json:
+        click.echo(shown(json.dumps(found.as_dict(), ensure_ascii=False)))
+        return
+    _print_boxes(found, verbose)
+    if draw_path:
+        click.echo(f"drew {len(found.boxes)} boxes: {shown(draw_path)}", err=True)
+
+
+def _print_boxes(found, verbose: bool) -> None:
+    from retriever.render.thumbnails import display_text
+
+    if found.boxes:
+        click.echo(f"{'x0':>7} {'y0':>7} {'x1':>7} {'y1':>7}  label")
+    for b in found.boxes:
+        x0, y0, x1, y1 = b.box
+        click.echo(f"{x0:>7.0f} {y0:>7.0f} {x1:>7.0f} {y1:>7.0f}  {display_text(b.label)}")
+    if not found.boxes:
+        click.echo(f"no box for {display_text(found.query)!r} in {display_text(found.path)}", err=True)
+    if verbose:
+        answer = display_text(" ".join(found.answer.split()))[:500]
+        click.echo(f"answer: {answer or '(empty)'}", err=True)
+        click.echo(f"model {found.model} ({found.family}); photo {found.width}x{found.height}; "
+                   f"{found.seconds:.1f}s", err=True)
+
+
+COMMANDS = [ask, caption, locate]

@@ -180,8 +180,17 @@ def _routes(app: FastAPI, service: Service) -> None:
         return _results(hits, filters=filters.describe())
 
     @app.get("/api/ask", summary="Answer a question from the best-matching photos (needs serve --vlm)")
-    def ask(q: str = Query(...), k: int = Query(4), filters=Depends(_filters)):
-        return service.ask(q, k, filters)
+    def ask(q: str = Query(...), k: int = Query(4),
+            boxes: bool = Query(False, description="Also where: each photo's boxes from the answer "
+                                                   "(a model that writes boxes: Qwen2-VL, ...)"),
+            filters=Depends(_filters)):
+        return service.ask(q, k, filters, boxes=boxes)
+
+    @app.get("/api/locate", summary="Where a phrase is in one catalog photo: the VLM's boxes in the photo's "
+                                    "pixels (needs serve --vlm with Florence-2, PaliGemma, Qwen2-VL, ...)")
+    def locate(q: str = Query(..., description="What to find: the red car"),
+               id: str = Query(..., description="Catalog id of the photo")):
+        return service.locate(q, _image_id(id))
 
     @app.get("/api/images/{image_id}/meta", summary="One photo's metadata, as in search results")
     def meta(image_id: str):

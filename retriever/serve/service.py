@@ -134,7 +134,8 @@ class Service:
         vector = self.collection.query_encoder.embed_images([decoded.image])[0]
         return searcher.by_vector(vector, k, filters=filters)
 
-    def ask(self, question: str, k: int, filters: Filters) -> dict[str, Any]:
+    def ask(self, question: str, k: int, filters: Filters, boxes: bool = False) -> dict[str, Any]:
+        """boxes: each photo also gets the boxes the answer gives it (a model that writes boxes)."""
         from retriever.vlm.ask import ask_about
 
         if self.vlm is None:
@@ -146,7 +147,27 @@ class Service:
         if not hits:
             raise NotFound("no photos to ask about: nothing matches")
         with self.vlm_lock:
-            return ask_about(self.vlm, question, hits).as_dict()
+            return ask_about(self.vlm, question, hits, boxes=boxes).as_dict()
+
+    def locate(self, query: str, image_id: int) -> dict[str, Any]:
+        """Where `query` is in one catalog photo: {"id", "query", "path", "width", "height",
+        "boxes": [{"box", "label"}], "answer", "model", "seconds"}, boxes in the photo's pixels
+        after EXIF orientation. The file is opened as for a thumbnail (checked, by id)."""
+        from retriever.render import ThumbnailError
+        from retriever.vlm.locate import locate
+        from retriever.vlm.model import PHOTO_SIDE
+
+        if self.vlm is None:
+            raise ServeError("no vision-language model: start the server with retriever serve --vlm MODEL", 501)
+        row = self.image_row(image_id)
+        try:
+            image = _thumbnail_from_fd(self._open(row), PHOTO_SIDE, row["frame_ms"])
+        except ThumbnailError as exc:
+            raise NotFound(f"cannot read image {image_id}: {exc.reason}") from None
+        size = (row["width"], row["height"]) if row["width"] and row["height"] else image.size
+        with self.vlm_lock:
+            found = locate(self.vlm, query, row["path"], row["frame_ms"], image=image, size=size)
+        return {"id": image_id, **found.as_dict()}
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -286,8 +307,16 @@ class Service:
             "generation": self.collection.generation,
             "reloads": self.reloads,
             "vlm": getattr(self.vlm, "model_id", None) if self.vlm is not None else None,
+            "vlm_boxes": _vlm_boxes_of(self.vlm),  # ask?boxes=1 and /api/locate
             "version": __version__,
         }
+
+
+def _vlm_boxes_of(vlm) -> bool:
+    """Whether a model writes boxes."""
+    from retriever.vlm.grounding import grounding_family
+
+    return vlm is not None and grounding_family(getattr(vlm, "family", None)) is not None
 
 
 def _thumbnail_from_fd(original: Original, side: int, frame_ms: int | None = None):

@@ -346,6 +346,29 @@ def _m006_ocr(conn: Connection) -> None:
         conn.execute(text(statement))
 
 
+def _m007_regions(conn: Connection) -> None:
+    # Region vectors (retriever/regions.py; the SQL is in retriever/store/regions.py): one row per
+    # item whose regions were encoded: the boxes (JSON, the photo's pixels after EXIF
+    # orientation), their vectors (float16, row after row) and the scheme and model that made them.
+    # They go with the content: triggers drop them when the item's fingerprint changes or it leaves
+    # the catalog (a moved file keeps its row: the id stays). `version` grows with every write: the
+    # region FAISS file records the largest it holds, so a reader sees when it is stale.
+    conn.execute(text("CREATE TABLE regions (image_id INTEGER PRIMARY KEY, scheme TEXT NOT NULL, fingerprint TEXT, "
+                      "boxes TEXT NOT NULL, vectors BLOB NOT NULL, dim INTEGER NOT NULL, version INTEGER NOT NULL, "
+                      "created_at TEXT NOT NULL)"))
+    conn.execute(text("CREATE TABLE region_log (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"))
+    conn.execute(text("INSERT INTO region_log (id, version) VALUES (1, 0)"))
+    for statement in (
+        "CREATE TRIGGER tr_regions_stale AFTER UPDATE OF fingerprint ON images "
+        "WHEN old.fingerprint IS NOT new.fingerprint BEGIN DELETE FROM regions WHERE image_id = new.id; END",
+        "CREATE TRIGGER tr_regions_gone AFTER DELETE ON images BEGIN DELETE FROM regions WHERE image_id = old.id; END",
+        # every change of the table moves the log's version, deletions included
+        "CREATE TRIGGER tr_regions_dropped AFTER DELETE ON regions "
+        "BEGIN UPDATE region_log SET version = version + 1 WHERE id = 1; END",
+    ):
+        conn.execute(text(statement))
+
+
 # Named, ordered, applied once each. Append only; never edit or reorder a released migration.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
@@ -354,5 +377,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("004_tag_upkeep", _m004_tag_upkeep),
     ("005_filter_columns", _m005_filter_columns),
     ("006_ocr", _m006_ocr),
+    ("007_regions", _m007_regions),
 ]
 assert tuple(name for name, _ in MIGRATIONS) == SCHEMA_MIGRATIONS, "store.reader.SCHEMA_MIGRATIONS lags"

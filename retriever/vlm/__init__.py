@@ -8,6 +8,9 @@
     rerank.py    search --rerank: log P(yes) - log P(no) per candidate, batched
     ask.py       retriever ask: one chat with k numbered photos, citations parsed back to files
     captions.py  retriever caption: captions in the catalog, incremental and resumable
+    grounding.py where in the photo: each family's box markup (Qwen2-VL, Qwen2.5-VL, PaliGemma,
+                 Florence-2) parsed onto the photo's pixels; pure Python
+    locate.py    retriever locate: the boxes for a phrase on one photo; drawing them
     keywords.py  FTS5 keyword search over file names and captions; reciprocal rank fusion with the
                  vector ranking (fuse, fuse_hits) for hybrid search
 

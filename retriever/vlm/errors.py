@@ -16,3 +16,7 @@ class VLMNotFoundError(VLMError, WeightsNotFoundError):
 
 class VLMLoadError(VLMError):
     """A folder was found but transformers cannot load it as an image-text-to-text model."""
+
+
+class NoGroundingError(VLMError):
+    """The model's family writes no boxes (grounding needs Qwen2-VL, PaliGemma, Florence-2, ...)."""

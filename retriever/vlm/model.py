@@ -45,6 +45,9 @@ DEFAULT_BATCH = {"cpu": 4, "cuda": 16}  # candidates per forward pass when reran
 # Files a snapshot needs; the rest of a repo (ONNX exports, GGUF files, ...) is never downloaded.
 SNAPSHOT_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "tokenizer*"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Families prompted with a task string, not a chat (their processors have no chat template): they
+# load for `retriever locate` only (see retriever/vlm/locate.py).
+TASK_PROMPT_FAMILIES = ("paligemma", "florence2")
 
 
 @dataclass
@@ -92,7 +95,10 @@ class VLM:
         from PIL import Image
 
         photo = Image.new("RGB", (PHOTO_SIDE, PHOTO_SIDE * 3 // 4), (128, 128, 128))
-        prompt = self.prompt([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}])
+        if self.chat:
+            prompt = self.prompt([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}])
+        else:
+            prompt = self.task_prompt("x")
         ids = self.processor(text=[prompt], images=[photo], return_tensors="pt")["input_ids"][0]
         return int((ids == self.image_token_id).sum())
 
@@ -107,12 +113,38 @@ class VLM:
             "image_policy": self.image_policy,
         }
 
+    @property
+    def chat(self) -> bool:
+        """Whether the model takes chats: its processor has a chat template, or it is not of a
+        task-prompted family (whose processors have none)."""
+        return bool(getattr(self.processor, "chat_template", None)) or self.family not in TASK_PROMPT_FAMILIES
+
+    def input_size(self, image) -> tuple[int, int] | None:
+        """(width, height) in pixels of the model's input for a PIL image, for the processors that
+        resize to a size of their own choosing (Qwen2-VL's family: a grid of patches); else None."""
+        ip = self.processor.image_processor
+        if not hasattr(ip, "merge_size"):
+            return None
+        grid = ip(images=[image], return_tensors="pt")["image_grid_thw"][0].tolist()
+        return int(grid[2]) * int(ip.patch_size), int(grid[1]) * int(ip.patch_size)
+
     # -- prompts -----------------------------------------------------------------------------
+
+    def task_prompt(self, text: str) -> str:
+        """A prompt for one photo without a chat, for the task-prompted families (PaliGemma's
+        "detect cat", Florence-2's "<CAPTION_TO_PHRASE_GROUNDING>cat"): the processor adds what
+        the model expects around it; PaliGemma gets its image token in front."""
+        if self.family == "paligemma":
+            return f"{getattr(self.processor, 'image_token', None) or '<image>'}{text}"
+        return text
 
     def prompt(self, messages: list[dict[str, Any]]) -> str:
         """One chat (messages with {"type": "text" | "image"} content parts) as the model's chat
         template writes it, ending with the assistant's turn. A template that refuses a system
         message gets its text at the start of the first user message instead."""
+        if not self.chat:
+            raise VLMError(f"{self.model_id} has no chat template: it cannot answer questions, only "
+                           "`retriever locate`; use an instruction-tuned (chat) model")
         apply = self.processor.apply_chat_template
         try:
             return apply(messages, add_generation_prompt=True, tokenize=False)
@@ -156,8 +188,10 @@ class VLM:
 
         return torch.cat(self._in_passes(prompts, images, run))
 
-    def generate(self, prompts: Sequence[str], images: Sequence[Any], max_new_tokens: int) -> list[str]:
-        """Greedy continuation of each prompt, decoded without special tokens, stripped."""
+    def generate(self, prompts: Sequence[str], images: Sequence[Any], max_new_tokens: int, *,
+                 markup: bool = False) -> list[str]:
+        """Greedy continuation of each prompt, decoded without special tokens, stripped. markup:
+        the tokens that write boxes are kept (Qwen2-VL's <|box_start|>, ...; see grounding.py)."""
         import torch
 
         def run(prompts, images):
@@ -166,7 +200,13 @@ class VLM:
             with torch.inference_mode(), quiet_transformers():
                 out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                           pad_token_id=self._pad_id)
-            new = out[:, batch["input_ids"].shape[1]:]
+            # an encoder-decoder (Florence-2) returns the decoder's tokens only; the others the prompt too
+            config = getattr(self.model, "config", None)
+            new = out if getattr(config, "is_encoder_decoder", False) else out[:, batch["input_ids"].shape[1]:]
+            if markup:
+                tokenizer, drop = self.processor.tokenizer, self._unmarked_special_ids
+                return [tokenizer.decode([i for i in row if i not in drop], skip_special_tokens=False).strip()
+                        for row in new.tolist()]
             return [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
 
         self.last_prompt_tokens = 0
@@ -210,6 +250,16 @@ class VLM:
         single = [e[0] for e in encoded if len(e) == 1]
         chosen = single or [e[0] for e in encoded if e]
         return list(dict.fromkeys(chosen))
+
+    @cached_property
+    def _unmarked_special_ids(self) -> frozenset[int]:
+        """Special tokens that write no boxes (padding, end of turn, image placeholders)."""
+        from retriever.vlm.grounding import is_markup_token
+
+        tokenizer = self.processor.tokenizer
+        special = set(tokenizer.all_special_ids)
+        special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
+        return frozenset(i for i in special if not is_markup_token(tokenizer.convert_ids_to_tokens(i)))
 
     @cached_property
     def _pad_id(self) -> int | None:
@@ -313,6 +363,20 @@ def resolve_model(spec: str | None, device: str = "cpu") -> tuple[str, Path]:
         raise VLMNotFoundError(f"cannot download {model_id}: {_one_line(exc)}") from None
 
 
+def model_type_of(folder: str | Path | None) -> str | None:
+    """The model_type in a model folder's config.json (None: no folder, no readable config);
+    read without loading anything, so that a command can refuse a model before it loads it."""
+    if folder is None:
+        return None
+    try:
+        import json
+
+        value = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def _cached_snapshot(repo_id: str) -> Path | None:
     """The cached snapshot of a hub repo, when it holds a config and weights; never the network."""
     try:
@@ -355,7 +419,8 @@ def load_vlm(spec: str | None = None, device: str = "auto", *, max_image_tokens:
         raise VLMLoadError(f"cannot load {model_id} as a vision-language model: {_one_line(exc)}") from None
     if getattr(processor, "tokenizer", None) is None or not hasattr(processor, "image_processor"):
         raise VLMLoadError(f"{model_id}: its processor has no tokenizer or no image processor")
-    if not getattr(processor, "chat_template", None):
+    family = str(getattr(model.config, "model_type", "unknown"))
+    if not getattr(processor, "chat_template", None) and family not in TASK_PROMPT_FAMILIES:
         raise VLMLoadError(f"{model_id} has no chat template: use an instruction-tuned (chat) model")
     processor.tokenizer.padding_side = "left"  # batched generation continues every row at the end
     from retriever.encoders.cuda import cuda_errors_named
@@ -367,7 +432,7 @@ def load_vlm(spec: str | None = None, device: str = "auto", *, max_image_tokens:
         processor=processor,
         model_id=model_id,
         folder=str(folder),
-        family=str(getattr(model.config, "model_type", "unknown")),
+        family=family,
         device=device,
         dtype=str(dtype).removeprefix("torch."),
         image_policy=bound_image_tokens(processor, max_image_tokens or QWEN_MAX_IMAGE_TOKENS),

@@ -65,6 +65,11 @@ DEFAULT_CPU = "HuggingFaceTB/SmolVLM-256M-Instruct"
 DEFAULT_CUDA = "HuggingFaceTB/SmolVLM-Instruct"
 
 
+# `retriever locate` without --vlm: Florence-2-base (0.23B, Microsoft's Florence-2 in transformers'
+# own classes), made for grounding and quick on a CPU; the chat defaults above write no boxes.
+DEFAULT_LOCATE = "florence-community/Florence-2-base"
+
+
 def default_vlm(device: str) -> str:
     """The hub id used when no --vlm is given, for a resolved device ("cpu", "cuda", "cuda:1")."""
     return DEFAULT_CUDA if device.startswith("cuda") else DEFAULT_CPU

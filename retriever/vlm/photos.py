@@ -18,6 +18,31 @@ def load_photo(path: str, frame_ms: int | None = None, max_side: int = PHOTO_SID
     return thumbnail(path, frame_ms, max_side)
 
 
+def load_sized(path: str, frame_ms: int | None = None, max_side: int = PHOTO_SIDE):
+    """-> (PIL RGB image as load_photo gives it, (width, height) of the original photo after EXIF
+    orientation, or of the video frame): what a box from the model is mapped onto. One decode
+    (reduced-size for a large JPEG: the size comes from its header). Raises a ThumbnailError."""
+    from PIL import Image
+
+    from retriever.errors import ImageDecodeError
+    from retriever.images import load
+    from retriever.render.thumbnails import ThumbnailError
+
+    try:
+        if frame_ms is None:
+            decoded = load(path, draft_min_side=max_side)
+            image, size = decoded.image, (int(decoded.meta["width"]), int(decoded.meta["height"]))
+        else:
+            from retriever.video import frame_at
+
+            image = frame_at(path, int(frame_ms))
+            size = image.size
+    except ImageDecodeError as exc:
+        raise ThumbnailError(path, str(exc)) from None
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return image, size
+
+
 def in_viewing_order(hits: Sequence[Any]) -> list[Any]:
     """Hits in relevance order, except that frames of one video are put together, in time order,
     at the place of that video's best frame: [v@0:30, a.jpg, v@0:10] -> [v@0:10, v@0:30, a.jpg].

@@ -5,6 +5,7 @@ const statusLine = $("#status");
 const viewer = $("#viewer");
 let hits = [];       // the results shown, in order
 let current = -1;    // index into hits of the photo in the viewer
+let vlmBoxes = false;  // the server's model writes boxes: ask with boxes=1, "Find in this photo"
 
 function say(text, isError = false) {
   statusLine.textContent = text;
@@ -113,6 +114,7 @@ async function ask(question) {
   const params = filterParams();
   params.set("q", question);
   params.set("k", "4");
+  if (vlmBoxes) params.set("boxes", "1");
   say("asking… (the model reads the photos, this takes a while)");
   try {
     const body = await call(`api/ask?${params}`);
@@ -192,8 +194,9 @@ function highlightLine(n) {
   }
 }
 
-// lines: [{text, score, box, quad}] in the photo's pixels (width x height, after EXIF orientation)
-function drawText(lines, width, height) {
+// lines: [{text, score, box, quad}] in the photo's pixels (width x height, after EXIF orientation);
+// found: [{box, label}] the boxes a vision-language model gave (ask with boxes, "Find in this photo")
+function drawText(lines, width, height, found = []) {
   const svg = $("#viewer-boxes");
   const pre = $("#viewer-text");
   svg.replaceChildren();
@@ -221,18 +224,29 @@ function drawText(lines, width, height) {
     polygon.append(title);
     svg.append(polygon);
   });
+  (Array.isArray(found) ? found : []).forEach((b) => {
+    const points = sized && b ? linePoints({ box: b.box }) : null;
+    if (!points) return;
+    const polygon = document.createElementNS(SVG, "polygon");
+    polygon.setAttribute("points", points);
+    polygon.classList.add("found");
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = String(b.label || "");
+    polygon.append(title);
+    svg.append(polygon);
+  });
 }
 
 async function showText(hit) {
   const known = Array.isArray(hit.ocr);
-  drawText(known ? hit.ocr : [], hit.width, hit.height);
+  drawText(known ? hit.ocr : [], hit.width, hit.height, hit.boxes);
   if (known) return;
   // not in the hit (not read when it was found): ask, it may have been read since
   const asked = ++textAsked;
   try {
     const body = await call(`api/images/${hit.id}/text`);
     if (body.read) hit.ocr = body.lines;
-    if (asked === textAsked && hits[current] === hit && viewer.open) drawText(body.lines, body.width, body.height);
+    if (asked === textAsked && hits[current] === hit && viewer.open) drawText(body.lines, body.width, body.height, hit.boxes);
   } catch { /* no text shown: the photo is gone from the index */ }
 }
 
@@ -265,6 +279,7 @@ function openViewer(i) {
     dl.append(dt, dd);
   }
   showTags(hit);
+  $("#locate-form").hidden = !vlmBoxes;
   if (!viewer.open) viewer.showModal();
   showText(hit);
   $("#more").focus();
@@ -312,6 +327,20 @@ $("#search-form").addEventListener("submit", (e) => {
   if (q || text) search(q, text);
 });
 $("#upload").addEventListener("change", (e) => similarToFile(e.target.files[0]));
+// "Find in this photo": the model's boxes for a phrase, drawn over the photo in the viewer
+$("#locate-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const hit = hits[current];
+  const q = $("#locate").value.trim();
+  if (!hit || !q) return;
+  say(`looking for “${q}” in ${basename(hit.path)}…`);
+  try {
+    const body = await call(`api/locate?${new URLSearchParams({ q, id: hit.id })}`);
+    hit.boxes = body.boxes;
+    if (hits[current] === hit && viewer.open) showText(hit);
+    say(`${body.boxes.length} boxes for “${q}” in ${basename(hit.path)}`);
+  } catch (err) { say(err.message, true); }
+});
 $("#ask-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const q = $("#ask").value.trim();
@@ -334,6 +363,7 @@ document.addEventListener("drop", (e) => {
 
 call("api/status").then((status) => {
   $("#ask-form").hidden = !status.vlm;
+  vlmBoxes = Boolean(status.vlm_boxes);
   const address = new URLSearchParams(location.search);
   const q = address.get("q") || "", text = address.get("text") || "";
   if (q || text) { $("#q").value = q; $("#text").value = text; search(q, text); }
