@@ -47,6 +47,7 @@ from quality import class_query_name  # noqa: E402
 DATA = REPO.parent / "shared" / "datasets"
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.08)
 LEVEL_SETS = ((2,), (3,), (2, 3))
+ALL_LEVELS = (2, 3)
 
 
 def log(msg: str) -> None:
@@ -95,7 +96,7 @@ def make_set(work: Path, caltech: Path, backgrounds: list[Path], seed: int) -> d
     return manifest
 
 
-def build_index(home: Path, folder: Path) -> dict[str, Any]:
+def build_index(home: Path, folder: Path, dense: bool | None = None) -> dict[str, Any]:
     import retriever
     from retriever.api import NewIndex
 
@@ -104,7 +105,7 @@ def build_index(home: Path, folder: Path) -> dict[str, Any]:
         summary = c.index([str(folder)])
         index_s = time.perf_counter() - t
         t = time.perf_counter()
-        regions = c.add_regions()
+        regions = c.add_regions(dense=dense, levels=ALL_LEVELS)  # every level: the grid picks among them
         regions_s = time.perf_counter() - t
         status = c.status()
     faiss_bytes = sum(f.stat().st_size for f in (home / "default").glob("regions.*"))
@@ -116,7 +117,6 @@ def build_index(home: Path, folder: Path) -> dict[str, Any]:
 def load_vectors(home: Path):
     """Photo vectors, paths, sizes and every region (ids, boxes, vectors) of the index."""
     import retriever
-    from retriever.regions import scheme_name
     from retriever.store.regions import iter_regions
 
     c = retriever.open(home)
@@ -131,7 +131,7 @@ def load_vectors(home: Path):
     paths = {int(i): rows[int(i)]["path"] for i in ids}
     sizes = {int(i): (rows[int(i)]["width"], rows[int(i)]["height"]) for i in ids}
     r_ids, r_boxes, r_vecs = [], [], []
-    for a, b, v in iter_regions(idx.catalog, scheme_name(), idx.dim):
+    for a, b, v in iter_regions(idx.catalog, idx.dim):
         r_ids.append(a)
         r_boxes.append(b)
         r_vecs.append(v)
@@ -194,12 +194,13 @@ def evaluate(queries: np.ndarray, targets: list[int], truth_boxes: list, ids, ve
             "iou_05": round(float((ious_a >= 0.5).mean()), 4) if len(ious_a) else None, "hits": len(ious)}
 
 
-def caltech_map(work: Path, caltech: Path, step: int, rules: list[tuple[tuple[int, ...], float]]) -> dict[str, Any]:
+def caltech_map(work: Path, caltech: Path, step: int, rules: list[tuple[tuple[int, ...], float]],
+                dense: bool | None = None, scheme: str = "auto") -> dict[str, Any]:
     """t2i mAP over every step-th caltech photo: whole vectors, and each rule (levels, margin) with
     regions; the drop of each against whole."""
     import shutil
 
-    home = work / f"caltech-{caltech.name}-{step}"
+    home = work / f"caltech-{caltech.name}-{step}-{scheme}"
     folder = work / f"caltech-{caltech.name}-{step}-photos"
     if not (home / "done").exists():
         shutil.rmtree(home, ignore_errors=True)
@@ -209,7 +210,7 @@ def caltech_map(work: Path, caltech: Path, step: int, rules: list[tuple[tuple[in
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.exists():
                 os.symlink(p, dest)
-        build_index(home, folder)
+        build_index(home, folder, dense)
         (home / "done").write_text("1")
     c, ids, vecs, paths, sizes, regions = load_vectors(home)
     labels = np.array([Path(paths[int(i)]).parent.name for i in ids])
@@ -259,7 +260,7 @@ def query_latency(n_photos: int = 10_000, per_photo: int = 15, dim: int = 704, q
         t = time.perf_counter()
         best = ri.best(q, 10)
         whole = {int(i): float(whole_v[i] @ q) for i in best}
-        merge(whole, best, 10)
+        merge(whole, best, 10, ri.margin)
         times.append(time.perf_counter() - t)
     return {"photos": n_photos, "regions": n, "p50_ms": round(float(np.median(times)) * 1000, 2),
             "p95_ms": round(float(np.percentile(times, 95)) * 1000, 2)}
@@ -271,20 +272,24 @@ def main(argv=None) -> dict[str, Any]:
     ap.add_argument("--fit", action="store_true", help="train + tune, and print the chosen rule")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--caltech-step", type=int, default=4, help="every N-th caltech photo for the mAP check")
+    ap.add_argument("--scheme", choices=["auto", "dense", "crops"], default="auto",
+                    help="how regions are made (auto: the library's choice for the offline encoder, dense)")
     args = ap.parse_args(argv)
     split = "fit" if args.fit else "report"
     caltech = DATA / ("caltech101-train" if args.fit else "caltech101-test")
     distractors = DATA / ("distractors-tune" if args.fit else "distractors-test")
     backgrounds = sorted(p for p in distractors.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     backgrounds += sorted(p for p in (REPO / "examples" / "photos").iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    dense = {"auto": None, "dense": True, "crops": False}[args.scheme]
     work = args.work / split
+    home_name = "home" if args.scheme == "auto" else f"home-{args.scheme}"
     manifest = make_set(work, caltech, backgrounds, args.seed)
-    home = work / "home"
+    home = work / home_name
     if (home / "built.json").exists():
         build = json.loads((home / "built.json").read_text())
     else:
         log("indexing the pasted set with regions ...")
-        build = build_index(home, work / "photos")
+        build = build_index(home, work / "photos", dense)
         (home / "built.json").write_text(json.dumps(build))
     c, ids, vecs, paths, sizes, regions = load_vectors(home)
     by_name = {Path(p).name: i for i, p in paths.items()}
@@ -297,7 +302,10 @@ def main(argv=None) -> dict[str, Any]:
 
     image_q = encoder.embed_images([Image.open(p["object"]).convert("RGB") for p in pasted])
     levels = region_levels(regions[1], regions[0], sizes)
-    from retriever.regions import LEVELS, REGION_MARGIN
+    from retriever.regions import scheme_for
+
+    lib_scheme = scheme_for(build["region_run"]["scheme"].startswith("dense"))
+    LEVELS, REGION_MARGIN = lib_scheme.levels, lib_scheme.margin
 
     grid = []
     for level_set in LEVEL_SETS:
@@ -321,7 +329,8 @@ def main(argv=None) -> dict[str, Any]:
         same = 0
         for q, _ in zip(text_q[:20], range(20)):
             lib = [h.id for h in s.by_vector(q, 10)]
-            ours = [i for _, i, _ in rank_rule(q, ids, vecs, *regions, lib_mask, REGION_MARGIN, 10)]
+            ours = [i for _, i, _ in rank_rule(q, ids, vecs, *regions, np.ones(len(regions[0]), bool),
+                                               s.regions.margin, 10)]
             same += lib == ours
         agree = same / min(20, len(text_q))
     except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not stop
@@ -332,7 +341,7 @@ def main(argv=None) -> dict[str, Any]:
     rules = [(tuple(g["levels"]), g["margin"]) for g in grid]
     if (tuple(LEVELS), REGION_MARGIN) not in rules:
         rules.append((tuple(LEVELS), REGION_MARGIN))
-    cal_all = caltech_map(args.work, caltech, args.caltech_step, rules)
+    cal_all = caltech_map(args.work, caltech, args.caltech_step, rules, dense, args.scheme)
     for g in grid:
         g["caltech_drop"] = cal_all["rules"][f"{'+'.join(map(str, g['levels']))}/{g['margin']}"]["drop"]
     lib = cal_all["rules"][f"{'+'.join(map(str, LEVELS))}/{REGION_MARGIN}"]
@@ -343,7 +352,7 @@ def main(argv=None) -> dict[str, Any]:
         chosen = max(fair, key=lambda g: (g["t2i"]["r10"], -g["regions_per_photo"], g["margin"]))
     lat = query_latency()
     result = {
-        "benchmark": "regions", "split": split, "model": "offline", "pasted": len(pasted),
+        "benchmark": "regions", "split": split, "model": "offline", "scheme": build["region_run"]["scheme"], "pasted": len(pasted),
         "backgrounds": manifest["backgrounds"], "photos": int(len(ids)), "build": build,
         "rule": {"levels": list(LEVELS), "margin": REGION_MARGIN},
         "without": {"t2i": without_t2i, "i2i": without_i2i}, "with": {"t2i": with_t2i, "i2i": with_i2i},
@@ -352,7 +361,8 @@ def main(argv=None) -> dict[str, Any]:
         "loadavg": os.getloadavg()[0],
     }
     print(json.dumps(result))
-    print(f"\nregions, offline encoder, {split}: {len(pasted)} pasted photos + {manifest['backgrounds']} backgrounds")
+    print(f"\nregions, offline encoder, {split}, {result['scheme']}: {len(pasted)} pasted photos + "
+          f"{manifest['backgrounds']} backgrounds")
     print("| | t2i R@1 | t2i R@10 | i2i R@10 | IoU>=0.3 of t2i hits | IoU>=0.5 |")
     print("|---|---|---|---|---|---|")
     for name, r in (("whole photo only", result["without"]), (f"with regions {LEVELS} margin {REGION_MARGIN}", result["with"])):

@@ -252,17 +252,26 @@ class Collection:
 
         return untag_in_index(self.idx, str(Path(path).expanduser()), label)
 
-    def add_regions(self, *, limit: int | None = None,
+    def add_regions(self, *, limit: int | None = None, dense: bool | None = None, levels=None,
                     progress: Callable[["Progress"], None] | None = None) -> "RegionSummary":
         """Encode region vectors for the photos that have none yet, as `retriever optimize
         --regions` does (incremental, resumable, committed in batches; only the crops are
         encoded). Searches then score each photo by its best region too and say where
-        (`box`). Only on a collection opened writable=True."""
+        (`box`). dense: one pass over each photo (the offline encoder's feature maps) instead of
+        one encoder pass per crop; None: dense for the offline encoder, crops for the others.
+        levels: the grid levels (None: the scheme's fitted ones).
+        Only on a collection opened writable=True."""
         if self._indexing_encoder is None:
             raise ReadOnlyError("this collection was opened read-only: retriever.open(..., writable=True) for regions")
+        from retriever.encoders.base import OFFLINE_MODEL_ID
         from retriever.regions import run_regions
 
-        summary = run_regions(self.idx, self._indexing_encoder, limit=limit, on_progress=progress)
+        encoder = self._indexing_encoder
+        if dense is None:
+            dense = self.idx.model_id == OFFLINE_MODEL_ID
+        if dense:  # one pass a photo through the CNN's feature maps, in PyTorch (not in the ONNX export)
+            encoder = lambda: self.idx.load_encoder(self.device)  # noqa: E731
+        summary = run_regions(self.idx, encoder, limit=limit, dense=dense, levels=levels, on_progress=progress)
         self._searcher = None  # the next search loads the new region file
         return summary
 

@@ -9,6 +9,8 @@ Each command-line word is a term, or one of the operators `+` and `-`, which set
 term that follows (a term with no operator before it is added). A term may start with a weight,
 `2*beach` or `0.5*ref.jpg`. In `search` a term is an image when it names an existing image or
 video file and text otherwise; in `similar` every term is an image unless it starts with `text:`.
+An image term may name a part of the image, `photo.jpg@x0,y0,x1,y1` (pixels of the photo as shown):
+photos with something like that part.
 The query vector is the normalised sum of the terms' weighted, L2-normalised embeddings (as in
 rclip's `+`/`-` arithmetic), so a negative term pushes its concept down the ranking.
 """
@@ -26,6 +28,8 @@ from retriever.errors import RetrieverError
 TEXT = "text"
 IMAGE = "image"
 # A weight: what float() reads (so "1e3", "nan" and "inf" too: the last two are refused), then "*"
+# A region of an image: PATH@x0,y0,x1,y1, in the photo's pixels after EXIF orientation.
+_REGION = re.compile(r"^(?P<path>.+)@(?P<box>[0-9]+(?:\.[0-9]+)?(?:,[0-9]+(?:\.[0-9]+)?){3})$", re.S)
 _WEIGHT = re.compile(r"^([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?|nan|inf|infinity)\*(.+)$", re.S | re.I)
 _PREFIXES = {"text:": TEXT, "image:": IMAGE, "img:": IMAGE}
 
@@ -101,9 +105,26 @@ def _term(word: str, sign: float, default: str) -> Term:
     return Term(kind, word, sign * weight)
 
 
+def split_region(value: str) -> tuple[str, tuple[float, float, float, float] | None]:
+    """An image term's value -> (its path, the region x0,y0,x1,y1 it names or None):
+    `photo.jpg@120,40,560,380` is the part of photo.jpg from (120, 40) to (560, 380), in the
+    photo's pixels as it is shown (after EXIF orientation)."""
+    match = _REGION.match(value)
+    if match is None:
+        return value, None
+    x0, y0, x1, y1 = (float(v) for v in match.group("box").split(","))
+    if x1 <= x0 or y1 <= y0:
+        raise QueryError(f"the region @{match.group('box')} is empty: give x0,y0,x1,y1 with x1 > x0 and y1 > y0")
+    return match.group("path"), (x0, y0, x1, y1)
+
+
 def _looks_like_image_file(word: str) -> bool:
     from retriever.files import IMAGE_SUFFIXES
 
+    try:
+        word = split_region(word)[0]
+    except QueryError:  # an empty region: said when the image is used, not here
+        word = word.rsplit("@", 1)[0]
     path = os.path.expanduser(word)
     return os.path.splitext(path)[1].lower() in IMAGE_SUFFIXES and os.path.isfile(path)
 

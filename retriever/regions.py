@@ -1,10 +1,15 @@
 """Region search: a few vectors per photo for the parts of it, so that a query finds the small
 thing in a wide shot, and says where it is.
 
-Scheme (measured in benchmarks/regions.py): square crops on grids over the photo's own aspect
-ratio, each crop one more pass of the index's own encoder (any encoder, PyTorch or ONNX Runtime,
-no second model): level n puts n crops of side SIDES[n] x the short side along the short side and
-round(n x long / short) along the long side, spread evenly from edge to edge (so they overlap).
+Regions are square boxes on grids over the photo's own aspect ratio: level n puts n boxes of side
+SIDES[n] x the short side along the short side and round(n x long / short) along the long side,
+spread evenly from edge to edge (so they overlap). Two ways to give them vectors, measured
+against each other in benchmarks/regions.py (offline encoder, train split):
+- dense (DENSE, the offline encoder's): one pass over the whole photo at DENSE_SHORT_SIDE pixels,
+  each box's vector pooled from the CNN's feature maps (OfflineEncoder.embed_regions); boxes
+  snap to the feature cells. t2i R@10 on pasted objects 0.446, i2i 0.861, 27 s for 348 photos.
+- crops (CROPS, every other encoder): each box cut out and encoded, one pass of the index's own
+  encoder per box (PyTorch or ONNX Runtime). t2i R@10 0.455, i2i 0.970, 56 s for the same photos.
 A region whose vector is nearly the whole photo's (cosine >= SAME_AS_WHOLE) adds nothing and is
 not kept. Boxes are in the photo's own pixels after EXIF orientation, whatever size it was
 decoded at.
@@ -14,7 +19,7 @@ photo, dropped with the content they came from, kept by a moved file) and search
 own FAISS file beside the photo index (`regions.faiss`, ids image_id * MAX_REGIONS + j), rebuilt
 from the catalog whenever the catalog's region version moved on.
 
-A query scores a photo by max(whole, best region - REGION_MARGIN): one hit per photo, with the
+A query scores a photo by max(whole, best region - margin): one hit per photo, with the
 box of the region when a region won (the whole photo otherwise).
 """
 
@@ -35,14 +40,32 @@ from retriever.errors import RetrieverError
 from retriever.progress import Progress
 
 SCHEME_VERSION = 1
-LEVELS = (2, 3)  # grid levels (see the module's docstring)
-SIDES = {2: 0.6, 3: 0.45}  # crop side per level, as a share of the photo's short side
+SIDES = {2: 0.6, 3: 0.45}  # crop side per grid level, as a share of the photo's short side
 SAME_AS_WHOLE = 0.97  # a region this close to the whole photo's vector is not kept
-# A region's score is lowered by this before it competes with the whole photo (fitted on train +
-# tune: benchmarks/regions.py --fit; 0 costs whole-photo queries 0.026 of mAP on Caltech).
-REGION_MARGIN = 0.02
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How regions are made and weighed. levels: the grid levels kept; margin: a region's score
+    is lowered by this before it competes with the whole photo. Both fitted on train + tune
+    (benchmarks/regions.py --fit): without a margin regions win too often on object-centred
+    photos (whole-photo mAP on Caltech -0.026 with crops)."""
+    dense: bool  # one pass over the photo (the encoder's embed_regions), else one pass per crop
+    levels: tuple[int, ...]
+    margin: float
+
+
+CROPS = Scheme(dense=False, levels=(2, 3), margin=0.02)
+DENSE = Scheme(dense=True, levels=(3,), margin=0.01)  # the 2x2 windows added nothing on train
+
+
+def scheme_for(dense: bool) -> Scheme:
+    return DENSE if dense else CROPS
+
+
 MAX_REGIONS = 64  # per photo: FAISS ids are image_id * MAX_REGIONS + j
 MIN_CROP_SIDE = 32  # pixels of the photo: smaller photos get no regions
+DENSE_SHORT_SIDE = 448  # the offline encoder's one pass: the photo's short side (14 feature cells)
 DECODE_MIN_SIDE = 640  # JPEGs decoded at reduced scale while both sides keep this many pixels
 REGIONS_FILE = "regions.faiss"
 REGIONS_LOCK_FILE = "regions.lock"
@@ -53,14 +76,21 @@ class RegionError(RetrieverError):
     """Region vectors could not be made or read."""
 
 
-def scheme_name(levels: Sequence[int] = LEVELS) -> str:
-    """What the stored regions were made with: grids, sides and the keep rule (another scheme
-    encodes again)."""
+def scheme_name(levels: Sequence[int], dense: bool) -> str:
+    """What the stored regions were made with: crops or one dense pass, grids, sides and the keep
+    rule (another scheme encodes again)."""
     grids = "+".join(f"{n}@{SIDES[n]:g}" for n in levels)
-    return f"grid{grids} keep<{SAME_AS_WHOLE:g}/v{SCHEME_VERSION}"
+    how = f"dense{DENSE_SHORT_SIDE}" if dense else "crops"
+    return f"{how} grid{grids} keep<{SAME_AS_WHOLE:g}/v{SCHEME_VERSION}"
 
 
-def region_boxes(width: int, height: int, levels: Sequence[int] = LEVELS) -> list[tuple[float, float, float, float]]:
+def is_dense(encoder) -> bool:
+    """Whether an encoder makes region vectors in one pass over the photo (embed_regions)."""
+    return hasattr(encoder, "embed_regions")
+
+
+def region_boxes(width: int, height: int, levels: Sequence[int] = CROPS.levels
+                 ) -> list[tuple[float, float, float, float]]:
     """The crops of a width x height photo, (x0, y0, x1, y1) in its pixels, level after level."""
     short, long_ = min(width, height), max(width, height)
     boxes: list[tuple[float, float, float, float]] = []
@@ -110,17 +140,23 @@ class RegionSummary:
                 "interrupted": self.interrupted, "scheme": self.scheme}
 
 
-def run_regions(index, encoder, *, limit: int | None = None, workers: int = 0,
+def run_regions(index, encoder, *, limit: int | None = None, workers: int = 0, dense: bool | None = None,
+                levels: Sequence[int] | None = None,
                 on_progress: Callable[[Progress], None] | None = None) -> RegionSummary:
     """Encode the regions of the indexed photos that have none yet (or were edited since, or were
     made by another scheme), one committed batch at a time: Ctrl-C or a kill loses at most the
     batch in progress, and running again resumes. `encoder`: the index's encoder, or a callable
-    returning it (called only when something needs encoding). Holds the index's region lock."""
+    returning it (called only when something needs encoding). dense: one pass over each photo
+    (an encoder with embed_regions) instead of crops; None: dense when `encoder` can. Holds the
+    index's region lock. levels: the grid levels (None: the scheme's fitted ones)."""
     from retriever.decode_pool import default_workers
     from retriever.store.catalog import utcnow
     from retriever.store.regions import pending_region_rows, write_regions
 
-    summary = RegionSummary(scheme=scheme_name())
+    if dense is None:
+        dense = is_dense(encoder)
+    levels = tuple(levels or scheme_for(dense).levels)
+    summary = RegionSummary(scheme=scheme_name(levels, dense))
     started = time.monotonic()
     with regions_lock(index):
         todo = pending_region_rows(index.catalog, summary.scheme, limit=limit)
@@ -129,11 +165,13 @@ def run_regions(index, encoder, *, limit: int | None = None, workers: int = 0,
         try:
             if todo and not hasattr(encoder, "embed_images"):
                 encoder = encoder()
+            if todo and dense and not is_dense(encoder):
+                raise RegionError(f"{index.model_id}'s encoder cannot make region vectors in one pass")
             pool = ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="retriever-regions")
             try:
                 for start in range(0, len(todo), BATCH):
                     batch = todo[start:start + BATCH]
-                    rows = _encode_batch(index, encoder, batch, pool, summary)
+                    rows = _encode_batch(index, encoder, batch, pool, summary, dense, levels)
                     summary.photos += write_regions(index.catalog, rows, summary.scheme, utcnow())
                     summary.regions += sum(len(r[2]) for r in rows)
                     done += len(batch)
@@ -150,8 +188,10 @@ def run_regions(index, encoder, *, limit: int | None = None, workers: int = 0,
     return summary
 
 
-def _encode_batch(index, encoder, batch, pool, summary: RegionSummary) -> list[tuple[int, Any, list, np.ndarray]]:
-    """Decode the batch's photos (in the pool), cut their crops, encode all crops in one stream."""
+def _encode_batch(index, encoder, batch, pool, summary: RegionSummary, dense: bool = False,
+                  levels: Sequence[int] = CROPS.levels) -> list[tuple[int, Any, list, np.ndarray]]:
+    """Decode the batch's photos (in the pool), cut their crops, encode all crops in one stream;
+    dense: one pass over each photo instead (the encoder's embed_regions)."""
     from retriever.images import load
 
     def cut(row):
@@ -162,8 +202,8 @@ def _encode_batch(index, encoder, batch, pool, summary: RegionSummary) -> list[t
             return exc
         size = (int(decoded.meta.get("width") or decoded.image.size[0]),
                 int(decoded.meta.get("height") or decoded.image.size[1]))
-        boxes = region_boxes(*size)
-        return boxes, crops(decoded.image, boxes, size)
+        boxes = region_boxes(*size, levels)
+        return boxes, ((decoded.image, size) if dense else crops(decoded.image, boxes, size))
 
     cut_rows = []
     for row, result in zip(batch, pool.map(cut, batch)):
@@ -172,9 +212,16 @@ def _encode_batch(index, encoder, batch, pool, summary: RegionSummary) -> list[t
             summary.failures.append((row[1], str(getattr(result, "reason", result))))
             continue
         cut_rows.append((row, *result))
+    wholes = index.catalog.vectors_for([row[0] for row, _, _ in cut_rows], index.dim)
+    if dense:
+        out = []
+        for row, boxes, (image, size) in cut_rows:
+            snapped, these = encoder.embed_regions(image, boxes, size, short_side=DENSE_SHORT_SIDE) if boxes else ([], np.zeros((0, index.dim)))
+            kept = keep_regions(wholes.get(row[0]), these)
+            out.append((row[0], row[2], [snapped[i] for i in kept], these[kept]))
+        return out
     images = [im for _, _, ims in cut_rows for im in ims]
     vectors = encoder.embed_images(images) if images else np.zeros((0, index.dim), np.float32)
-    wholes = index.catalog.vectors_for([row[0] for row, _, _ in cut_rows], index.dim)
     out, at = [], 0
     for row, boxes, ims in cut_rows:
         these = vectors[at:at + len(ims)]
@@ -199,8 +246,10 @@ class RegionIndex:
     """The region vectors of an index in one FAISS index (fp16 scalar quantizer: the catalog's
     precision, exact scan), with each region's photo and box."""
 
-    def __init__(self, dim: int, index, keys: np.ndarray, boxes: np.ndarray, version: int):
+    def __init__(self, dim: int, index, keys: np.ndarray, boxes: np.ndarray, version: int,
+                 margin: float = CROPS.margin):
         self.dim, self.index, self.keys, self.boxes, self.version = dim, index, keys, boxes, version
+        self.margin = margin  # the stored scheme's (a mix of schemes: the crops')
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -214,7 +263,7 @@ class RegionIndex:
         index = faiss.IndexIDMap2(faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16,
                                                              faiss.METRIC_INNER_PRODUCT))
         keys, boxes = [], []
-        for ids, bxs, vecs in iter_regions(catalog, scheme_name(), dim):
+        for ids, bxs, vecs in iter_regions(catalog, dim):
             j = _positions(ids)
             k = ids * MAX_REGIONS + j
             index.add_with_ids(np.ascontiguousarray(vecs, np.float32), k)
@@ -223,7 +272,11 @@ class RegionIndex:
         keys_a = np.concatenate(keys) if keys else np.zeros(0, np.int64)
         boxes_a = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
         order = np.argsort(keys_a, kind="stable")
-        return cls(dim, index, keys_a[order], boxes_a[order], version)
+        from retriever.store.regions import region_counts
+
+        schemes = region_counts(catalog)["schemes"]
+        dense = bool(schemes) and all(name.startswith("dense") for name in schemes)
+        return cls(dim, index, keys_a[order], boxes_a[order], version, scheme_for(dense).margin)
 
     def save(self, folder: Path) -> None:
         import faiss
@@ -240,7 +293,7 @@ class RegionIndex:
 
         _atomic_write(meta, write_meta)
         _atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(
-            {"version": self.version, "count": len(self), "dim": self.dim, "scheme": scheme_name()})))
+            {"version": self.version, "count": len(self), "dim": self.dim, "margin": self.margin})))
 
     @classmethod
     def load(cls, folder: Path, version: int, dim: int) -> "RegionIndex | None":
@@ -250,7 +303,7 @@ class RegionIndex:
         path = Path(folder) / REGIONS_FILE
         try:
             info = json.loads(path.with_suffix(".json").read_text())
-            if info.get("version") != version or info.get("dim") != dim or info.get("scheme") != scheme_name():
+            if info.get("version") != version or info.get("dim") != dim:
                 return None
             index = faiss.read_index(str(path))
             with np.load(path.with_suffix(".boxes.npz")) as meta:
@@ -259,7 +312,7 @@ class RegionIndex:
             return None
         if index.ntotal != info.get("count") or len(keys) != index.ntotal or index.d != dim:
             return None
-        return cls(dim, index, keys, boxes, version)
+        return cls(dim, index, keys, boxes, version, float(info.get("margin", CROPS.margin)))
 
     def box_of(self, key: int) -> list[float]:
         at = int(np.searchsorted(self.keys, key))
@@ -332,7 +385,7 @@ def region_index_for(index) -> RegionIndex | None:
 
 
 def merge(whole: dict[int, float], regions: dict[int, tuple[float, list[float]]], k: int,
-          margin: float = REGION_MARGIN) -> list[tuple[float, int, list[float] | None]]:
+          margin: float) -> list[tuple[float, int, list[float] | None]]:
     """The k best photos by max(whole score, best region - margin): (score, id, box or None when
     the whole photo won). `whole` must hold the whole-photo score of every photo in `regions`."""
     scored = []
@@ -364,7 +417,7 @@ def region_status(index) -> dict[str, Any] | None:
         return None
     return {"photos": counts["photos"], "regions": counts["regions"],
             "per_photo": round(counts["regions"] / counts["photos"], 2), "bytes": counts["bytes"],
-            "scheme": scheme_name()}
+            "schemes": counts["schemes"]}
 
 
 def describe_box(box: Sequence[float] | None) -> str:

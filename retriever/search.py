@@ -206,6 +206,13 @@ class Searcher:
         return (total / norm).astype(np.float32), own_ids
 
     def image_vector(self, path: str) -> tuple[np.ndarray, int | None]:
+        """The vector of the image at `path` (its stored one when the collection holds it
+        unchanged), or of a part of it, `path@x0,y0,x1,y1`; and its catalog id, if any."""
+        from retriever.query import split_region
+
+        path, box = split_region(path)
+        if box is not None:
+            return self._region_vector(path, box)
         full = absolute(path)
         row = self.index.catalog.find_by_path(full)
         if row is not None and row["status"] == STATUS_INDEXED:
@@ -227,6 +234,29 @@ class Searcher:
         encoder = self.query_encoder if getattr(self.query_encoder, "embeds_images", True) else self.encoder
         vector = encoder.embed_images([decoded.image])[0]
         return vector, (int(row["id"]) if row is not None else None)
+
+    def _region_vector(self, path: str, box: tuple[float, float, float, float]) -> tuple[np.ndarray, int | None]:
+        """The vector of a part of an image, the box in its pixels after EXIF orientation."""
+        from retriever.images import load
+
+        full = absolute(path)
+        if not os.path.isfile(full):
+            raise RetrieverError(f"no such image: {path}")
+        try:
+            decoded = load(full)
+        except ImageDecodeError as exc:
+            raise ImageDecodeError(f"cannot use {path} as a query image: {exc}") from None
+        image = decoded.image
+        width, height = int(decoded.meta.get("width") or image.size[0]), int(decoded.meta.get("height") or image.size[1])
+        x0, y0, x1, y1 = max(0.0, box[0]), max(0.0, box[1]), min(float(width), box[2]), min(float(height), box[3])
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            raise QueryError(f"the region @{','.join(f'{v:g}' for v in box)} is outside {path} ({width}x{height}) "
+                             "or smaller than 8 pixels")
+        sx, sy = image.size[0] / width, image.size[1] / height
+        crop = image.crop((round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)))
+        encoder = self.query_encoder if getattr(self.query_encoder, "embeds_images", True) else self.encoder
+        row = self.index.catalog.find_by_path(full)
+        return encoder.embed_images([crop])[0], (int(row["id"]) if row is not None else None)
 
     def by_vector(
         self, vector: np.ndarray, k: int = DEFAULT_K, exclude: Iterable[int] = (), filters: Filters | None = None
@@ -269,7 +299,7 @@ class Searcher:
         if missing:
             stored = self.index.catalog.vectors_for(missing, self.index.dim)
             whole.update({i: float(stored[i] @ query[0]) for i in missing if i in stored})
-        merged = merge(whole, best, k)
+        merged = merge(whole, best, k, self.regions.margin)
         return [(s, i) for s, i, _ in merged], {i: box for _, i, box in merged if box}
 
     def _filtered(self, query: np.ndarray, k: int, exclude: list[int], filters: Filters) -> list[tuple[float, int]]:

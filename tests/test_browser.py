@@ -607,3 +607,138 @@ def test_text_in_photos_search_viewer_and_boxes(new_page, text_server_url, tmp_p
     assert "no letter or digit" in page.locator("#status").inner_text()
     page.problems[:] = [p for p in page.problems if "status of 4" not in p]
     assert not page.problems, page.problems
+
+
+# -- region search: where a photo matched, and a part of a photo as the query -------------------------
+
+
+@pytest.fixture(scope="module")
+def region_server_url(tmp_path_factory, offline_index, offline_encoder):
+    """A server on a copy of the offline index whose first few photos (by id: astronaut.jpg...)
+    have region vectors: cheap, and enough for region hits."""
+    pytest.importorskip("fastapi")
+    from retriever.index import Index
+    from retriever.regions import run_regions
+    from retriever.serve.server import Server
+    from retriever.serve.service import Service
+
+    home = tmp_path_factory.mktemp("region-home")
+    shutil.copytree(offline_index.folder, home / "default", ignore=shutil.ignore_patterns("*.lock", "serve.json"))
+    index = Index.open(home, "default")
+    index.acquire_lock()
+    assert run_regions(index, offline_encoder, limit=3).photos == 3
+    index.release_lock()
+    server = Server(Service(index, encoder=offline_encoder), host="127.0.0.1", port=0)
+    info = server.start()
+    yield info.url
+    server.stop()
+    index.close()
+
+
+def _on_screen(shown: dict, size: tuple[float, float], box, fit: str) -> tuple[float, float, float, float]:
+    """Where box (the photo's pixels) lies on the screen when the photo (size) is fitted into the
+    element box `shown` as object-fit `fit` (contain or cover, centred), clipped to the element."""
+    width, height = size
+    scale = (min if fit == "contain" else max)(shown["width"] / width, shown["height"] / height)
+    left = shown["x"] + (shown["width"] - width * scale) / 2
+    top = shown["y"] + (shown["height"] - height * scale) / 2
+    x0, x1 = (min(max(left + v * scale, shown["x"]), shown["x"] + shown["width"]) for v in (box[0], box[2]))
+    y0, y1 = (min(max(top + v * scale, shown["y"]), shown["y"] + shown["height"]) for v in (box[1], box[3]))
+    return x0, y0, x1, y1
+
+
+def _drawn_at(drawn: dict, expected, tolerance: float = 3) -> bool:
+    """A drawn polygon's box (its stroke included) against the expected edges."""
+    got = (drawn["x"], drawn["y"], drawn["x"] + drawn["width"], drawn["y"] + drawn["height"])
+    return all(abs(a - b) <= tolerance for a, b in zip(got, expected))
+
+
+def test_region_boxes_in_the_grid_and_viewer_and_a_dragged_part_as_the_query(new_page, region_server_url, tmp_path):
+    page = new_page()
+    _open(page, region_server_url)
+    with page.expect_response(lambda r: "/api/search?" in r.url) as response:
+        _search(page, "a rocket", "for “a rocket”")
+    found = response.value.json()["results"]
+    regions = [n for n, h in enumerate(found) if h["region"]]
+    assert regions, [(h["path"], h["box"]) for h in found]  # astronaut.jpg: the shuttle, top right
+    _thumbnails_shown(page)
+    # the grid: a box over each thumbnail where a part matched (the square thumbnail crops the photo)
+    assert page.locator("#results svg.region").count() == len(regions)
+    n = regions[0]
+    hit = found[n]
+    card = page.locator("#results .card").nth(n)
+    assert "a part of it matched" in card.get_attribute("aria-label")
+    expected = _on_screen(card.locator("img").bounding_box(), (hit["width"], hit["height"]), hit["box"], "cover")
+    assert _drawn_at(card.locator("svg.region polygon").bounding_box(), expected), expected
+    shot = _screenshot(page, tmp_path / "1-region-grid.png")
+    r, g, b = shot.getpixel((int((expected[0] + expected[2]) / 2), int(expected[1]) + 1))  # top edge, inside
+    assert r > 200 and g < 120 and b > 160, (r, g, b)
+
+    # the viewer draws it too, where it lies on the photo as shown (contain, centred)
+    card.click()
+    page.wait_for_selector("#viewer[open]")
+    _viewer_image_shown(page)
+    assert page.locator("#viewer-boxes polygon.region").count() == 1
+    meta = dict(zip(page.locator("#viewer-meta dt").all_inner_texts(), page.locator("#viewer-meta dd").all_inner_texts()))
+    x0, y0, x1, y1 = (round(v) for v in hit["box"])
+    assert meta["matched"] == f"a part: x {x0}–{x1}, y {y0}–{y1}"
+    shown = page.locator("#viewer-img").bounding_box()
+    size = (hit["width"], hit["height"])
+    expected = _on_screen(shown, size, hit["box"], "contain")
+    assert _drawn_at(page.locator("#viewer-boxes polygon.region").bounding_box(), expected), expected
+    _screenshot(page, tmp_path / "2-region-viewer.png")
+    # the keys still step through the results, and the box follows the photo shown
+    page.keyboard.press("ArrowRight" if n + 1 < len(found) else "ArrowLeft")
+    other = found[n + 1 if n + 1 < len(found) else n - 1]
+    assert page.locator("#viewer-boxes polygon.region").count() == (1 if other["region"] else 0)
+    page.keyboard.press("ArrowLeft" if n + 1 < len(found) else "ArrowRight")
+    assert page.locator("#viewer-title").inner_text() == Path(hit["path"]).name
+
+    # drag a rectangle over the photo: photos with something like that part
+    part = (0.2 * size[0], 0.25 * size[1], 0.7 * size[0], 0.8 * size[1])
+    x0, y0, x1, y1 = _on_screen(shown, size, part, "contain")
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=3)
+    assert page.locator("#viewer-select").is_visible()
+    page.mouse.move(x1, y1, steps=3)
+    with page.expect_response(lambda r: "/api/similar?" in r.url) as response:
+        page.mouse.up()
+    body = response.value.json()
+    assert all(abs(a - b) <= 2 / min(shown["width"] / size[0], shown["height"] / size[1]) + 1
+               for a, b in zip(body["box"], part)), (body["box"], part)
+    name = Path(hit["path"]).name
+    page.wait_for_selector(f"#status:has-text('like a part of {name}')")
+    assert page.locator("#viewer[open]").count() == 0 and page.locator("#viewer-select").is_hidden()
+    assert _names(page) == [Path(h["path"]).name for h in body["results"]] and name not in _names(page)
+    _thumbnails_shown(page)
+    _screenshot(page, tmp_path / "3-like-a-part.png")
+
+    # a click on the photo is no rectangle: nothing searched, the viewer stays
+    page.locator("#results .card").first.click()
+    page.wait_for_selector("#viewer[open]")
+    _viewer_image_shown(page)
+    box = page.locator("#viewer-img").bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    assert page.locator("#viewer[open]").count() == 1 and page.locator("#viewer-select").is_hidden()
+    assert not page.problems, page.problems
+
+
+def test_a_part_dragged_out_with_a_finger(new_page, region_server_url):
+    page = new_page(has_touch=True)
+    _open(page, region_server_url)
+    _search(page, "a cat", "for “a cat”")
+    page.locator("#results .card").first.click()
+    page.wait_for_selector("#viewer[open]")
+    _viewer_image_shown(page)
+    shown = page.locator("#viewer-img").bounding_box()
+    x, y = shown["x"] + shown["width"] / 2, shown["y"] + shown["height"] / 2
+    cdp = page.context.new_cdp_session(page)
+    with page.expect_response(lambda r: "/api/similar?" in r.url) as response:
+        for kind, dx in (("touchStart", 0), ("touchMove", 30), ("touchMove", 60), ("touchEnd", None)):
+            points = [] if dx is None else [{"x": x + dx, "y": y + dx}]
+            cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+    x0, y0, x1, y1 = response.value.json()["box"]
+    assert x1 > x0 and y1 > y0
+    page.wait_for_selector("#status:has-text('like a part of chelsea.png')")
+    assert not page.problems, page.problems

@@ -41,6 +41,9 @@ def test_merge_scores_a_photo_once_by_its_best_part():
     assert merge(whole, regions, 3, margin=0.0) == [(0.40, 2, [0, 0, 5, 5]), (0.30, 1, None), (0.10, 3, None)]
     # a margin handicaps regions against whole photos
     assert merge(whole, regions, 3, margin=0.2)[0] == (0.30, 1, None)
+    from retriever.regions import CROPS, DENSE, scheme_for
+
+    assert scheme_for(True) is DENSE and scheme_for(False) is CROPS and DENSE.margin < CROPS.margin
 
 
 def _pasted_photo(folder, name="kitten-in-a-field.jpg", size=(1600, 1000), at=(1180, 690), obj_side=240):
@@ -111,12 +114,12 @@ def test_a_small_thing_is_found_with_its_box(region_home, offline_encoder):
 
 def test_region_faiss_equals_brute_force_over_the_stored_regions(region_home, offline_encoder):
     from retriever.index import Index
-    from retriever.regions import MAX_REGIONS, region_index_for, scheme_name
+    from retriever.regions import MAX_REGIONS, region_index_for
     from retriever.store.regions import iter_regions
 
     with Index.open(region_home["home"], "default", read_only=True) as idx:
         ri = region_index_for(idx)
-        ids, boxes, vecs = (np.concatenate(a) for a in zip(*iter_regions(idx.catalog, scheme_name(), idx.dim)))
+        ids, boxes, vecs = (np.concatenate(a) for a in zip(*iter_regions(idx.catalog, idx.dim)))
         assert len(ri) == len(ids) and (region_home["home"] / "default" / "regions.faiss").exists()
         q = offline_encoder.embed_texts(["a photo of a cat"])[0]
         best = ri.best(q, 5)
@@ -234,7 +237,7 @@ def test_an_interrupted_run_keeps_its_batches_and_resumes(new_home, offline_enco
                                                                     "camera.png", "astronaut.jpg", "coins.png")])
         stopped = regions.run_regions(idx, Breaks())
         assert stopped.interrupted and stopped.photos == 4 and stopped.pending == 6
-        rest = regions.run_regions(idx, offline_encoder)
+        rest = regions.run_regions(idx, offline_encoder, dense=False)  # crops, as the first run
         assert rest.pending == 2 and rest.photos == 2 and not rest.interrupted
 
 
@@ -251,3 +254,87 @@ def test_cli_optimize_regions_status_and_json_boxes(region_home, tmp_path):
     assert result.exit_code == 0, result.output
     hits = [json.loads(line) for line in result.stdout.splitlines()]
     assert all(len(h["box"]) == 4 for h in hits) and any(h["region"] for h in hits)
+
+
+def test_a_part_of_a_photo_as_the_query_cli_and_http(region_home, offline_encoder):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from retriever.index import Index
+    from retriever.query import QueryError, parse, split_region
+    from retriever.search import Searcher
+    from retriever.serve.app import create_app
+    from retriever.serve.service import Service as Engine
+
+    pasted, box = region_home["pasted"], region_home["box"]
+    region = ",".join(str(v) for v in box)
+    assert split_region(f"{pasted}@{region}") == (pasted, tuple(float(v) for v in box))
+    assert split_region("clip.mp4@00:01:23") == ("clip.mp4@00:01:23", None)  # a video frame's label
+    with pytest.raises(QueryError, match="empty"):
+        split_region("a.jpg@5,5,5,9")
+    assert parse([f"{pasted}@{region}"])[0].kind == "image"  # an existing file, with a region
+    with Index.open(region_home["home"], "default", read_only=True) as idx:
+        searcher = Searcher(idx, encoder=offline_encoder)
+        whole = [h.path.rsplit("/", 1)[-1] for h in searcher.image(pasted, k=3)]
+        part = [h.path.rsplit("/", 1)[-1] for h in searcher.image(f"{pasted}@{region}", k=3)]
+        assert part[0] == "chelsea.png" and whole[0] != "chelsea.png"  # the cat, not the field
+        with pytest.raises(QueryError, match="outside"):
+            searcher.image(f"{pasted}@5000,5000,6000,6000")
+        image_id = idx.catalog.find_by_path(pasted)["id"]
+        with TestClient(create_app(Engine(idx, encoder=offline_encoder))) as client:
+            r = client.get("/api/similar", params={"id": image_id, "box": region, "k": 3})
+            assert r.status_code == 200, r.text
+            assert r.json()["results"][0]["path"].endswith("chelsea.png") and r.json()["box"] == list(map(float, box))
+            assert client.get("/api/similar", params={"id": image_id, "box": "1,2,3"}).status_code == 400
+            assert client.get("/api/similar", params={"id": image_id, "box": "9000,9000,9100,9100"}).status_code == 400
+
+
+KILLED_RUN = """
+import os, signal, sys
+import numpy as np
+import retriever.regions as regions
+from retriever.index import Index
+
+regions.BATCH = 2
+
+class DiesOnTheThirdBatch:  # unit vectors from the pixels (no model to load), then kill -9
+    calls = 0
+    def embed_images(self, images):
+        DiesOnTheThirdBatch.calls += 1
+        if DiesOnTheThirdBatch.calls == 3:
+            os.kill(os.getpid(), signal.SIGKILL)  # as kill -9 would, in the middle of a batch
+        return pixel_vectors(images, int(sys.argv[2]))
+
+def pixel_vectors(images, dim):
+    out = np.stack([np.resize(np.asarray(im.resize((16, 16)), np.float32).ravel(), dim) + 1 for im in images])
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+with Index.open(sys.argv[1], "default") as idx:
+    idx.acquire_lock()
+    regions.run_regions(idx, DiesOnTheThirdBatch(), dense=False)
+"""
+
+
+def test_a_kill_during_a_region_run_loses_one_batch_and_resumes(new_home, offline_encoder):
+    import signal
+    import subprocess
+    import sys
+
+    from retriever.index import Index
+    from retriever.indexer import run_index
+    from retriever.regions import run_regions
+    from retriever.store.regions import region_counts
+
+    names = ("coffee.jpg", "rocket.jpg", "chelsea.png", "camera.png", "astronaut.jpg", "coins.png")
+    with Index.open(new_home, "default") as idx:
+        idx.acquire_lock()
+        run_index(idx, offline_encoder, [str(PHOTOS / n) for n in names])
+    done = subprocess.run([sys.executable, "-c", KILLED_RUN, str(new_home), str(offline_encoder.dim)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    with Index.open(new_home, "default") as idx:
+        assert region_counts(idx.catalog)["photos"] == 4  # two committed batches, the third lost
+        idx.acquire_lock()  # the killed run's lock is free again
+        rest = run_regions(idx, offline_encoder, dense=False)
+        assert rest.pending == 2 and rest.photos == 2
+        assert region_counts(idx.catalog)["photos"] == 6

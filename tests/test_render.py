@@ -36,6 +36,7 @@ from retriever.render import (
     write_html,
 )
 from retriever.render.sixel import encode_indexed
+from retriever.render.thumbnails import REGION_COLOUR, draw_region
 from retriever.search import Hit
 from tests.conftest import PHOTOS
 
@@ -479,6 +480,40 @@ def test_a_hostile_file_name_cannot_send_escape_sequences(tmp_path):
     assert len(kitty_chunks(image)) == 1  # our one escape code and nothing else
 
 
+def test_preview_draws_the_matched_part_on_the_thumbnail():
+    # coffee.jpg is 600 x 400; the part that matched: its middle half, each way
+    part = hit(1, PHOTOS / "coffee.jpg", width=600, height=400, box=[150, 100, 450, 300], region=True)
+    image, line = preview_lines(part, "kitty", max_side=192).rsplit("\n", 1)
+    assert line == hit_line(part)
+    png, pixels = png_pixels(base64.b64decode("".join(p for _, p in kitty_chunks(image))))
+    assert png.size == (192, 128)
+    colour = np.all(pixels == REGION_COLOUR, axis=-1)
+    ys, xs = np.nonzero(colour)
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (48, 144, 32, 96)  # a quarter in, each side
+    assert colour[32:35, 48:145].all() and colour[94:97, 48:145].all()  # top and bottom, 3 px
+    assert colour[32:97, 48:51].all() and colour[32:97, 142:145].all()  # left and right
+    assert not colour[35:94, 51:142].any() and not colour[:30].any()  # the photo inside and around
+    # sixel: the same box, in the palette's nearest colour
+    painted, registers, size = decode_sixel(preview_lines(part, "sixel", max_side=192).split("\n")[0])
+    assert size == (192, 128)
+    lut = np.zeros((256, 3))
+    for r, rgb in registers.items():
+        lut[r] = np.array(rgb) * 255 / 100
+    edge = lut[painted[32:35, 48:145]]
+    assert np.abs(edge - REGION_COLOUR).max() < 40, edge.mean(axis=(0, 1))
+    # the whole photo matched, or a box that cannot be placed: nothing drawn
+    for meta in ({"box": [0, 0, 600, 400], "region": False}, {"box": [150, 100, 450, 300], "region": True},
+                 {"box": [150, 100, "x", 300], "region": True, "width": 600, "height": 400},
+                 {"box": [500, 300, 400, 350], "region": True, "width": 600, "height": 400}):
+        image = preview_lines(hit(1, PHOTOS / "coffee.jpg", **meta), "kitty", max_side=192).rsplit("\n", 1)[0]
+        _, plain = png_pixels(base64.b64decode("".join(p for _, p in kitty_chunks(image))))
+        assert not np.all(plain == REGION_COLOUR, axis=-1).any(), meta
+    # a thumbnail far smaller than the photo still gets a visible box (2 px), inside the image
+    tiny = draw_region(Image.new("RGB", (40, 30)), (0.5, 0.0, 1.0, 1.0))
+    marked = np.all(np.asarray(tiny) == REGION_COLOUR, axis=-1)
+    assert marked[:, 20:22].all() and marked[:, 38:40].all() and marked[0:2, 20:].all() and not marked[:, :20].any()
+
+
 def test_tmux_passthrough_wraps_each_sequence_with_escapes_doubled():
     sequence = kitty_image(thumbnail(str(PHOTOS / "coffee.jpg"), max_side=64))
     wrapped = tmux_passthrough(sequence)
@@ -576,3 +611,29 @@ def test_write_html_replaces_the_file_atomically(tmp_path):
     with pytest.raises(RenderError, match="folder"):
         write_html(tmp_path, "x")
     assert os.listdir(tmp_path) == ["results.html"]
+
+
+def test_html_draws_the_matched_part_over_the_thumbnail():
+    size = {"width": 600, "height": 400}
+    hits = [hit(1, PHOTOS / "coffee.jpg", box=[150, 100, 450, 300.5], region=True, **size),
+            hit(2, PHOTOS / "coffee.jpg", box=[0, 0, 600, 400], region=False, **size),
+            hit(3, PHOTOS / "coffee.jpg", box=[-20, 380, 90, 460], region=True, **size),  # clipped
+            hit(4, PHOTOS / "coffee.jpg", box=[150, 100, 450, 300], region=True),  # no size: no box
+            hit(5, PHOTOS / "camera.png")]  # an index without regions
+    page = html_page(hits, title="t", query_description="q", thumbnail_side=100)
+    cards = re.findall(r'<article .*?</article>', page, flags=re.S)
+    assert len(cards) == 5
+    regions = [re.findall(r'<span class="region" style="([^"]*)"', card) for card in cards]
+    assert regions == [["left: 25.00%; top: 25.00%; width: 50.00%; height: 50.12%"], [],
+                       ["left: 0.00%; top: 95.00%; width: 15.00%; height: 5.00%"], [], []]
+    # the box lies over the thumbnail: both in a frame of the thumbnail's own size and shape
+    frame = re.search(r'<span class="frame" style="([^"]*)"><img [^>]*><span class="region"', cards[0])
+    assert frame and frame.group(1) == "width: min(100px, 100.000%); aspect-ratio: 100 / 67"
+    assert all('<span class="frame"' in card for card in cards)
+    assert "position: relative" in page.split(".frame {", 1)[1].split("}", 1)[0]
+    assert "position: absolute" in page.split(".region {", 1)[1].split("}", 1)[0]
+    # and in words
+    doc = parse(page)
+    assert doc.cards[0]["meta"]["Matched"] == "a part: x 150\u2013450, y 100\u2013300"
+    assert "Matched" not in doc.cards[1]["meta"] and "Matched" not in doc.cards[4]["meta"]
+    assert doc.tags.count("img") == 5 and "script" not in doc.tags

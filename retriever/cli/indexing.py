@@ -72,9 +72,10 @@ from retriever.errors import RetrieverError
                    "for encoding, and then in the indexed photos not read yet: see `retriever ocr` "
                    "(pip install 'retriever[ocr]').")
 @click.option("--regions", is_flag=True,
-              help="Also encode region vectors: crops of each photo on 2x2 and 3x3 grids, each one more pass of "
-                   "the encoder, so that searches find small things in wide shots and say where (`box`). "
-                   "Costs about 10 more encodings a photo; `retriever optimize --regions` adds them later.")
+              help="Also encode region vectors, boxes on a grid over each photo, so that searches find small "
+                   "things in wide shots and say where (`box`). The offline encoder pools them from one more pass "
+                   "over the photo; other models encode each box's crop (about 17 more passes a photo). "
+                   "`retriever optimize --regions` adds them later.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @reports_errors

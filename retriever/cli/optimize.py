@@ -40,9 +40,9 @@ KIND_CHOICES = ["auto", "flat", "ivf-sq8", "ivf-pq"]  # = "auto" + retriever.vec
               help="Also take the model's ONNX export (checked against PyTorch to 1e-4) from the model cache, "
                    "exporting it there when it is missing or damaged, so that searches run without torch.")
 @click.option("--regions", is_flag=True,
-              help="Also encode region vectors for the photos that have none (crops on 2x2 and 3x3 grids, only "
-                   "the crops encoded: the photo vectors stay), so that searches find small things and say "
-                   "where. Incremental and resumable: Ctrl-C keeps what is done.")
+              help="Also encode region vectors for the photos that have none (boxes on a grid over each photo; "
+                   "the photo vectors stay), so that searches find small things and say where. "
+                   "Incremental and resumable: Ctrl-C keeps what is done.")
 @cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print what was built as one JSON object.")
 @reports_errors

@@ -98,6 +98,7 @@ TOP_T = 50
 SEMANTIC_WEIGHT = 0.4  # a; the visual part gets b = sqrt(1 - a^2)
 GEM_P = 3.0
 VISUAL_DIM = 320  # channels out of the last MBConv block
+DENSE_SHORT_SIDE = 448  # embed_regions: the photo's short side for its one pass (14 feature cells)
 
 
 def conse_semantic(logits: Any, class_emb: Any, temperature: float = TEMPERATURE, top_t: int = TOP_T) -> Any:
@@ -317,6 +318,57 @@ class OfflineEncoder(Encoder):
             else:
                 logits, fmap = self._features(x)
             return logits.float(), fmap.float()
+
+    def embed_regions(self, image: Any, boxes: Sequence[Sequence[float]], full_size: tuple[int, int],
+                      short_side: int = DENSE_SHORT_SIDE) -> tuple[list[list[float]], np.ndarray]:
+        """Region vectors from one pass over the whole photo (no crops): the photo at `short_side`
+        pixels on its short side (long side capped at 2x), and for each box the CNN's feature
+        maps pooled over the cells it covers (the head's mean through the classifier for the
+        ConSE part, GeM of the last block for the visual part), as the whole-photo vector is made
+        from the whole map. Boxes are snapped to the cells; returns (the snapped boxes in the
+        photo's pixels, (n, dim) unit vectors)."""
+        from PIL import Image
+
+        width, height = full_size
+        scale = short_side / min(image.size)
+        w = max(32, min(2 * short_side, round(image.size[0] * scale)))
+        h = max(32, min(2 * short_side, round(image.size[1] * scale)))
+        pixels = np.asarray(image.convert("RGB").resize((w, h), Image.BICUBIC, reducing_gap=3.0), np.float32)
+        x = to_device([((pixels - 127.0) / 128.0).transpose(2, 0, 1)], self.device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        cnn = self._cnn
+
+        def maps(x):
+            y = cnn._swish(cnn._conv_stem(x))
+            for block in cnn._blocks:
+                y = block(y)
+            return cnn._swish(cnn._conv_head(y)), y
+
+        with torch.inference_mode():
+            if self._half is not None:
+                with torch.autocast("cuda", dtype=self._half):
+                    head, last = maps(x)
+            else:
+                head, last = maps(x)
+            head, last = head.float()[0], last.float()[0]  # (1280, gh, gw), (320, gh, gw)
+            gh, gw = head.shape[1], head.shape[2]
+            snapped, pooled_head, pooled_last = [], [], []
+            for x0, y0, x1, y1 in boxes:
+                c0 = min(gw - 1, max(0, int(np.floor(x0 / width * gw + 0.5))))
+                c1 = max(c0 + 1, min(gw, int(np.floor(x1 / width * gw + 0.5))))
+                r0 = min(gh - 1, max(0, int(np.floor(y0 / height * gh + 0.5))))
+                r1 = max(r0 + 1, min(gh, int(np.floor(y1 / height * gh + 0.5))))
+                pooled_head.append(head[:, r0:r1, c0:c1].mean(dim=(1, 2)))
+                pooled_last.append(last[:, r0:r1, c0:c1])
+                snapped.append([round(c0 * width / gw, 1), round(r0 * height / gh, 1),
+                                round(c1 * width / gw, 1), round(r1 * height / gh, 1)])
+            if not snapped:
+                return [], np.zeros((0, self.dim), np.float32)
+            logits = cnn._fc(torch.stack(pooled_head))
+            semantic = conse_semantic(logits, self._class_emb)
+            visual = torch.stack([gem_visual(m[None])[0] for m in pooled_last])
+            out = join_image_vector(semantic, visual, self._a)
+        return snapped, out.cpu().numpy().astype(np.float32, copy=False)
 
     def _embed_preprocessed_batch(self, batch: Sequence[Any]) -> np.ndarray:
         logits, fmap = self.raw_features(batch)

@@ -1,7 +1,8 @@
 """Output a person wants to look at: thumbnails of hits inline in a terminal (kitty, iTerm2 and
 sixel protocols) and a self-contained HTML page of results.
 
-    thumbnails.py  hit -> small RGB image, through the safe decoder (photos) or PyAV (video frames)
+    thumbnails.py  hit -> small RGB image, through the safe decoder (photos) or PyAV (video frames);
+                   the box of the part of a photo that matched (region search) drawn on it
     terminal.py    which protocol a terminal speaks; kitty and iTerm2 escape sequences; one hit's lines
     sixel.py       the sixel encoder
     page.py        the HTML results page and its atomic writing
@@ -33,11 +34,13 @@ from retriever.render.terminal import (
     query_device_attributes,
     tmux_passthrough,
 )
-from retriever.render.thumbnails import DEFAULT_SIDE, RenderError, ThumbnailError, display_text, thumbnail
+from retriever.render.thumbnails import (DEFAULT_SIDE, REGION_COLOUR, RenderError, ThumbnailError, display_text,
+                                         draw_region, region_box, thumbnail)
 
 __all__ = [
-    "CHOICES", "DEFAULT_SIDE", "ENV_VAR", "PREVIEW_SIDE", "PROTOCOLS", "PreviewError", "RenderError",
-    "ThumbnailError", "choose_protocol", "detect_protocol", "display_text", "encode_image", "file_url",
-    "hit_line", "html_page", "iterm2_image", "kitty_image", "multiplexer", "preview_lines", "probe_sixel",
-    "query_device_attributes", "sixel_image", "thumbnail", "tmux_passthrough", "write_html",
+    "CHOICES", "DEFAULT_SIDE", "ENV_VAR", "PREVIEW_SIDE", "PROTOCOLS", "PreviewError", "REGION_COLOUR",
+    "RenderError", "ThumbnailError", "choose_protocol", "detect_protocol", "display_text", "draw_region",
+    "encode_image", "file_url", "hit_line", "html_page", "iterm2_image", "kitty_image", "multiplexer",
+    "preview_lines", "probe_sixel", "query_device_attributes", "region_box", "sixel_image", "thumbnail",
+    "tmux_passthrough", "write_html",
 ]

@@ -3,7 +3,9 @@ JPEG data URIs, the style sheet is inline, there is no script at all, and a Cont
 forbids loading anything but those data URIs, so the page can be mailed, archived, or opened
 offline, and a hostile file name cannot make it run or fetch anything. Every text from the
 catalogue (paths, camera names) is escaped; bytes that are not UTF-8 show as U+FFFD. Each card
-links to the original file (file://, percent-encoded from the name's exact bytes)."""
+links to the original file (file://, percent-encoded from the name's exact bytes). Where a part of
+the photo matched (region search), that part's box is drawn over the thumbnail by CSS alone, in
+percent of the photo."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from typing import Iterable
 
 from retriever import __version__
 from retriever.video import format_timestamp
-from retriever.render.thumbnails import DEFAULT_SIDE, RenderError, ThumbnailError, display_text, thumbnail
+from retriever.render.thumbnails import (DEFAULT_SIDE, RenderError, ThumbnailError, display_text, region_box,
+                                         thumbnail)
 
 JPEG_QUALITY = 85
 
@@ -90,7 +93,7 @@ def _card(hit, side: int) -> str:
         img = (f'<img src="{jpeg_data_uri(image)}" width="{image.width}" height="{image.height}" '
                f'alt="{_text(name)}">')
         tag = f'a class="thumb" href="{_attr(url)}"' if url else 'div class="thumb"'
-        figure = f"<{tag}>{img}{badge}</{tag.split()[0]}>"
+        figure = f"<{tag}>{_framed(img, image.size, meta)}{badge}</{tag.split()[0]}>"
         classes = "card"
     label = f'<span class="dir">{_text(folder)}</span><span class="name">{_text(name)}</span>'
     path = f'<a href="{_attr(url)}" title="{_text(shown_path)}">{label}</a>' if url else label
@@ -108,6 +111,21 @@ def _card(hit, side: int) -> str:
     )
 
 
+def _framed(img: str, size: tuple[int, int], meta: dict) -> str:
+    """The thumbnail in a frame of its own size (at most its pixels, fitted in the square), so that
+    the box of the part that matched (region search) lies over the photo in percent of it."""
+    width, height = size
+    frame = (f'<span class="frame" style="width: min({width}px, {100 * width / max(width, height, 1):.3f}%); '
+             f'aspect-ratio: {width} / {max(height, 1)}">')
+    box = region_box(meta)
+    if box is None:
+        return f"{frame}{img}</span>"
+    x0, y0, x1, y1 = (100 * v for v in box)
+    region = (f'<span class="region" style="left: {x0:.2f}%; top: {y0:.2f}%; width: {x1 - x0:.2f}%; '
+              f'height: {y1 - y0:.2f}%" title="the part that matched"></span>')
+    return f"{frame}{img}{region}</span>"
+
+
 def _metadata(meta: dict) -> str:
     rows: list[tuple[str, str]] = []
     if meta.get("frame_ms") is not None:
@@ -115,6 +133,9 @@ def _metadata(meta: dict) -> str:
     width, height = meta.get("width"), meta.get("height")
     if width and height:
         rows.append(("Dimensions", f"{width} \u00d7 {height}"))
+    if region_box(meta) is not None:
+        x0, y0, x1, y1 = (float(v) for v in meta["box"])
+        rows.append(("Matched", f"a part: x {x0:.0f}\u2013{x1:.0f}, y {y0:.0f}\u2013{y1:.0f}"))
     if meta.get("format"):
         rows.append(("Format", str(meta["format"])))
     if meta.get("taken_at"):
@@ -222,7 +243,10 @@ main { display: grid; grid-template-columns: repeat(auto-fill, minmax(230px, 1fr
   display: flex; flex-direction: column; }
 .thumb { position: relative; display: flex; align-items: center; justify-content: center;
   aspect-ratio: 1 / 1; background: var(--thumb); }
-.thumb img { display: block; max-width: 100%; max-height: 100%; width: auto; height: auto; }
+.frame { position: relative; display: block; flex: none; }
+.thumb img { display: block; width: 100%; height: 100%; }
+.region { position: absolute; box-sizing: border-box; border: 3px solid #ff2bd6;
+  box-shadow: 0 0 0 1px rgba(0, 0, 0, .55), inset 0 0 0 1px rgba(0, 0, 0, .55); }
 .missing { flex-direction: column; gap: 6px; padding: 14px; text-align: center; color: var(--muted); }
 .missing span { font-weight: 600; }
 .missing small { overflow-wrap: anywhere; }

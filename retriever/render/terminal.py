@@ -30,7 +30,8 @@ import re
 from typing import Callable, Mapping
 
 from retriever.render.sixel import sixel_image
-from retriever.render.thumbnails import RenderError, ThumbnailError, display_text, thumbnail
+from retriever.render.thumbnails import (RenderError, ThumbnailError, display_text, draw_region, region_box,
+                                         thumbnail)
 
 PROTOCOLS = ("kitty", "iterm2", "sixel")
 CHOICES = ("auto", *PROTOCOLS, "off")  # what --preview and RETRIEVER_PREVIEW accept
@@ -256,12 +257,16 @@ def hit_line(hit) -> str:
 
 
 def preview_lines(hit, protocol: str, max_side: int = PREVIEW_SIDE, *, tmux: bool = False) -> str:
-    """One hit for a terminal: its thumbnail, then its text line (no newline at the end). Without
-    a thumbnail (file gone, undecodable), the text line and a short note below it."""
+    """One hit for a terminal: its thumbnail, with the box of the part that matched drawn on it
+    when a part did (region search), then its text line (no newline at the end). Without a
+    thumbnail (file gone, undecodable), the text line and a short note below it."""
     try:
         image = thumbnail(hit.path, hit.meta.get("frame_ms"), max_side)
     except ThumbnailError as exc:
         return f"{hit_line(hit)}\n{'':>13}(no preview: {exc.reason})"
+    box = region_box(hit.meta)
+    if box is not None:
+        image = draw_region(image, box)
     return f"{encode_image(image, protocol, tmux=tmux)}\n{hit_line(hit)}"
 
 

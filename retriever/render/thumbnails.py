@@ -10,6 +10,7 @@ import unicodedata
 from retriever.errors import ImageDecodeError, RetrieverError
 
 DEFAULT_SIDE = 256  # pixels, the longer side of a thumbnail
+REGION_COLOUR = (255, 43, 214)  # the matched part's box, as the page and --html draw it (#ff2bd6)
 
 
 class RenderError(RetrieverError):
@@ -45,6 +46,38 @@ def thumbnail(path: str, frame_ms: int | None = None, max_side: int = DEFAULT_SI
         raise ThumbnailError(path, str(exc)) from None
     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return image
+
+
+def region_box(meta: dict) -> tuple[float, float, float, float] | None:
+    """The part of the photo a hit matched, as fractions (0-1) of its width and height, when a part
+    matched (`region` true, retriever.search): None when the whole photo matched, or the box or the
+    photo's size is missing or not numbers. Clipped to the photo; empty boxes are None."""
+    if meta.get("region") is not True:
+        return None
+    try:
+        x0, y0, x1, y1 = (float(v) for v in meta["box"])
+        width, height = float(meta["width"]), float(meta["height"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (width > 0 and height > 0):
+        return None
+    fx0, fx1 = (min(1.0, max(0.0, v / width)) for v in (x0, x1))
+    fy0, fy1 = (min(1.0, max(0.0, v / height)) for v in (y0, y1))
+    return (fx0, fy0, fx1, fy1) if fx1 > fx0 and fy1 > fy0 else None
+
+
+def draw_region(image, box: tuple[float, float, float, float], colour=REGION_COLOUR):
+    """A copy of `image` (RGB) with `box` (fractions of its width and height, see region_box) drawn
+    as a rectangle 2 px wide (3 px on images over 128 px), inside the image."""
+    from PIL import ImageDraw
+
+    out = image.convert("RGB")  # a copy, whatever the mode
+    width, height = out.size
+    line = 3 if max(width, height) > 128 else 2
+    x0, x1 = (min(width - 1, round(v * width)) for v in (box[0], box[2]))
+    y0, y1 = (min(height - 1, round(v * height)) for v in (box[1], box[3]))
+    ImageDraw.Draw(out).rectangle((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)), outline=colour, width=line)
+    return out
 
 
 def _video_frame(path: str, frame_ms: int):

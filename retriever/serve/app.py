@@ -122,6 +122,19 @@ def _results(hits, **extra: Any) -> dict[str, Any]:
     return {**extra, "count": len(hits), "results": [h.as_dict() for h in hits]}
 
 
+def _box(text: str) -> tuple[float, float, float, float]:
+    """box=x0,y0,x1,y1 (the photo's pixels) -> numbers, or a 400 saying what is wrong."""
+    from retriever.query import split_region
+
+    try:
+        _, box = split_region("photo@" + text.replace(" ", ""))
+    except RetrieverError as exc:
+        raise ServeError(str(exc)) from None
+    if box is None:
+        raise ServeError("box must be four numbers x0,y0,x1,y1")
+    return box
+
+
 def _image_id(image_id: str) -> int:
     if not (image_id.isascii() and image_id.isdigit()) or len(image_id) > 18:  # not "²" or "٣"
         raise NotFound("no such image")
@@ -159,13 +172,16 @@ def _routes(app: FastAPI, service: Service) -> None:
     def similar(id: list[str] = Query([], description="Catalog id (repeatable)"),
                 path: str | None = Query(None, description="Look up an indexed path in the catalog (never opened)"),
                 size: int | None = Query(None), mtime_ns: int | None = Query(None),
+                box: str | None = Query(None, description="x0,y0,x1,y1: a part of the photo (its pixels), one id"),
                 k: int = Query(10), filters=Depends(_filters)):
         ids = [_image_id(i) for i in id]
         if path is not None:
             ids.append(service.id_for_path(path, size, mtime_ns))
         if not ids:
             raise ServeError("give id=ID (or upload a photo with POST)")
-        return _results(service.similar_to_ids(ids, k, filters), ids=ids, filters=filters.describe())
+        region = _box(box) if box is not None else None
+        return _results(service.similar_to_ids(ids, k, filters, box=region), ids=ids, filters=filters.describe(),
+                        **({"box": list(region)} if region else {}))
 
     @app.post("/api/similar", summary="Photos like an uploaded photo")
     def similar_upload(request: Request, file: UploadFile = File(..., description="An image file"),

@@ -101,11 +101,21 @@ class Service:
             raise ServeError("image terms are not accepted over HTTP: use /api/similar with an id or an upload")
         return self.collection.query(terms, k, filters, keywords=keywords)
 
-    def similar_to_ids(self, ids: list[int], k: int, filters: Filters) -> list:
+    def similar_to_ids(self, ids: list[int], k: int, filters: Filters,
+                       box: tuple[float, float, float, float] | None = None) -> list:
         """Photos like catalog images (several are averaged, as `retriever similar a b`), themselves
-        left out: their stored vectors, no file is read."""
+        left out: their stored vectors, no file is read. With `box` (one id): photos with something
+        like that part of it (x0, y0, x1, y1 in its pixels), read from its file."""
         _check_k(k)
         searcher = self.current()
+        if box is not None:
+            if len(ids) != 1:
+                raise ServeError("box= goes with one id")
+            rows = self.index.catalog.image_rows(ids)
+            if ids[0] not in rows or rows[ids[0]]["frame_ms"] is not None:
+                raise NotFound(f"no indexed photo with id {ids[0]}")
+            vector, _ = searcher.image_vector(rows[ids[0]]["path"] + "@" + ",".join(f"{v:g}" for v in box))
+            return searcher.by_vector(vector, k, exclude=ids, filters=filters)
         stored = self.index.catalog.vectors_for(ids, self.index.dim)
         missing = [i for i in ids if i not in stored]
         if missing:

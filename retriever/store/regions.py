@@ -78,15 +78,14 @@ def region_counts(catalog) -> dict[str, Any]:
     return {"photos": int(photos), "regions": int(count), "bytes": int(nbytes), "schemes": schemes}
 
 
-def iter_regions(catalog, scheme: str, dim: int, chunk: int = 512
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(image ids, boxes (n, 4) float32, vectors (n, dim) float32) chunks of every stored region of
-    `scheme`, one row per region (an image's regions in a row), by image id."""
+def iter_regions(catalog, dim: int, chunk: int = 512) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(image ids, boxes (n, 4) float32, vectors (n, dim) float32) chunks of every stored region
+    of this dimension, one row per region (an image's regions in a row), by image id."""
     with catalog.cursor() as cursor:
         if not _has_table(cursor, "regions"):
             return
-        rows = cursor.execute("SELECT image_id, boxes, vectors FROM regions WHERE scheme = ? AND dim = ? "
-                              "ORDER BY image_id", (scheme, int(dim)))
+        rows = cursor.execute("SELECT image_id, boxes, vectors FROM regions WHERE dim = ? ORDER BY image_id",
+                              (int(dim),))
         while True:
             batch = rows.fetchmany(chunk)
             if not batch:

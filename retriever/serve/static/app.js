@@ -45,10 +45,15 @@ function show(found, description, cited = []) {
     card.className = "card" + (cited.includes(hit.id) ? " cited" : "");
     card.dataset.index = i;
     card.dataset.id = hit.id;
+    const thumb = document.createElement("span");
+    thumb.className = "thumb";
     const img = document.createElement("img");
     img.loading = "lazy";
     img.alt = basename(hit.path);
     img.src = `api/images/${hit.id}/thumbnail`;
+    thumb.append(img);
+    const region = regionOf(hit);
+    if (region) thumb.append(regionOverlay(hit, region));
     const caption = document.createElement("span");
     caption.className = "caption";
     const name = document.createElement("span");
@@ -58,8 +63,9 @@ function show(found, description, cited = []) {
     score.className = "score";
     score.textContent = hit.score.toFixed(3);
     caption.append(name, score);
-    card.append(img, caption);
-    card.setAttribute("aria-label", `${i + 1}: ${name.textContent}, score ${score.textContent}`);
+    card.append(thumb, caption);
+    card.setAttribute("aria-label", `${i + 1}: ${name.textContent}, score ${score.textContent}`
+                      + (region ? ", a part of it matched" : ""));
     card.addEventListener("click", () => openViewer(i));
     li.append(card);
     results.append(li);
@@ -96,6 +102,18 @@ async function similarTo(hit) {
   try {
     const body = await call(`api/similar?${params}`);
     show(body.results, `like ${basename(hit.path)}`);
+  } catch (e) { say(e.message, true); }
+}
+
+// box: [x0, y0, x1, y1] in the photo's pixels, a part dragged out over it in the viewer
+async function similarToRegion(hit, box) {
+  const params = filterParams();
+  params.set("id", hit.id);
+  params.set("box", box.join(","));
+  say("searching…");
+  try {
+    const body = await call(`api/similar?${params}`);
+    show(body.results, `like a part of ${basename(hit.path)} (${box.join(", ")})`);
   } catch (e) { say(e.message, true); }
 }
 
@@ -194,9 +212,40 @@ function highlightLine(n) {
   }
 }
 
+// The part of the photo a hit matched (region search: `region` true, `box` in its pixels), or null
+// when the whole photo matched or the numbers are not usable.
+function regionOf(hit) {
+  if (hit.region !== true || !Array.isArray(hit.box) || hit.box.length !== 4) return null;
+  if (!(Number(hit.width) > 0 && Number(hit.height) > 0)) return null;
+  const box = hit.box.map(Number);
+  return box.every(Number.isFinite) && box[2] > box[0] && box[3] > box[1] ? box : null;
+}
+
+function regionPolygon(box) {
+  const polygon = document.createElementNS(SVG, "polygon");
+  polygon.setAttribute("points", linePoints({ box }));
+  polygon.classList.add("region");
+  const title = document.createElementNS(SVG, "title");
+  title.textContent = "the part that matched";
+  polygon.append(title);
+  return polygon;
+}
+
+// the grid's thumbnails fill a square (object-fit: cover): "slice" fits the photo's pixels the same way
+function regionOverlay(hit, box) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("class", "region");
+  svg.setAttribute("viewBox", `0 0 ${Number(hit.width)} ${Number(hit.height)}`);
+  svg.setAttribute("preserveAspectRatio", "xMidYMid slice");
+  svg.setAttribute("aria-hidden", "true");
+  svg.append(regionPolygon(box));
+  return svg;
+}
+
 // lines: [{text, score, box, quad}] in the photo's pixels (width x height, after EXIF orientation);
-// found: [{box, label}] the boxes a vision-language model gave (ask with boxes, "Find in this photo")
-function drawText(lines, width, height, found = []) {
+// found: [{box, label}] the boxes a vision-language model gave (ask with boxes, "Find in this photo");
+// region: [x0, y0, x1, y1] the part of the photo that matched the search, or null
+function drawText(lines, width, height, found = [], region = null) {
   const svg = $("#viewer-boxes");
   const pre = $("#viewer-text");
   svg.replaceChildren();
@@ -235,18 +284,19 @@ function drawText(lines, width, height, found = []) {
     polygon.append(title);
     svg.append(polygon);
   });
+  if (sized && region) svg.append(regionPolygon(region));
 }
 
 async function showText(hit) {
   const known = Array.isArray(hit.ocr);
-  drawText(known ? hit.ocr : [], hit.width, hit.height, hit.boxes);
+  drawText(known ? hit.ocr : [], hit.width, hit.height, hit.boxes, regionOf(hit));
   if (known) return;
   // not in the hit (not read when it was found): ask, it may have been read since
   const asked = ++textAsked;
   try {
     const body = await call(`api/images/${hit.id}/text`);
     if (body.read) hit.ocr = body.lines;
-    if (asked === textAsked && hits[current] === hit && viewer.open) drawText(body.lines, body.width, body.height, hit.boxes);
+    if (asked === textAsked && hits[current] === hit && viewer.open) drawText(body.lines, body.width, body.height, hit.boxes, regionOf(hit));
   } catch { /* no text shown: the photo is gone from the index */ }
 }
 
@@ -259,6 +309,7 @@ for (const [area, selector] of [["#viewer-text", ".line"], ["#viewer-boxes", "po
 }
 
 function openViewer(i) {
+  cancelDrag();
   current = i;
   const hit = hits[i];
   $("#viewer-img").src = `api/images/${hit.id}/thumbnail?side=1024`;
@@ -278,6 +329,15 @@ function openViewer(i) {
     dd.textContent = value;
     dl.append(dt, dd);
   }
+  const region = regionOf(hit);
+  if (region) {  // where, in words too: the box drawn over the photo
+    const [x0, y0, x1, y1] = region.map((v) => Math.round(v));
+    const dt = document.createElement("dt");
+    dt.textContent = "matched";
+    const dd = document.createElement("dd");
+    dd.textContent = `a part: x ${x0}–${x1}, y ${y0}–${y1}`;
+    dl.append(dt, dd);
+  }
   showTags(hit);
   $("#locate-form").hidden = !vlmBoxes;
   if (!viewer.open) viewer.showModal();
@@ -290,6 +350,7 @@ function closeViewer() {
 }
 
 viewer.addEventListener("close", () => {
+  cancelDrag();
   const card = results.querySelector(`[data-index="${Math.max(current, 0)}"]`);
   if (card) card.focus();
 });
@@ -305,6 +366,73 @@ $("#more").addEventListener("click", () => {
   closeViewer();
   similarTo(hit);
 });
+
+// -- a part of the photo as the query: drag a rectangle over it ---------------------------------
+// Mouse, pen or touch (pointer events). The rectangle stays on the photo as shown (fitted with
+// object-fit: contain, as the boxes' SVG is) and goes to the server in the photo's pixels.
+
+const MIN_DRAG = 8;  // CSS pixels each way: less is a click, not a rectangle
+const frame = $(".viewer-frame");
+const selection = $("#viewer-select");
+let drag = null;  // {id, hit, shown, x0, y0, x1, y1} while a rectangle is being dragged
+
+// where the photo (hit.width x hit.height pixels) lies on the screen, and its scale; null unknown
+function shownPhoto(hit) {
+  const w = Number(hit.width), h = Number(hit.height);
+  if (!(w > 0 && h > 0)) return null;
+  const img = $("#viewer-img").getBoundingClientRect();
+  const scale = Math.min(img.width / w, img.height / h);
+  if (!(scale > 0)) return null;
+  return { left: img.left + (img.width - w * scale) / 2, top: img.top + (img.height - h * scale) / 2, w, h, scale };
+}
+
+function onPhoto(e, shown) {  // the pointer's position, kept on the photo
+  return [Math.min(Math.max(e.clientX, shown.left), shown.left + shown.w * shown.scale),
+          Math.min(Math.max(e.clientY, shown.top), shown.top + shown.h * shown.scale)];
+}
+
+function cancelDrag() {
+  drag = null;
+  selection.hidden = true;
+}
+
+frame.addEventListener("pointerdown", (e) => {
+  const hit = hits[current];
+  if (!hit || !e.isPrimary || e.button !== 0 || hit.frame_ms != null) return;  // a video frame: no parts
+  const shown = shownPhoto(hit);
+  if (!shown) return;
+  const [x, y] = onPhoto(e, shown);
+  if (x !== e.clientX || y !== e.clientY) return;  // on the black bars beside the photo
+  e.preventDefault();
+  frame.setPointerCapture(e.pointerId);
+  drag = { id: e.pointerId, hit, shown, x0: x, y0: y, x1: x, y1: y };
+});
+frame.addEventListener("pointermove", (e) => {
+  if (!drag || e.pointerId !== drag.id) return;
+  [drag.x1, drag.y1] = onPhoto(e, drag.shown);
+  const f = frame.getBoundingClientRect();
+  Object.assign(selection.style, {
+    left: `${Math.min(drag.x0, drag.x1) - f.left}px`, top: `${Math.min(drag.y0, drag.y1) - f.top}px`,
+    width: `${Math.abs(drag.x1 - drag.x0)}px`, height: `${Math.abs(drag.y1 - drag.y0)}px`,
+  });
+  selection.hidden = false;
+});
+frame.addEventListener("pointerup", (e) => {
+  if (!drag || e.pointerId !== drag.id) return;
+  [drag.x1, drag.y1] = onPhoto(e, drag.shown);
+  const { hit, shown, x0, y0, x1, y1 } = drag;
+  cancelDrag();
+  if (Math.abs(x1 - x0) < MIN_DRAG || Math.abs(y1 - y0) < MIN_DRAG) return;
+  const px = (v, start, size) => Math.round(Math.min(size, Math.max(0, (v - start) / shown.scale)));
+  const box = [px(Math.min(x0, x1), shown.left, shown.w), px(Math.min(y0, y1), shown.top, shown.h),
+               px(Math.max(x0, x1), shown.left, shown.w), px(Math.max(y0, y1), shown.top, shown.h)];
+  if (box[2] <= box[0] || box[3] <= box[1]) return;
+  current = -1;  // as "More like this": the grid is about to be replaced
+  closeViewer();
+  similarToRegion(hit, box);
+});
+frame.addEventListener("pointercancel", cancelDrag);
+frame.addEventListener("lostpointercapture", () => { if (drag) cancelDrag(); });
 
 // arrow keys move between results in the grid
 results.addEventListener("keydown", (e) => {
