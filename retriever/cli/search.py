@@ -170,11 +170,14 @@ def similar(images, home, index_name, top, as_json, paths_only, null_sep, device
     """Photos that look like IMAGES (files inside or outside the collection).
 
     Several images are averaged; images of the collection are left out of
-    the results. Terms combine as in search (here a bare word is an image):
+    the results. Terms combine as in search (here a bare word is an image).
+    IMAGE@x0,y0,x1,y1 is a part of the image (its pixels as shown): photos
+    with something like that part.
 
     \b
       retriever similar a.jpg b.jpg
       retriever similar beach.jpg - text:people --in ~/Pictures/2024
+      retriever similar IMG_2041.jpg@820,470,1060,650
     """
     from retriever.query import parse
 
