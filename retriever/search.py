@@ -240,6 +240,8 @@ class Searcher:
         from retriever.images import load
 
         full = absolute(path)
+        if os.path.isdir(full):
+            raise RetrieverError(f"{path} is a folder, not an image")
         if not os.path.isfile(full):
             raise RetrieverError(f"no such image: {path}")
         try:
