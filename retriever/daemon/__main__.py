@@ -21,8 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=None, help=f"Idle timeout in seconds [default: {DEFAULT_IDLE_S:g}]")
     args = parser.parse_args(argv)
     idle = args.idle if args.idle is not None else _idle_from_env()
+    from retriever.daemon.client import build_id
+
+    build = build_id()  # before the code it names is imported: a file changed after now is another build
     try:
-        run_daemon(args.folder, main_group(), idle, log=_log)
+        run_daemon(args.folder, main_group(), idle, log=_log, build=build)
     except DaemonError as exc:
         print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} [{os.getpid()}] not started: {exc}", file=sys.stderr)
         return 0

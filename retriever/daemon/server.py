@@ -81,14 +81,15 @@ class Daemon:
     binds the socket; `serve()` answers until idle, stopped or the index is rebuilt; `close()`."""
 
     def __init__(self, folder: str | os.PathLike, idle_s: float = DEFAULT_IDLE_S, *, command, log=None,
-                 encoder=None):
-        """command: the click group whose command lines the clients send (retriever.cli.main)."""
+                 encoder=None, build: str | None = None):
+        """command: the click group whose command lines the clients send (retriever.cli.main).
+        build: this process's build id, taken before the code was imported (None: now)."""
         folder = Path(folder)
         self.command = command
         self.folder = resolve_home(folder.parent) / folder.name  # as the CLI computes it
         self.idle_s = float(idle_s)
         self.socket_path = socket_path(self.folder)
-        self.build = build_id()
+        self.build = build or build_id()
         self.log = log or (lambda message: None)  # the process entry logs to the daemon's log file
         self.requests = 0
         self.started_at = time.time()
@@ -507,11 +508,12 @@ def _file_sig(path: os.PathLike | str) -> tuple | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def run_daemon(folder: str | os.PathLike, command, idle_s: float = DEFAULT_IDLE_S, log=None) -> str:
+def run_daemon(folder: str | os.PathLike, command, idle_s: float = DEFAULT_IDLE_S, log=None,
+               build: str | None = None) -> str:
     """Start and serve `command`'s command lines until stopped (the reason). SIGTERM and SIGINT
     stop it cleanly. Raises DaemonError (another daemon runs...) and the index's own errors
     (IndexNotFoundError...)."""
-    daemon = Daemon(folder, idle_s, command=command, log=log)
+    daemon = Daemon(folder, idle_s, command=command, log=log, build=build)
     daemon.start()
 
     def on_signal(signum, frame):
