@@ -145,8 +145,8 @@ class Daemon:
     def stop(self, reason: str) -> None:
         """Stop accepting: the socket goes at once (new clients run locally), serve() returns."""
         if self.stop_reason is None:
+            self._remove_socket()  # first: whoever sees the reason finds the socket gone
             self.stop_reason = reason
-            self._remove_socket()
 
     def close(self) -> None:
         self._remove_socket()
