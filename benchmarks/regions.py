@@ -320,7 +320,6 @@ def main(argv=None) -> dict[str, Any]:
     with_t2i = evaluate(text_q, targets, boxes, ids, vecs, regions, lib_mask, REGION_MARGIN, sizes)
     with_i2i = evaluate(image_q, targets, boxes, ids, vecs, regions, lib_mask, REGION_MARGIN, sizes)
     # the library's own search path on the first queries: must agree with the numpy rule
-    searcher = c.searcher if hasattr(c, "searcher") else None
     agree = None
     try:
         from retriever.search import Searcher
@@ -335,7 +334,6 @@ def main(argv=None) -> dict[str, Any]:
         agree = same / min(20, len(text_q))
     except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not stop
         agree = f"error: {exc}"
-    del searcher
     c.close()
     log("caltech mAP with and without regions ...")
     rules = [(tuple(g["levels"]), g["margin"]) for g in grid]

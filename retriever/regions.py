@@ -418,8 +418,3 @@ def region_status(index) -> dict[str, Any] | None:
     return {"photos": counts["photos"], "regions": counts["regions"],
             "per_photo": round(counts["regions"] / counts["photos"], 2), "bytes": counts["bytes"],
             "schemes": counts["schemes"]}
-
-
-def describe_box(box: Sequence[float] | None) -> str:
-    return "whole photo" if not box else "x {:.0f}-{:.0f}, y {:.0f}-{:.0f}".format(box[0], box[2], box[1], box[3])
-

@@ -267,31 +267,30 @@ class Searcher:
             raise RetrieverError("-k/--top must be at least 1")
         query = np.asarray(vector, dtype=np.float32)[None, :]
         exclude = list(exclude)
+        match = None
         if filters is not None and filters.restricts():
-            found = self._filtered(query, k, exclude, filters)
+            from retriever.filters import match_filter
+
+            match = match_filter(self.index.catalog, filters)  # once: the regions use it too
+            found = self._filtered(query, k, exclude, filters, match)
         else:
             scores, ids = self.vectors.search(query, k, exclude=exclude)
             found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i != -1]
         boxes: dict[int, list[float]] = {}
         if self.use_regions and self.regions is not None and len(self.regions):
-            found, boxes = self._with_regions(query, k, exclude, filters, found)
+            found, boxes = self._with_regions(query, k, exclude, match, found)
         if filters is not None and filters.min_score is not None:
             found = [(s, i) for s, i in found if s >= filters.min_score]
         return self._hits(found, boxes)
 
-    def _with_regions(self, query: np.ndarray, k: int, exclude: list[int], filters: Filters | None,
+    def _with_regions(self, query: np.ndarray, k: int, exclude: list[int], match,
                       found: list[tuple[float, int]]) -> tuple[list[tuple[float, int]], dict[int, list[float]]]:
         """The whole-photo results merged with the best regions (retriever.regions.merge): each
-        photo once, by its best region or its whole vector; the winning regions' boxes."""
+        photo once, by its best region or its whole vector; the winning regions' boxes. match: the
+        filters' FilterMatch (None: no filter)."""
         from retriever.regions import merge
 
-        allowed = match = None
-        if filters is not None and filters.restricts():
-            from retriever.filters import match_filter
-
-            match = match_filter(self.index.catalog, filters)
-            if not match.broad:
-                allowed = match.ids
+        allowed = match.ids if match is not None and not match.broad else None
         best = self.regions.best(query[0], k, allowed=allowed, exclude=exclude)
         if match is not None and match.broad and best:
             passed = set(match.keep(np.fromiter(best, dtype=np.int64)).tolist())
@@ -304,14 +303,16 @@ class Searcher:
         merged = merge(whole, best, k, self.regions.margin)
         return [(s, i) for s, i, _ in merged], {i: box for _, i, box in merged if box}
 
-    def _filtered(self, query: np.ndarray, k: int, exclude: list[int], filters: Filters) -> list[tuple[float, int]]:
+    def _filtered(self, query: np.ndarray, k: int, exclude: list[int], filters: Filters,
+                  match=None) -> list[tuple[float, int]]:
         from retriever.filters import match_filter
 
         total = len(self.vectors)
         self.last_strategy = None
         if total == 0:
             return []
-        match = match_filter(self.index.catalog, filters)
+        if match is None:
+            match = match_filter(self.index.catalog, filters)
         if match.broad:  # most items pass: rank, then check the best candidates against the filter
             self.last_strategy = "verify"
             return search_verified(self.vectors, query, k, exclude, match)
