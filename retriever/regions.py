@@ -216,7 +216,8 @@ def _encode_batch(index, encoder, batch, pool, summary: RegionSummary, dense: bo
     if dense:
         out = []
         for row, boxes, (image, size) in cut_rows:
-            snapped, these = encoder.embed_regions(image, boxes, size, short_side=DENSE_SHORT_SIDE) if boxes else ([], np.zeros((0, index.dim)))
+            snapped, these = (encoder.embed_regions(image, boxes, size, short_side=DENSE_SHORT_SIDE) if boxes
+                              else ([], np.zeros((0, index.dim), np.float32)))
             kept = keep_regions(wholes.get(row[0]), these)
             out.append((row[0], row[2], [snapped[i] for i in kept], these[kept]))
         return out

@@ -338,3 +338,18 @@ def test_a_kill_during_a_region_run_loses_one_batch_and_resumes(new_home, offlin
         rest = run_regions(idx, offline_encoder, dense=False)
         assert rest.pending == 2 and rest.photos == 2
         assert region_counts(idx.catalog)["photos"] == 6
+
+
+def test_a_dense_region_covering_the_whole_input_is_the_whole_photo_vector(offline_encoder):
+    """The dense pass pools boxes from the same feature maps the photo vector is made of: one box
+    over the whole 224-px input gives the photo vector of that input (to float precision)."""
+    from PIL import Image
+
+    photo = Image.open(PHOTOS / "coffee.jpg").convert("RGB").resize((256, 256), Image.BICUBIC)
+    centre = photo.crop((16, 16, 240, 240))  # what the encoder's own preprocessing feeds it
+    whole = offline_encoder.embed_images([photo])[0]
+    boxes, dense = offline_encoder.embed_regions(centre, [(0, 0, 224, 224), (0, 0, 112, 112)], (224, 224),
+                                                 short_side=224)
+    assert boxes[0] == [0.0, 0.0, 224.0, 224.0] and boxes[1] == [0.0, 0.0, 128.0, 128.0]  # snapped to 32-px cells
+    assert np.abs(dense[0] - whole).max() < 1e-4
+    assert float(dense[1] @ whole) < 0.99  # a corner is not the photo

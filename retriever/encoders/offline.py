@@ -98,7 +98,6 @@ TOP_T = 50
 SEMANTIC_WEIGHT = 0.4  # a; the visual part gets b = sqrt(1 - a^2)
 GEM_P = 3.0
 VISUAL_DIM = 320  # channels out of the last MBConv block
-DENSE_SHORT_SIDE = 448  # embed_regions: the photo's short side for its one pass (14 feature cells)
 
 
 def conse_semantic(logits: Any, class_emb: Any, temperature: float = TEMPERATURE, top_t: int = TOP_T) -> Any:
@@ -320,7 +319,7 @@ class OfflineEncoder(Encoder):
             return logits.float(), fmap.float()
 
     def embed_regions(self, image: Any, boxes: Sequence[Sequence[float]], full_size: tuple[int, int],
-                      short_side: int = DENSE_SHORT_SIDE) -> tuple[list[list[float]], np.ndarray]:
+                      short_side: int) -> tuple[list[list[float]], np.ndarray]:
         """Region vectors from one pass over the whole photo (no crops): the photo at `short_side`
         pixels on its short side (long side capped at 2x), and for each box the CNN's feature
         maps pooled over the cells it covers (the head's mean through the classifier for the
