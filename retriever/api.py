@@ -170,8 +170,9 @@ class Collection:
         read as a search box reads it (`beach - people`, `"a red car" + 0.5*night`); a list is
         the command line's words. Filters as keywords: after, before, folders, cameras, near,
         within_km, formats, min_size, tags (all), tags_any (any), no_tags (none), texts (the
-        photo's text contains each: see read_text), min_score (see `retriever search --help`).
-        An empty query with `texts` lists the photos by their text, best match first."""
+        photo's text contains each: see read_text), concepts (each says yes: see add_concept),
+        min_score (see `retriever search --help`). An empty query with `texts` lists the photos
+        by their text, best match first; with `concepts`, by the concepts."""
         from retriever.query import parse, words_of
 
         words = words_of(query) if isinstance(query, str) else list(query)
@@ -275,6 +276,61 @@ class Collection:
         self._searcher = None  # the next search loads the new region file
         return summary
 
+    def add_concept(self, name: str, images: Sequence[str | Path] = (), *, negatives: Sequence[str | Path] = (),
+                    ids: Sequence[int] = (), not_ids: Sequence[int] = ()) -> dict[str, Any]:
+        """Teach the concept `name` (created when new) from photos that show it (`images`: files
+        inside the collection or not, `photo.jpg@x0,y0,x1,y1` a part; `ids`: catalog ids) and
+        that do not (`negatives`, `not_ids`), and refit it. Then `search("concept:NAME")` ranks
+        by it and `search(..., concepts=["NAME"])` keeps the photos it says yes to. An example
+        that cannot be read raises ConceptError and nothing is stored."""
+        from retriever.concepts import add_examples
+
+        searcher = self.searcher()
+        return add_examples(self.idx, name, images=[str(Path(p).expanduser()) for p in images],
+                            negatives=[str(Path(p).expanduser()) for p in negatives], ids=ids, not_ids=not_ids,
+                            image_vector=searcher.image_vector, vectors=searcher.vectors)
+
+    def mark(self, name: str, *, yes: Sequence[int] = (), no: Sequence[int] = ()) -> dict[str, Any]:
+        """Relevance feedback: catalog photos marked "yes, this" / "not this" for concept `name`
+        (created by a first yes); it is refitted at once (milliseconds, nothing re-encoded)."""
+        from retriever.concepts import mark
+
+        return mark(self.idx, name, yes=yes, no=no, vectors=self.searcher().vectors)
+
+    def concepts(self) -> list[dict[str, Any]]:
+        """The concepts of the index: name, model, examples, fit."""
+        from retriever.concepts import list_concepts
+
+        return list_concepts(self.idx)
+
+    def concept(self, name: str) -> dict[str, Any]:
+        """One concept with its examples."""
+        from retriever.concepts import show
+
+        return show(self.idx, name)
+
+    def remove_concept(self, name: str, *, ids: Sequence[int] = (), examples: Sequence[int] = ()) -> dict[str, Any] | None:
+        """Remove the concept, or only some of its examples (by photo id or example number; then
+        it is refitted and returned)."""
+        from retriever.concepts import forget, remove
+
+        if ids or examples:
+            return forget(self.idx, name, image_ids=ids, example_ids=examples, vectors=self.searcher().vectors)
+        remove(self.idx, name)
+        return None
+
+    def export_concept(self, name: str) -> dict[str, Any]:
+        """The concept as JSON-able data (model, examples' vectors), for import_concept elsewhere."""
+        from retriever.concepts import export_concept
+
+        return export_concept(self.idx, name)
+
+    def import_concept(self, data: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        """A concept exported from an index of the same model, added here (refused for another model)."""
+        from retriever.concepts import import_concept
+
+        return import_concept(self.idx, data, name, vectors=self.searcher().vectors)
+
     def read_text(self, *, frames: bool = False, limit: int | None = None,
                   progress: Callable[["Progress"], None] | None = None) -> "OcrSummary":
         """Read the text in the photos whose text was not read yet, as `retriever ocr` does
@@ -337,8 +393,23 @@ class Collection:
             if (spec or "") not in self._vlms:
                 from retriever.vlm.model import load_vlm
 
-                self._vlms[spec or ""] = load_vlm(spec, self.device)
+                self._vlms[spec or ""] = load_vlm(spec, self.device, adapter_from=self.idx.folder)
             return self._vlms[spec or ""]
+
+    def finetune_vlm(self, training_file: str | Path | None = None, *, vlm: Any = None, index_captions: bool = False,
+                     options: Any = None, progress: Callable[[Any], None] | None = None) -> Any:
+        """`retriever finetune-vlm`: a LoRA adapter of the VLM trained on (photo, caption or
+        question and answer) pairs, stored in the index; ask, caption and reranking use it then.
+        options: retriever.vlm.finetune.FinetuneOptions. Returns a FinetuneResult."""
+        from retriever.vlm.finetune import finetune_vlm
+        from retriever.vlm.model import load_vlm
+
+        model = vlm if vlm is not None and not isinstance(vlm, (str, Path)) else load_vlm(vlm, self.device)
+        with self._vlm_lock:
+            result = finetune_vlm(self.idx, model, training_file, index_captions=index_captions, options=options,
+                                  on_step=progress)
+            self._vlms.clear()  # the next use loads the model with its new adapter
+        return result
 
     # -- for retriever's front ends -------------------------------------------------------------
 
@@ -357,7 +428,11 @@ class Collection:
         """Parsed query terms -> hits (keywords: fused with FTS5 matches of the text terms)."""
         searcher = self.searcher()
         searcher.last_strategy = None
-        if not terms and filters is not None and filters.texts:  # --text alone: photos by their text
+        if not terms and filters is not None and filters.concepts:  # --concept alone: ranked by the concepts
+            from retriever.query import CONCEPT, Term
+
+            terms = [Term(CONCEPT, name, 1.0) for name in filters.concepts]
+        elif not terms and filters is not None and filters.texts:  # --text alone: photos by their text
             return searcher.text_matches(filters, k)
         return searcher.hybrid(terms, k, filters=filters) if keywords else searcher.query(terms, k, filters=filters)
 

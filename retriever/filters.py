@@ -53,13 +53,15 @@ class Filters:
     tags_any: tuple[str, ...] = ()  # normalised labels; at least one must be present
     no_tags: tuple[str, ...] = ()  # normalised labels; none may be present
     texts: tuple[str, ...] = ()  # squashed text (retriever.ocr.squash); the photo's text contains every one
+    concepts: tuple[str, ...] = ()  # concept names (retriever.concepts); every one must say yes
     min_score: float | None = None  # on the ranked hits, not in SQL
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # for display only
 
     def restricts(self) -> bool:
         """True when some catalog condition is set (min_score alone restricts nothing here)."""
         return bool(self.after or self.before or self.folders or self.cameras or self.near is not None
-                    or self.formats or self.min_size or self.tags or self.tags_any or self.no_tags or self.texts)
+                    or self.formats or self.min_size or self.tags or self.tags_any or self.no_tags or self.texts
+                    or self.concepts)
 
     def describe(self) -> list[str]:
         """Human-readable conditions, for messages and the HTML page."""
@@ -80,6 +82,8 @@ class Filters:
             out.append(f"at least {self.min_size[0]}x{self.min_size[1]}")
         if self.tags:
             out.append("tagged " + " and ".join(self.tags))
+        if self.concepts:
+            out.append("concept " + " and ".join(self.concepts))
         if self.tags_any:
             out.append("tagged " + " or ".join(self.tags_any))
         if self.no_tags:
@@ -179,6 +183,7 @@ def build(
     tags_any: Sequence[str] = (),
     no_tags: Sequence[str] = (),
     texts: Sequence[str] = (),
+    concepts: Sequence[str] = (),
     min_score: float | None = None,
 ) -> Filters:
     """Filters from command-line strings; raises FilterError with a one-line reason."""
@@ -216,6 +221,7 @@ def build(
         tags_any=any_names,
         no_tags=not_names,
         texts=tuple(needles),
+        concepts=_concept_names(concepts),
         min_score=min_score,
         extra={"texts": tuple(needles.values())} if needles else {},
     )
@@ -235,6 +241,21 @@ def _needles(values: Sequence[str] | str) -> dict[str, str]:
             raise FilterError(f"--text {value!r} has no letter or digit: text is matched on letters and digits only")
         out.setdefault(needle, str(value).strip())
     return out
+
+
+def _concept_names(values: Sequence[str] | str) -> tuple[str, ...]:
+    """--concept values -> checked names, in order (each value may list several, comma-separated)."""
+    if not values:
+        return ()
+    from retriever.concepts import ConceptError, check_name
+
+    if isinstance(values, str):
+        values = [values]
+    names = [item for value in values for item in str(value).split(",") if item.strip()]
+    try:
+        return tuple(dict.fromkeys(check_name(name) for name in names))
+    except ConceptError as exc:
+        raise FilterError(f"--concept: {exc}") from None
 
 
 def _labels(values: Sequence[str] | str) -> tuple[str, ...]:

@@ -281,6 +281,7 @@ class Index(IndexVectors):
             "tags": self._tags_status(),
             "text": _text_status(self.catalog),
             "regions": _region_status(self),
+            "concepts": _concept_names(self.catalog),
             "onnx": self._onnx_status(),
             "created_at": self.catalog.get_setting("created_at"),
             "last_run": self.catalog.last_run(),
@@ -553,6 +554,12 @@ def _region_status(index) -> dict[str, Any] | None:
     from retriever.regions import region_status
 
     return region_status(index)
+
+
+def _concept_names(catalog) -> list[str]:
+    from retriever.store.concepts import concept_names
+
+    return concept_names(catalog)
 
 
 def _text_status(catalog) -> dict[str, int]:

@@ -11,6 +11,8 @@ term that follows (a term with no operator before it is added). A term may start
 video file and text otherwise; in `similar` every term is an image unless it starts with `text:`.
 An image term may name a part of the image, `photo.jpg@x0,y0,x1,y1` (pixels of the photo as shown):
 photos with something like that part.
+`concept:NAME` is a concept learned from example photos (`retriever concept add NAME PHOTO...`):
+`retriever search concept:rex + beach - concept:cat`.
 The query vector is the normalised sum of the terms' weighted, L2-normalised embeddings (as in
 rclip's `+`/`-` arithmetic), so a negative term pushes its concept down the ranking.
 """
@@ -27,11 +29,12 @@ from retriever.errors import RetrieverError
 
 TEXT = "text"
 IMAGE = "image"
+CONCEPT = "concept"
 # A weight: what float() reads (so "1e3", "nan" and "inf" too: the last two are refused), then "*"
 # A region of an image: PATH@x0,y0,x1,y1, in the photo's pixels after EXIF orientation.
 _REGION = re.compile(r"^(?P<path>.+)@(?P<box>[0-9]+(?:\.[0-9]+)?(?:,[0-9]+(?:\.[0-9]+)?){3})$", re.S)
 _WEIGHT = re.compile(r"^([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?|nan|inf|infinity)\*(.+)$", re.S | re.I)
-_PREFIXES = {"text:": TEXT, "image:": IMAGE, "img:": IMAGE}
+_PREFIXES = {"text:": TEXT, "image:": IMAGE, "img:": IMAGE, "concept:": CONCEPT}
 
 
 class QueryError(RetrieverError):
@@ -40,15 +43,15 @@ class QueryError(RetrieverError):
 
 @dataclass(frozen=True)
 class Term:
-    kind: Literal["text", "image"]
-    value: str  # the text, or the image's path as given
+    kind: Literal["text", "image", "concept"]
+    value: str  # the text, the image's path as given, or the concept's name
     weight: float  # signed: negative terms push their concept down
 
     def describe(self) -> str:
         sign = "-" if self.weight < 0 else "+"
         w = abs(self.weight)
         scale = "" if w == 1 else f"{w:g}*"
-        shown = self.value if self.kind == TEXT else f"image:{self.value}"
+        shown = self.value if self.kind == TEXT else f"{self.kind}:{self.value}"
         return f"{sign} {scale}{shown}"
 
 
@@ -100,7 +103,7 @@ def _term(word: str, sign: float, default: str) -> Term:
             kind = IMAGE if _looks_like_image_file(word) else TEXT
         else:
             kind = default
-    if kind == TEXT:
+    if kind in (TEXT, CONCEPT):
         word = word.strip()
     return Term(kind, word, sign * weight)
 
@@ -131,7 +134,7 @@ def _looks_like_image_file(word: str) -> bool:
 
 def keyword_text_of(terms: Sequence[Term]) -> str:
     """The words of the positive text terms: what keyword search and reranking read."""
-    return " ".join(t.value for t in terms if t.kind != IMAGE and t.weight > 0)
+    return " ".join(t.value for t in terms if t.kind == TEXT and t.weight > 0)
 
 
 def describe(terms: Sequence[Term]) -> str:

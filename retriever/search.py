@@ -19,7 +19,7 @@ from retriever.store.reader import METADATA_FIELDS, STATUS_INDEXED
 from retriever.errors import ImageDecodeError, RetrieverError
 from retriever.files import absolute
 from retriever.filters import Filters
-from retriever.query import IMAGE, QueryError, Term, keyword_text_of  # noqa: F401  (keyword_text_of: re-exported)
+from retriever.query import CONCEPT, IMAGE, TEXT, QueryError, Term, keyword_text_of  # noqa: F401  (re-exported)
 from retriever.video import format_timestamp
 
 DEFAULT_K = 10
@@ -69,6 +69,7 @@ class Searcher:
         self._regions: Any = False  # not looked for yet
         self.use_regions = True  # score photos by their regions too, where the index has them
         self.last_strategy: str | None = None  # how the last filtered search ran: "selector" | "overfetch"
+        self._accepted: dict[tuple, np.ndarray] = {}  # --concept: accepted ids by (name, version, size)
 
     @property
     def loaded_query_encoder(self):
@@ -114,6 +115,38 @@ class Searcher:
             self._regions = region_index_for(self.index) if version else None
         return self._regions
 
+    def concept(self, name: str):
+        """The concept's query vector and threshold (retriever.concepts.ConceptVector), read anew
+        when it was refitted since (one small read)."""
+        from retriever.concepts import concept_vector
+
+        return concept_vector(self.index, name)
+
+    def match(self, filters: Filters):
+        """The filters' FilterMatch: the catalog conditions (retriever.filters.match_filter),
+        and the photos each `--concept` says yes to (listed: a FAISS range search each)."""
+        from retriever.filters import FilterMatch, match_filter
+
+        if not filters.concepts:
+            return match_filter(self.index.catalog, filters)
+        from dataclasses import replace
+
+        from retriever.concepts import accepted_ids
+
+        ids = None
+        for name in filters.concepts:
+            concept = self.concept(name)
+            key = (concept.name.lower(), concept.version, len(self.vectors))
+            if key not in self._accepted:
+                self._accepted = {k: v for k, v in self._accepted.items() if k[0] != key[0]}
+                self._accepted[key] = accepted_ids(self.vectors, concept)
+            found = self._accepted[key]
+            ids = found if ids is None else np.intersect1d(ids, found)
+        rest = replace(filters, concepts=())
+        if rest.restricts() and len(ids):
+            ids = np.unique(match_filter(self.index.catalog, rest).keep(ids))
+        return FilterMatch(self.index.catalog, filters, ids)
+
     def text(self, query: str, k: int = DEFAULT_K, filters: Filters | None = None) -> list[Hit]:
         query = query.strip()
         if not query:
@@ -146,9 +179,7 @@ class Searcher:
             return candidates[:k]
         allowed = keep = None
         if filters is not None and filters.restricts():
-            from retriever.filters import match_filter
-
-            match = match_filter(self.index.catalog, filters)
+            match = self.match(filters)
             allowed, keep = (None, match.keep) if match.broad else (match.ids, None)
         matches = keyword_search(self.index.catalog, keyword_text, pool, allowed=allowed, exclude=own_ids, keep=keep)
         if not matches:
@@ -166,7 +197,6 @@ class Searcher:
         other conditions), with no query to rank by: the best match first, scored by the share of
         its text line that the needle covers (1.0: the line is the needle; "0471" in "2023-0471"
         scores 0.5), ties by the trigram index's BM25. `min_score` applies to that score."""
-        from retriever.filters import match_filter
         from retriever.store.ocr import substring_matches
 
         if not filters.texts:
@@ -176,7 +206,7 @@ class Searcher:
         from dataclasses import replace
 
         if len(filters.texts) > 1 or replace(filters, texts=()).restricts():  # the other conditions
-            passing = {int(i) for i in match_filter(self.index.catalog, filters).keep([i for i, _ in found])}
+            passing = {int(i) for i in self.match(filters).keep([i for i, _ in found])}
             found = [(i, text) for i, text in found if i in passing]
         scored = [(max((len(needle) / len(line) for line in text.split("\n") if needle in line), default=0.0), i)
                   for i, text in found]
@@ -190,7 +220,7 @@ class Searcher:
             raise QueryError("empty query: say what to look for")
         total = np.zeros(self.index.dim, dtype=np.float64)
         own_ids: list[int] = []
-        texts = [t for t in terms if t.kind != IMAGE]
+        texts = [t for t in terms if t.kind == TEXT]
         if texts:
             for term, emb in zip(texts, self.query_encoder.embed_texts([t.value for t in texts])):
                 total += term.weight * _unit(emb)
@@ -200,6 +230,8 @@ class Searcher:
                 total += term.weight * _unit(emb)
                 if own_id is not None and term.weight > 0:
                     own_ids.append(own_id)
+            elif term.kind == CONCEPT:
+                total += term.weight * _unit(self.concept(term.value).vector)
         norm = float(np.linalg.norm(total))
         if len(terms) > 1 and norm < 1e-6:
             raise QueryError("the terms cancel out: the query points nowhere (check the signs and weights)")
@@ -269,9 +301,7 @@ class Searcher:
         exclude = list(exclude)
         match = None
         if filters is not None and filters.restricts():
-            from retriever.filters import match_filter
-
-            match = match_filter(self.index.catalog, filters)  # once: the regions use it too
+            match = self.match(filters)  # once: the regions use it too
             found = self._filtered(query, k, exclude, filters, match)
         else:
             scores, ids = self.vectors.search(query, k, exclude=exclude)
@@ -305,14 +335,12 @@ class Searcher:
 
     def _filtered(self, query: np.ndarray, k: int, exclude: list[int], filters: Filters,
                   match=None) -> list[tuple[float, int]]:
-        from retriever.filters import match_filter
-
         total = len(self.vectors)
         self.last_strategy = None
         if total == 0:
             return []
         if match is None:
-            match = match_filter(self.index.catalog, filters)
+            match = self.match(filters)
         if match.broad:  # most items pass: rank, then check the best candidates against the filter
             self.last_strategy = "verify"
             return search_verified(self.vectors, query, k, exclude, match)

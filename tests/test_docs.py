@@ -272,6 +272,18 @@ CLUSTER = "the index of the Ray cluster example (/data/retriever), made by the s
 
 # README example (its line, comment cut) -> why it is not run here. Every other example runs.
 SKIPPED = {
+    "retriever caption": VLM,
+    "retriever finetune-vlm pairs.jsonl --holdout 0.1": VLM,
+    "retriever caption --replace": VLM,
+    'retriever ask --image IMG_1307.jpg "whose boat is this?"': VLM,
+    'retriever search "our boat" --rerank': VLM,
+    'retriever search "our boat" --rerank --no-vlm-adapter': VLM,
+    "retriever finetune-vlm --remove": "removes the adapter the skipped training above it would have stored",
+    "retriever finetune-vlm pairs.jsonl --vlm HuggingFaceTB/SmolVLM-256M-Instruct --device cuda --epochs 3 "
+    "--grad-accum 8 --learning-rate 2e-4": VLM,
+    "retriever finetune-vlm pairs.jsonl --vlm HuggingFaceTB/SmolVLM-Instruct --device cuda:1 --lora-rank 16 "
+    "--lora-alpha 32 --target-modules q_proj,k_proj,v_proj,o_proj": VLM,
+    "retriever caption --replace --vlm HuggingFaceTB/SmolVLM-256M-Instruct --device cuda": VLM,
     'retriever ask "what colour was the car at the beach?"': VLM,
     'retriever ask "which receipt is from a restaurant?" -k 8 --after 2024-01': VLM,
     'retriever ask --image IMG_2041.jpg "what does the sign say?"': VLM,

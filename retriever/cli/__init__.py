@@ -17,13 +17,15 @@ from retriever import __version__
 
 # command name -> the module under retriever.cli that defines it
 MODULES = {
-    "ask": "vlm", "cache": "cache", "caption": "vlm", "daemon": "daemon", "duplicates": "duplicates",
-    "errors": "status", "index": "indexing", "locate": "vlm", "models": "status", "ocr": "ocr", "optimize": "optimize",
+    "adapt": "adapt", "ask": "vlm", "cache": "cache", "concept": "concepts", "caption": "vlm", "daemon": "daemon", "duplicates": "duplicates",
+    "errors": "status", "finetune-vlm": "finetune", "index": "indexing", "locate": "vlm", "models": "status", "ocr": "ocr", "optimize": "optimize",
     "remove": "indexing", "search": "search", "serve": "serve", "similar": "search",
     "status": "status", "tag": "tags", "tags": "tags", "text": "ocr", "untag": "tags",
 }
 # command name -> the first paragraph of its help, for the command list of `retriever --help`
 SUMMARIES = {
+    "adapt": "Fit a small adapter that bends text and image queries toward what this collection's labels "
+             "mean (concepts, confirmed tags, folder names): applied to queries on the fly, no photo re-encoded.",
     "ask": "Answer QUESTION from your photos: the k photos that match it best are shown to a "
            "vision-language model in one chat, numbered, and the answer cites them by number.",
     "cache": "The model cache: each model's ONNX export (and its measured indexing speed), made once per "
@@ -31,10 +33,14 @@ SUMMARIES = {
              "use; a damaged one is made again by the next `retriever index` of a new index or "
              "`retriever optimize`.",
     "caption": "Write a one-sentence caption of each photo into the index, with a vision-language model.",
+    "concept": "Concepts learned from a few example photos (\"rex\", \"our boat\"): search them with "
+               "concept:NAME, filter with --concept NAME, refine them with yes/no marks.",
     "daemon": "The warm query daemon of an index (see `retriever search --help`).",
     "duplicates": "Groups of duplicate photos: exact copies, and near-duplicates (resized, re-encoded, "
                   "cropped or lightly edited copies) found from the stored vectors.",
     "errors": "Files that could not be indexed, with the reason. They are retried when they change.",
+    "finetune-vlm": "Train a LoRA adapter of the vision-language model on your own photos with captions or "
+                    "questions and answers; caption, ask and --rerank use it from then on.",
     "index": "Add the photos under PATHS (folders, walked recursively, or files) to an index.",
     "locate": "Where QUERY is in the photo at PATH: the boxes a vision-language model that can point "
               "(Florence-2, PaliGemma, Qwen2-VL) gives for the phrase.",

@@ -93,6 +93,9 @@ def filter_options(fn: Callable) -> Callable:
                      help="Only photos whose text (read by `retriever ocr`) contains TEXT: any part of a word or "
                           "number, ignoring case, accents, spaces and punctuation (--text 0471 finds 2023-0471; "
                           "repeatable: all of them)."),
+        click.option("--concept", "concepts", multiple=True, metavar="NAME",
+                     help="Only photos that concept NAME says yes to (`retriever concept add`; repeatable or "
+                          "comma-separated: all of them). Alone, without a QUERY: those photos, ranked by the concept."),
         click.option("--min-score", type=float, metavar="S",
                      help="Drop results scoring below S (cosine similarity); may return fewer than -k."),
     ]
@@ -110,7 +113,7 @@ def pop_filters(kwargs: dict[str, Any]):
 
 
 FILTER_NAMES = ("after", "before", "folders", "cameras", "near", "within_km", "formats", "min_size", "tags", "tags_any", "no_tags",
-                "texts", "min_score")
+                "texts", "concepts", "min_score")
 
 
 def view_options(fn: Callable) -> Callable:

@@ -50,13 +50,14 @@ def _ask_server(home, index_name, top, keywords, verbose, kind, words, filter_va
     return hits
 
 
-def _rerank(hits, terms, rerank_with, device, top):
-    from retriever.cli.vlm import load_vlm_for_command
+def _rerank(hits, terms, rerank_with, device, top, index_folder):
+    from retriever.cli.vlm import adapter_folder_of, load_vlm_for_command
     from retriever.query import keyword_text_of
     from retriever.vlm.rerank import rerank
 
-    vlm_spec, rerank_top = rerank_with
-    vlm = load_vlm_for_command(vlm_spec, device, lambda m: click.echo(m, err=True))
+    vlm_spec, rerank_top, use_adapter = rerank_with
+    vlm = load_vlm_for_command(vlm_spec, device, lambda m: click.echo(m, err=True),
+                               adapter_from=index_folder if use_adapter else None)
     progress = ProgressReporter(verb="reranking", past="reranked", unit="photo")
     try:
         reranked = rerank(vlm, keyword_text_of(terms), hits, top_n=rerank_top, on_progress=progress.callback)
@@ -66,7 +67,9 @@ def _rerank(hits, terms, rerank_with, device, top):
         click.echo(f"note: {vlm.batch_note}", err=True)
     from dataclasses import replace
 
-    return [replace(r.as_hit(), rank=i) for i, r in enumerate(reranked[:top], start=1)]
+    adapter = adapter_folder_of(vlm)  # each hit's JSON says whether the model ran with a fine-tuned adapter
+    return [replace(hit, rank=i, meta={**hit.meta, "vlm_adapter": adapter})
+            for i, hit in enumerate((r.as_hit() for r in reranked[:top]), start=1)]
 
 
 
@@ -101,7 +104,8 @@ QUERY_SYNTAX = """
       retriever search beach + ~/ref.jpg - people
       retriever search "red car" - 0.5*night
     A term naming an existing image file is an image (its look); force one
-    with text:WORD or image:PATH. The query is the normalised weighted sum.
+    with text:WORD or image:PATH; concept:NAME is a concept learned from
+    example photos. The query is the normalised weighted sum.
 """
 
 
@@ -122,11 +126,14 @@ QUERY_SYNTAX = """
 @click.option("--vlm", "vlm_spec", metavar="MODEL",
               help="Vision-language model for --rerank: a local folder or a Hugging Face id.  "
                    "[default: HuggingFaceTB/SmolVLM-256M-Instruct on CPU, HuggingFaceTB/SmolVLM-Instruct on CUDA]")
+@click.option("--no-vlm-adapter", "no_vlm_adapter", is_flag=True,
+              help="--rerank with the vision-language model as published, without the adapter `retriever "
+                   "finetune-vlm` trained for it in this index.")
 @view_options
 @daemon_options
 @reports_errors
 def search(query, home, index_name, top, as_json, paths_only, null_sep, device, verbose, keywords, rerank,
-           rerank_top, vlm_spec, **kwargs):
+           rerank_top, vlm_spec, no_vlm_adapter, **kwargs):
     """Photos that match QUERY, best first: text, images, or both, combined.
 
     \b
@@ -135,13 +142,14 @@ def search(query, home, index_name, top, as_json, paths_only, null_sep, device, 
       retriever search sunset --after 2023-06 --before 2023-09 --camera pixel
       retriever search beach + ~/ref.jpg - people --json | jq .path
       retriever search --text 0471          (photos whose text contains 0471)
+      retriever search concept:rex + beach  (a concept learned from examples)
     """
     from retriever.query import keyword_text_of, parse
 
     filter_values = {name: kwargs[name] for name in FILTER_NAMES}
     filters = pop_filters(kwargs)
-    if not query and not filters.texts:
-        raise click.UsageError("give a QUERY, or --text TEXT to find photos by the text in them")
+    if not query and not filters.texts and not filters.concepts:
+        raise click.UsageError("give a QUERY, --text TEXT to find photos by the text in them, or --concept NAME")
     terms = parse(query, default="auto") if query else []
     if rerank:
         if not keyword_text_of(terms):
@@ -149,7 +157,7 @@ def search(query, home, index_name, top, as_json, paths_only, null_sep, device, 
         from retriever.vlm.model import check_weights
 
         check_weights(vlm_spec, device)  # no weights: fail within seconds, before loading anything
-    rerank_with = (vlm_spec, rerank_top) if rerank else None
+    rerank_with = (vlm_spec, rerank_top, not no_vlm_adapter) if rerank else None
     _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose,
                keywords=keywords, rerank_with=rerank_with, remote=("search", query, filter_values), **kwargs)
 
@@ -212,7 +220,7 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
             fetch = max(top, rerank_with[1]) if rerank_with else top
             hits = collection.query(terms, fetch, filters, keywords=keywords)
             if rerank_with:
-                hits = _rerank(hits, terms, rerank_with, device, top)
+                hits = _rerank(hits, terms, rerank_with, device, top, collection.folder)
             if verbose and collection.last_strategy:
                 click.echo(f"filtered search: {collection.last_strategy}", err=True)
             backend = collection.query_backend()
@@ -245,6 +253,9 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
             click.echo(preview_lines(hit, protocol, tmux=tmux))
     else:
         print_hits(hits, as_json, paths_only, null_sep)
+    from retriever.cli.concepts import remember_results
+
+    remember_results(home, index_name, terms, hits)
     if not hits and not as_json and not paths_only:
         if empty_index:
             click.echo("no results: the index is empty", err=True)

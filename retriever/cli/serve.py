@@ -25,9 +25,11 @@ from retriever.errors import MissingDependencyError, RetrieverError
 @click.option("--vlm", "vlm_spec", metavar="MODEL",
               help="Vision-language model for /api/ask and the page's ask box (a folder or a Hugging Face id); "
                    "without it, ask is off.")
+@click.option("--no-vlm-adapter", is_flag=True,
+              help="Run --vlm as it is, without the index's fine-tuned adapter (retriever finetune-vlm).")
 @device_option
 @reports_errors
-def serve(home, index_name, host, port, token, token_file, insecure, vlm_spec, device):
+def serve(home, index_name, host, port, token, token_file, insecure, vlm_spec, no_vlm_adapter, device):
     """Search the index from a browser or over HTTP: the page at http://HOST:PORT/, the JSON API
     under /api (schema at /openapi.json).
 
@@ -60,7 +62,8 @@ def serve(home, index_name, host, port, token, token_file, insecure, vlm_spec, d
     if vlm_spec:
         from retriever.cli.vlm import load_vlm_for_command
 
-        vlm = load_vlm_for_command(vlm_spec, device, lambda m: click.echo(m, err=True))
+        vlm = load_vlm_for_command(vlm_spec, device, lambda m: click.echo(m, err=True),
+                                   adapter_from=None if no_vlm_adapter else idx.folder)
     click.echo(f"loading {idx.model_id} and the index ...", err=True)
     service = Service(idx, device=device, vlm=vlm)
     service.warm()

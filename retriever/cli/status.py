@@ -54,6 +54,7 @@ def status(home, index_name, as_json):
         ("regions", (f"{info['regions']['regions']:,} regions of {info['regions']['photos']:,} photos "
                      f"({info['regions']['per_photo']} a photo, {info['regions']['bytes'] / 1e6:.1f} MB)"
                      if info.get("regions") else "none (retriever optimize --regions)")),
+        ("concepts", (", ".join(info["concepts"]) if info.get("concepts") else "none (retriever concept add)")),
         ("onnx", _onnx_text(info.get("onnx"))),
         ("daemon", "running (retriever daemon status)" if info["daemon"] else "not running"),
         ("failed", f"{info['failed']}" + (" (retriever errors)" if info["failed"] else "")),

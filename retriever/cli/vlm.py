@@ -22,9 +22,20 @@ def vlm_option(fn: Callable) -> Callable:
     )(fn)
 
 
-def load_vlm_for_command(vlm_spec: str | None, device: str, say: Callable[[str], None], boxes: bool = False):
+def no_vlm_adapter_option(fn: Callable) -> Callable:
+    return click.option(
+        "--no-vlm-adapter", "no_vlm_adapter", is_flag=True,
+        help="Run the vision-language model as published, without the adapter `retriever finetune-vlm` "
+             "trained for it in this index.",
+    )(fn)
+
+
+def load_vlm_for_command(vlm_spec: str | None, device: str, say: Callable[[str], None], boxes: bool = False,
+                         adapter_from=None):
     """The model a command asked for, with one line on stderr while it loads (CPU loads take seconds).
-    boxes: it must write boxes (a NoGroundingError before it loads, when its config says it cannot)."""
+    boxes: it must write boxes (a NoGroundingError before it loads, when its config says it cannot).
+    adapter_from: an index folder whose fine-tuned adapter for this model is applied (finetune-vlm);
+    a line says so, or why the index's adapters were not used."""
     from retriever.vlm.model import check_weights, load_vlm, resolve_device, resolve_model
 
     check_weights(vlm_spec, device)  # no weights: fail within seconds, before importing torch
@@ -33,7 +44,18 @@ def load_vlm_for_command(vlm_spec: str | None, device: str, say: Callable[[str],
     if boxes:
         check_boxes(model_id, device, folder)
     say(f"loading {model_id} on {device} ...")
-    return load_vlm(model_id, device)
+    vlm = load_vlm(model_id, device, adapter_from=adapter_from)
+    if vlm.adapter:
+        say(f"with the fine-tuned adapter in {shown(vlm.adapter['folder'])} ({vlm.adapter.get('examples')} pairs, "
+            f"{vlm.adapter.get('created_at')}; --no-vlm-adapter: without it)")
+    if vlm.adapter_note:
+        say(f"note: {vlm.adapter_note}")
+    return vlm
+
+
+def adapter_folder_of(vlm) -> str | None:
+    """Where the fine-tuned adapter the model runs with lies (JSON's vlm_adapter), or None."""
+    return vlm.adapter["folder"] if getattr(vlm, "adapter", None) else None
 
 
 def check_boxes(vlm_spec: str | None, device: str, folder=None) -> None:
@@ -74,10 +96,11 @@ def check_boxes(vlm_spec: str | None, device: str, folder=None) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object: question, answer, citations, cited_paths, photos (n, cited, path, score, "
                    "id, ..., with --boxes: boxes, width, height), model, prompt_tokens, seconds.")
+@no_vlm_adapter_option
 @click.option("-v", "--verbose", is_flag=True, help="Say which model ran, its image tokens per photo, and the time.")
 @reports_errors
 def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_tokens, boxes, as_json, verbose,
-        **kwargs):
+        no_vlm_adapter, **kwargs):
     """Answer QUESTION from your photos: the k photos that match it best are shown to a
     vision-language model in one chat, numbered, and the answer cites them by number.
 
@@ -91,7 +114,11 @@ def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_
       retriever ask --image IMG_2041.jpg "what does the sign say?"
       retriever ask "where did we eat?" --json | jq -r .cited_paths[]
       retriever ask --boxes "where is the dog?" --vlm Qwen/Qwen2-VL-2B-Instruct
+
+    With a fine-tuned adapter of the model in the index (`retriever finetune-vlm`), the model
+    runs with it, also with --image; --no-vlm-adapter runs it as published.
     """
+    from retriever.index import Index
     from retriever.vlm.ask import ask_about
 
     say = (lambda m: None) if as_json else (lambda m: click.echo(m, err=True))
@@ -107,12 +134,15 @@ def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_
         for path in image_paths:
             if not os.path.isfile(path):
                 raise click.ClickException(f"no such image file: {path}")
-        vlm = load_vlm_for_command(vlm_spec, device, say, boxes)
+        home_folder = home_dir(home)
+        adapter_from = None if no_vlm_adapter or not Index.exists(home_folder, index_name) else home_folder / index_name
+        vlm = load_vlm_for_command(vlm_spec, device, say, boxes, adapter_from)
         result = ask_about(vlm, text, list(image_paths), max_new_tokens, boxes=boxes)
     else:
         from retriever.api import open as open_collection
 
         with open_collection(home_dir(home), index_name, device=device) as collection:
+            adapter_from = None if no_vlm_adapter else collection.folder
             from retriever.vlm.model import check_weights
 
             check_weights(vlm_spec, device)  # no weights: fail before loading the encoder and searching
@@ -123,16 +153,18 @@ def ask(question, image_paths, home, index_name, top, vlm_spec, device, max_new_
                 empty = collection.is_empty()
                 reason = "the index is empty" if empty else "nothing passes " + "; ".join(filters.describe())
                 raise click.ClickException(f"no photos to ask about: {reason}")
-        vlm = load_vlm_for_command(vlm_spec, device, say, boxes)
+        vlm = load_vlm_for_command(vlm_spec, device, say, boxes, adapter_from)
         result = ask_about(vlm, text, hits, max_new_tokens, boxes=boxes)
     if as_json:
-        click.echo(shown(json.dumps(result.as_dict(), ensure_ascii=False)))
+        out = {**result.as_dict(), "vlm_adapter": adapter_folder_of(vlm)}
+        click.echo(shown(json.dumps(out, ensure_ascii=False)))
         return
     _print_answer(result, with_scores=not image_paths)
     for label, reason in result.skipped:
         click.echo(f"skipped {shown(label)}: {reason}", err=True)
     if verbose:
-        click.echo(f"model {vlm.model_id} ({vlm.family}, {vlm.device}, {vlm.dtype}); "
+        click.echo(f"model {vlm.model_id} ({vlm.family}, {vlm.device}, {vlm.dtype}"
+                   f"{', fine-tuned adapter' if vlm.adapter else ''}); "
                    f"{vlm.image_tokens_per_photo} image tokens per photo ({vlm.image_policy}); "
                    f"{result.prompt_tokens} prompt tokens; {result.seconds:.1f}s", err=True)
 
@@ -163,15 +195,18 @@ def _print_answer(result, with_scores: bool) -> None:
               help="Photos per forward pass.  [default: 4 on CPU, 16 on CUDA]")
 @click.option("--max-new-tokens", type=click.IntRange(1, 512), default=60, show_default=True,
               help="Longest caption, in tokens.")
-@click.option("--replace", is_flag=True, help="Also caption again the photos captioned by another model.")
+@click.option("--replace", is_flag=True,
+              help="Also caption again the photos captioned by another model (or by this one without the "
+                   "index's current fine-tuned adapter of it).")
 @click.option("--frames", is_flag=True, help="Also caption every sampled video frame (one caption each).")
 @click.option("--show", is_flag=True, help="Print the stored captions (path, then caption) and run nothing.")
 @click.option("--json", "as_json", is_flag=True,
               help="The summary as one JSON object (with --show: one object per caption).")
+@no_vlm_adapter_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @reports_errors
 def caption(home, index_name, vlm_spec, device, limit, batch_size, max_new_tokens, replace, frames, show, as_json,
-            quiet):
+            no_vlm_adapter, quiet):
     """Write a one-sentence caption of each photo into the index, with a vision-language model.
 
     Captions and file names are keyword-searchable (SQLite FTS5), so search can combine word
@@ -184,6 +219,9 @@ def caption(home, index_name, vlm_spec, device, limit, batch_size, max_new_token
       retriever caption
       retriever caption --vlm ~/models/SmolVLM-256M-Instruct --limit 100
       retriever caption --show | grep -i receipt
+
+    With a fine-tuned adapter of the model in the index (`retriever finetune-vlm`), captions
+    are written with it; --no-vlm-adapter writes them with the model as published.
     """
     from retriever.cli.options import stop_on_sigterm
     from retriever.index import Index
@@ -197,26 +235,39 @@ def caption(home, index_name, vlm_spec, device, limit, batch_size, max_new_token
 
         check_weights(vlm_spec, device)
         device = resolve_device(device)
-        model_id, _ = resolve_model(vlm_spec, device)
-        todo = len(pending_items(idx.catalog, model_id, replace=replace, frames=frames, limit=limit))
+        model_id, folder = resolve_model(vlm_spec, device)
+        recorded = model_id  # with the fine-tuned adapter: its date too, so that --replace redoes the others
+        if not no_vlm_adapter:
+            from retriever.vlm.adapters import recorded_model
+
+            recorded = recorded_model(idx.folder, model_id, folder)
+        todo = len(pending_items(idx.catalog, recorded, replace=replace, frames=frames, limit=limit))
         say = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
         if todo:
             say(f"{todo} photos to caption")
         stop_on_sigterm()
         progress = ProgressReporter(enabled=not quiet, verb="captioning", past="captioned", unit="photo")
+        loaded = []  # the model, once run_captions loads it (only when there is work)
+
+        def load():
+            adapter_from = None if no_vlm_adapter else idx.folder
+            loaded.append(load_vlm_for_command(model_id, device, say, adapter_from=adapter_from))
+            return loaded[0]
+
         try:
-            summary = run_captions(idx, lambda: load_vlm_for_command(model_id, device, say), model=model_id,
+            summary = run_captions(idx, load, model=recorded,
                                    replace=replace, frames=frames, limit=limit, batch_size=batch_size,
                                    max_new_tokens=max_new_tokens, on_progress=progress.callback)
         finally:
             progress.close()
         counts = caption_counts(idx.catalog, frames=frames)
     if as_json:
-        click.echo(json.dumps({**summary.as_dict(), "model": model_id, **counts}))
+        adapter = adapter_folder_of(loaded[0]) if loaded else None
+        click.echo(json.dumps({**summary.as_dict(), "model": recorded, "vlm_adapter": adapter, **counts}))
     else:
         rate = f", {summary.seconds / summary.captioned:.2f} s/photo" if summary.captioned else ""
         click.echo(f"captioned {summary.captioned}, failed {summary.failed} in {duration(summary.seconds)}{rate}; "
-                   f"{counts['with_caption']} of {counts['items']} photos have captions (model {model_id})", err=True)
+                   f"{counts['with_caption']} of {counts['items']} photos have captions (model {recorded})", err=True)
         for label, reason in summary.failures[:10]:
             click.echo(f"  failed: {shown(label)}: {reason}", err=True)
         for note in summary.notices:

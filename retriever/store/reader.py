@@ -25,7 +25,7 @@ from retriever.files import path_from_text, path_to_text
 
 # catalog.MIGRATIONS, by name (catalog.py checks that the two agree)
 SCHEMA_MIGRATIONS = ("001_initial", "002_tags", "003_captions", "004_tag_upkeep", "005_filter_columns",
-                     "006_ocr", "007_regions")
+                     "006_ocr", "007_regions", "008_concepts")
 STATUS_INDEXED, STATUS_FAILED = "indexed", "failed"
 METADATA_FIELDS = (  # image columns a search hit carries (catalog.py checks them against its table)
     "width", "height", "format", "taken_at", "camera_make", "camera_model", "gps_lat", "gps_lon", "frame_ms",

@@ -369,6 +369,23 @@ def _m007_regions(conn: Connection) -> None:
         conn.execute(text(statement))
 
 
+def _m008_concepts(conn: Connection) -> None:
+    # Concepts learned from examples (retriever/concepts.py; the SQL is in retriever/store/concepts.py).
+    # A concept holds its model, its fitted scorer (the unit query vector, bias and threshold as
+    # JSON + a float32 blob) and a version that grows with every refit. Its examples keep their own
+    # vectors (float32): a photo that leaves the catalog, or an image from outside it, stays an
+    # example (image_id then NULL or never set). label +1: shows it; -1: does not.
+    conn.execute(text("CREATE TABLE concepts (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, model_id TEXT NOT NULL, "
+                      "dim INTEGER NOT NULL, vector BLOB, fit TEXT NOT NULL DEFAULT '{}', version INTEGER NOT NULL DEFAULT 0, "
+                      "created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"))
+    conn.execute(text("CREATE TABLE concept_examples (id INTEGER PRIMARY KEY, concept_id INTEGER NOT NULL "
+                      "REFERENCES concepts (id) ON DELETE CASCADE, label INTEGER NOT NULL, image_id INTEGER, "
+                      "source TEXT NOT NULL, vector BLOB NOT NULL, added_at TEXT NOT NULL)"))
+    conn.execute(text("CREATE INDEX ix_concept_examples_image ON concept_examples (image_id)"))
+    conn.execute(text("CREATE TRIGGER tr_concept_examples_gone AFTER DELETE ON images "
+                      "BEGIN UPDATE concept_examples SET image_id = NULL WHERE image_id = old.id; END"))
+
+
 # Named, ordered, applied once each. Append only; never edit or reorder a released migration.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
@@ -378,5 +395,6 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("005_filter_columns", _m005_filter_columns),
     ("006_ocr", _m006_ocr),
     ("007_regions", _m007_regions),
+    ("008_concepts", _m008_concepts),
 ]
 assert tuple(name for name, _ in MIGRATIONS) == SCHEMA_MIGRATIONS, "store.reader.SCHEMA_MIGRATIONS lags"

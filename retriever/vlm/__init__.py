@@ -11,6 +11,10 @@
     grounding.py where in the photo: each family's box markup (Qwen2-VL, Qwen2.5-VL, PaliGemma,
                  Florence-2) parsed onto the photo's pixels; pure Python
     locate.py    retriever locate: the boxes for a phrase on one photo; drawing them
+    finetune.py  retriever finetune-vlm: a LoRA adapter trained on the user's (photo, caption) and
+                 (photo, question, answer) pairs, the loss on the answer's tokens only
+    adapters.py  those adapters in the index (INDEX/vlm-adapters/), written atomically, used only
+                 with the weights they were trained on (load_vlm(..., adapter_from=INDEX))
     keywords.py  FTS5 keyword search over file names and captions; reciprocal rank fusion with the
                  vector ranking (fuse, fuse_hits) for hybrid search
 

@@ -65,6 +65,8 @@ class VLM:
     last_prompt_tokens: int = 0  # tokens (text + image) of the longest prompt of the last generate()
     batch_limit: int | None = None  # prompts per forward pass since the GPU ran out of memory (None: any)
     first_batch: int | None = None  # the batch that first ran out of memory
+    adapter: dict[str, Any] | None = None  # the index's fine-tuned LoRA adapter merged in (adapters.py), or None
+    adapter_note: str | None = None  # why the index's adapters were not used with this model, if it has some
 
     @property
     def batch_note(self) -> str | None:
@@ -111,6 +113,7 @@ class VLM:
             "dtype": self.dtype,
             "image_tokens_per_photo": self.image_tokens_per_photo,
             "image_policy": self.image_policy,
+            "adapter": self.adapter,
         }
 
     @property
@@ -389,11 +392,15 @@ def _cached_snapshot(repo_id: str) -> Path | None:
     return folder if (folder / "config.json").is_file() and has_weights else None
 
 
-def load_vlm(spec: str | None = None, device: str = "auto", *, max_image_tokens: int | None = None) -> VLM:
+def load_vlm(spec: str | None = None, device: str = "auto", *, max_image_tokens: int | None = None,
+             adapter_from: str | Path | None = None) -> VLM:
     """Load a vision-language model: `spec` is a folder, a hub id, or None for the default
     (HuggingFaceTB/SmolVLM-256M-Instruct on the CPU, HuggingFaceTB/SmolVLM-Instruct on CUDA).
     max_image_tokens: the image-token budget per photo of dynamic-resolution models (Qwen2-VL),
-    QWEN_MAX_IMAGE_TOKENS by default; fixed-size models ignore it.
+    QWEN_MAX_IMAGE_TOKENS by default; fixed-size models ignore it. adapter_from: an index folder:
+    the LoRA adapter `retriever finetune-vlm` stored there for these weights is merged in
+    (vlm.adapter says which; vlm.adapter_note why none, when the index holds others; see
+    adapters.py); None: the base model as published.
 
     Raises MissingDependencyError without transformers, VLMNotFoundError when the weights cannot
     be had (within seconds), VLMLoadError when the folder is not a chat-capable VLM, DeviceError
@@ -427,7 +434,7 @@ def load_vlm(spec: str | None = None, device: str = "auto", *, max_image_tokens:
 
     with cuda_errors_named(f"cannot load {model_id} on {device}"):  # out of memory, no kernel: said as such
         model = model.to(device).eval()
-    return VLM(
+    vlm = VLM(
         model=model,
         processor=processor,
         model_id=model_id,
@@ -437,6 +444,11 @@ def load_vlm(spec: str | None = None, device: str = "auto", *, max_image_tokens:
         dtype=str(dtype).removeprefix("torch."),
         image_policy=bound_image_tokens(processor, max_image_tokens or QWEN_MAX_IMAGE_TOKENS),
     )
+    if adapter_from is not None:
+        from retriever.vlm.adapters import apply_index_adapter
+
+        apply_index_adapter(vlm, adapter_from)
+    return vlm
 
 
 def bound_image_tokens(processor, max_image_tokens: int = QWEN_MAX_IMAGE_TOKENS) -> str:
