@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from retriever.api_concepts import ConceptMethods
 from retriever.errors import RetrieverError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,7 +87,7 @@ def open(home: str | Path | None = None, index: str = "default", *, writable: bo
     return collection
 
 
-class Collection:
+class Collection(ConceptMethods):
     """One opened index and its warm state. Use it as a context manager (or call close()).
 
     The public methods are search, similar, index, status, ask and locate; the rest serves
@@ -164,7 +165,7 @@ class Collection:
 
     # -- the public API -------------------------------------------------------------------------
 
-    def search(self, query: str | Sequence[str], k: int = DEFAULT_K, *, keywords: bool = True,
+    def search(self, query: str | Sequence[str], k: int = DEFAULT_K, *, keywords: bool = True, adapter: bool = True,
                **filters: Any) -> list["Hit"]:
         """Photos matching `query`, best first: the command line's query language. A string is
         read as a search box reads it (`beach - people`, `"a red car" + 0.5*night`); a list is
@@ -172,12 +173,13 @@ class Collection:
         within_km, formats, min_size, tags (all), tags_any (any), no_tags (none), texts (the
         photo's text contains each: see read_text), concepts (each says yes: see add_concept),
         min_score (see `retriever search --help`). An empty query with `texts` lists the photos
-        by their text, best match first; with `concepts`, by the concepts."""
+        by their text, best match first; with `concepts`, by the concepts. adapter=False: text
+        terms without the index's adapter (`retriever adapt`)."""
         from retriever.query import parse, words_of
 
         words = words_of(query) if isinstance(query, str) else list(query)
         terms = parse(words, default="auto") if words else []
-        return self.query(terms, k, self.filters(**filters), keywords=keywords)
+        return self.query(terms, k, self.filters(**filters), keywords=keywords, adapter=adapter)
 
     def similar(self, images: str | Path | Sequence[str | Path], k: int = DEFAULT_K, **filters: Any) -> list["Hit"]:
         """Photos that look like `images` (paths inside or outside the collection; several are
@@ -276,61 +278,6 @@ class Collection:
         self._searcher = None  # the next search loads the new region file
         return summary
 
-    def add_concept(self, name: str, images: Sequence[str | Path] = (), *, negatives: Sequence[str | Path] = (),
-                    ids: Sequence[int] = (), not_ids: Sequence[int] = ()) -> dict[str, Any]:
-        """Teach the concept `name` (created when new) from photos that show it (`images`: files
-        inside the collection or not, `photo.jpg@x0,y0,x1,y1` a part; `ids`: catalog ids) and
-        that do not (`negatives`, `not_ids`), and refit it. Then `search("concept:NAME")` ranks
-        by it and `search(..., concepts=["NAME"])` keeps the photos it says yes to. An example
-        that cannot be read raises ConceptError and nothing is stored."""
-        from retriever.concepts import add_examples
-
-        searcher = self.searcher()
-        return add_examples(self.idx, name, images=[str(Path(p).expanduser()) for p in images],
-                            negatives=[str(Path(p).expanduser()) for p in negatives], ids=ids, not_ids=not_ids,
-                            image_vector=searcher.image_vector, vectors=searcher.vectors)
-
-    def mark(self, name: str, *, yes: Sequence[int] = (), no: Sequence[int] = ()) -> dict[str, Any]:
-        """Relevance feedback: catalog photos marked "yes, this" / "not this" for concept `name`
-        (created by a first yes); it is refitted at once (milliseconds, nothing re-encoded)."""
-        from retriever.concepts import mark
-
-        return mark(self.idx, name, yes=yes, no=no, vectors=self.searcher().vectors)
-
-    def concepts(self) -> list[dict[str, Any]]:
-        """The concepts of the index: name, model, examples, fit."""
-        from retriever.concepts import list_concepts
-
-        return list_concepts(self.idx)
-
-    def concept(self, name: str) -> dict[str, Any]:
-        """One concept with its examples."""
-        from retriever.concepts import show
-
-        return show(self.idx, name)
-
-    def remove_concept(self, name: str, *, ids: Sequence[int] = (), examples: Sequence[int] = ()) -> dict[str, Any] | None:
-        """Remove the concept, or only some of its examples (by photo id or example number; then
-        it is refitted and returned)."""
-        from retriever.concepts import forget, remove
-
-        if ids or examples:
-            return forget(self.idx, name, image_ids=ids, example_ids=examples, vectors=self.searcher().vectors)
-        remove(self.idx, name)
-        return None
-
-    def export_concept(self, name: str) -> dict[str, Any]:
-        """The concept as JSON-able data (model, examples' vectors), for import_concept elsewhere."""
-        from retriever.concepts import export_concept
-
-        return export_concept(self.idx, name)
-
-    def import_concept(self, data: dict[str, Any], name: str | None = None) -> dict[str, Any]:
-        """A concept exported from an index of the same model, added here (refused for another model)."""
-        from retriever.concepts import import_concept
-
-        return import_concept(self.idx, data, name, vectors=self.searcher().vectors)
-
     def read_text(self, *, frames: bool = False, limit: int | None = None,
                   progress: Callable[["Progress"], None] | None = None) -> "OcrSummary":
         """Read the text in the photos whose text was not read yet, as `retriever ocr` does
@@ -424,7 +371,8 @@ class Collection:
 
         return build(**values)
 
-    def query(self, terms, k: int, filters: "Filters | None" = None, *, keywords: bool = False) -> list["Hit"]:
+    def query(self, terms, k: int, filters: "Filters | None" = None, *, keywords: bool = False,
+              adapter: bool = True) -> list["Hit"]:
         """Parsed query terms -> hits (keywords: fused with FTS5 matches of the text terms)."""
         searcher = self.searcher()
         searcher.last_strategy = None
@@ -434,7 +382,8 @@ class Collection:
             terms = [Term(CONCEPT, name, 1.0) for name in filters.concepts]
         elif not terms and filters is not None and filters.texts:  # --text alone: photos by their text
             return searcher.text_matches(filters, k)
-        return searcher.hybrid(terms, k, filters=filters) if keywords else searcher.query(terms, k, filters=filters)
+        search = searcher.hybrid if keywords else searcher.query
+        return search(terms, k, filters=filters, adapter=adapter)
 
     def text(self, text: str, k: int, filters: "Filters | None" = None) -> list["Hit"]:
         """Hits for one text, embedded as it is (no query language): what ask shows the model."""

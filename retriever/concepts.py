@@ -34,7 +34,11 @@ EXPORT_FORMAT = 1
 
 
 class ConceptError(RetrieverError):
-    """A concept that does not exist, a bad name, an example that cannot be used, another model's."""
+    """A bad name, an example that cannot be used, another model's concept."""
+
+
+class ConceptNotFound(ConceptError):
+    """No concept of that name, or no such example of it."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ def _require(catalog, name: str) -> dict[str, Any]:
 
     row = concept_row(catalog, check_name(name)) if has_concepts_table(catalog) else None
     if row is None:
-        raise ConceptError(f"no concept {name!r}: add one with `retriever concept add {name} PHOTO...`")
+        raise ConceptNotFound(f"no concept {name!r}: add one with `retriever concept add {name} PHOTO...`")
     return row
 
 
@@ -124,8 +128,12 @@ def _resolve(index, images, negatives, ids, not_ids, source, image_vector) -> li
         for path in paths:
             if image_vector is None:
                 raise ConceptError("examples given as image paths need an encoder (open the collection to add them)")
+            from retriever.query import split_region
+
             try:
                 vector, own_id = image_vector(str(path))
+                if split_region(str(path))[1] is not None:
+                    own_id = None  # a part of a photo is an example of its own, not the photo's mark
             except (ImageDecodeError, RetrieverError) as exc:
                 reason = str(exc).split(" as a query image: ", 1)[-1]
                 raise ConceptError(f"cannot use {path} as an example: {reason}") from None
@@ -284,7 +292,7 @@ def forget(index, name: str, *, image_ids: Sequence[int] = (), example_ids: Sequ
         photos = {int(i) for i in image_ids}
         kept = [e for e in existing if e["id"] not in drop and (e["image_id"] is None or e["image_id"] not in photos)]
         if len(kept) == len(existing):
-            raise ConceptError(f"concept {row['name']!r} has no such example (see `retriever concept show {row['name']}`)")
+            raise ConceptNotFound(f"concept {row['name']!r} has no such example (see `retriever concept show {row['name']}`)")
         fitted = refit_rows(index, kept, row["name"], vectors)
         remove_examples(catalog, row["id"], example_ids=sorted(drop), image_ids=sorted(photos), fitted=fitted, now=_now())
         return describe(index, concept_row(catalog, row["name"]), catalog=catalog)
@@ -335,6 +343,30 @@ def concept_vector(index, name: str) -> ConceptVector:
     if row["vector"] is None:
         raise ConceptError(f"concept {row['name']!r} has not been fitted: add an example to it")
     return ConceptVector(row["name"], row["vector"].copy(), float(row["fit"]["cosine_threshold"]), int(row["version"]))
+
+
+def concepts_of(index, ids: Sequence[int]) -> dict[int, list[str]]:
+    """The concepts that say yes to each of these photos (only photos with one or more; {} for
+    an index without concepts): what search hits carry as `concepts`."""
+    from retriever.store.concepts import concept_rows, has_concepts_table
+
+    if not ids or not has_concepts_table(index.catalog):
+        return {}
+    usable = [r for r in concept_rows(index.catalog)
+              if r["vector"] is not None and r["model_id"] == index.model_id and r["dim"] == index.dim]
+    if not usable:
+        return {}
+    stored = index.catalog.vectors_for(list(ids), index.dim)
+    found = [i for i in ids if i in stored]
+    if not found:
+        return {}
+    scores = np.array([stored[i] for i in found], dtype=np.float32) @ np.array([r["vector"] for r in usable]).T
+    out: dict[int, list[str]] = {}
+    for row, image_id in enumerate(found):
+        names = [r["name"] for c, r in enumerate(usable) if scores[row, c] >= float(r["fit"].get("cosine_threshold", np.inf))]
+        if names:
+            out[int(image_id)] = names
+    return out
 
 
 def accepted_ids(vectors, concept: ConceptVector) -> np.ndarray:

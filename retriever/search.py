@@ -147,11 +147,20 @@ class Searcher:
             ids = np.unique(match_filter(self.index.catalog, rest).keep(ids))
         return FilterMatch(self.index.catalog, filters, ids)
 
-    def text(self, query: str, k: int = DEFAULT_K, filters: Filters | None = None) -> list[Hit]:
+    def text(self, query: str, k: int = DEFAULT_K, filters: Filters | None = None, adapter: bool = True) -> list[Hit]:
         query = query.strip()
         if not query:
             raise RetrieverError("empty query: say what to look for, e.g. retriever search \"a dog on the beach\"")
-        return self.by_vector(self.query_encoder.embed_texts([query])[0], k, filters=filters)
+        return self.by_vector(self._adapted(self.query_encoder.embed_texts([query])[0], adapter), k, filters=filters)
+
+    def _adapted(self, vector: np.ndarray, adapter: bool) -> np.ndarray:
+        """A text's vector through the index's adapter (`retriever adapt`), when it has one and
+        `adapter` is true; else the very same vector."""
+        if not adapter:
+            return vector
+        from retriever.adapter import adapt_query, adapter_for
+
+        return adapt_query(adapter_for(self.index), vector)
 
     def image(self, path: str, k: int = DEFAULT_K, filters: Filters | None = None) -> list[Hit]:
         """Photos like the image at `path`, inside the collection or not. An image of the
@@ -159,19 +168,22 @@ class Searcher:
         vector, own_id = self.image_vector(path)
         return self.by_vector(vector, k, exclude=[own_id] if own_id is not None else [], filters=filters)
 
-    def query(self, terms: list[Term], k: int = DEFAULT_K, filters: Filters | None = None) -> list[Hit]:
+    def query(self, terms: list[Term], k: int = DEFAULT_K, filters: Filters | None = None,
+              adapter: bool = True) -> list[Hit]:
         """A combined query: the normalised sum of the terms' weighted embeddings. Images of the
-        collection given as positive terms are left out of the results."""
-        vector, own_ids = self.query_vector(terms)
+        collection given as positive terms are left out of the results. adapter: text terms go
+        through the index's adapter (`retriever adapt`) when it has one."""
+        vector, own_ids = self.query_vector(terms, adapter)
         return self.by_vector(vector, k, exclude=own_ids, filters=filters)
 
-    def hybrid(self, terms: list[Term], k: int = DEFAULT_K, filters: Filters | None = None) -> list[Hit]:
+    def hybrid(self, terms: list[Term], k: int = DEFAULT_K, filters: Filters | None = None,
+               adapter: bool = True) -> list[Hit]:
         """`query` fused with keyword matches of the positive text terms in file names and
         captions (retriever.keywords: FTS5, reciprocal rank fusion). With no keyword match
         the result is exactly `query`'s."""
         from retriever.keywords import HYBRID_POOL, fuse_hits, keyword_search
 
-        vector, own_ids = self.query_vector(terms)
+        vector, own_ids = self.query_vector(terms, adapter)
         keyword_text = keyword_text_of(terms)
         pool = max(k, HYBRID_POOL)
         candidates = self.by_vector(vector, pool, exclude=own_ids, filters=filters)
@@ -215,7 +227,7 @@ class Searcher:
         order = sorted(range(len(scored)), key=lambda n: (-scored[n][0], n))
         return self._hits([scored[n] for n in order[:k]])
 
-    def query_vector(self, terms: list[Term]) -> tuple[np.ndarray, list[int]]:
+    def query_vector(self, terms: list[Term], adapter: bool = True) -> tuple[np.ndarray, list[int]]:
         if not terms:
             raise QueryError("empty query: say what to look for")
         total = np.zeros(self.index.dim, dtype=np.float64)
@@ -223,7 +235,7 @@ class Searcher:
         texts = [t for t in terms if t.kind == TEXT]
         if texts:
             for term, emb in zip(texts, self.query_encoder.embed_texts([t.value for t in texts])):
-                total += term.weight * _unit(emb)
+                total += term.weight * _unit(self._adapted(emb, adapter))
         for term in terms:
             if term.kind == IMAGE:
                 emb, own_id = self.image_vector(term.value)
@@ -366,6 +378,9 @@ class Searcher:
         from retriever.store.ocr import texts_for
 
         texts = texts_for(catalog, [i for _, i in found])
+        from retriever.concepts import concepts_of
+
+        concepts = concepts_of(self.index, [i for _, i in found])
         hits: list[Hit] = []
         for score, image_id in found:
             row = rows.get(image_id)
@@ -384,6 +399,8 @@ class Searcher:
                 meta["box"], meta["region"] = [0.0, 0.0, float(row["width"]), float(row["height"])], False
             if image_id in texts:  # read by `retriever ocr`: its lines (none: no text found)
                 meta["ocr"] = texts[image_id]["lines"]
+            if image_id in concepts:  # the concepts that say yes to it (retriever concept)
+                meta["concepts"] = concepts[image_id]
             hits.append(Hit(rank=len(hits) + 1, score=score, id=image_id, path=row["path"], meta=meta))
         return hits
 

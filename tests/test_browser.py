@@ -510,6 +510,8 @@ def _check_boxes(page, name: str) -> dict:
     from PIL import Image
 
     width, height = Image.open(PHOTOS / name).size
+    page.mouse.move(990, 5)  # off the photo: a box under the pointer (where the card was clicked) is drawn thicker
+    assert page.locator("#viewer-boxes .hot").count() == 0
     shown = page.locator("#viewer-img").bounding_box()
     scale = min(shown["width"] / width, shown["height"] / height)
     left = shown["x"] + (shown["width"] - width * scale) / 2
@@ -741,4 +743,76 @@ def test_a_part_dragged_out_with_a_finger(new_page, region_server_url):
     x0, y0, x1, y1 = response.value.json()["box"]
     assert x1 > x0 and y1 > y0
     page.wait_for_selector("#status:has-text('like a part of chelsea.png')")
+    assert not page.problems, page.problems
+
+
+# -- teaching a concept: "yes, this" / "not this" on the results ----------------------------------------
+
+
+@pytest.fixture
+def concept_server_url(offline_copy, offline_encoder):
+    """A server on a copy of the offline index: marks write concepts into it."""
+    pytest.importorskip("fastapi")
+    from retriever.index import Index
+    from retriever.serve.server import Server
+    from retriever.serve.service import Service
+
+    index = Index.open(offline_copy, "default")
+    server = Server(Service(index, encoder=offline_encoder), host="127.0.0.1", port=0)
+    info = server.start()
+    yield info.url
+    server.stop()
+    index.close()
+
+
+def _card_state(page, name: str) -> list:
+    """[card classes marked-yes/-no, aria-pressed of "yes, this", of "not this"] of photo `name`."""
+    return page.evaluate(
+        """(name) => { const li = [...document.querySelectorAll('#results li')]
+             .find((l) => l.querySelector('.name').textContent === name);
+           const card = li.querySelector('.card');
+           return [card.classList.contains('marked-yes'), card.classList.contains('marked-no'),
+                   li.querySelector('.marks .yes').getAttribute('aria-pressed'),
+                   li.querySelector('.marks .no').getAttribute('aria-pressed')]; }""", name)
+
+
+def test_yes_this_and_not_this_teach_a_concept_and_rerank(new_page, concept_server_url, tmp_path):
+    page = new_page()
+    _open(page, concept_server_url)
+    _search(page, "a cat", "for “a cat”")
+    before = _names(page)
+    # without a concept name, a mark says what to do first
+    page.get_by_role("button", name="yes, this: chelsea.png").click()
+    page.wait_for_selector("#status.error:has-text('name a concept first')")
+    assert page.evaluate("() => document.activeElement.id") == "concept"
+    page.fill("#concept", "kitty")
+    page.press("#concept", "Tab")  # change: its marks are loaded (none: a new concept)
+    page.wait_for_selector("#concept-info:has-text('new')")
+    # "yes, this" on the cat: stored, and the page shows the concept's ranking with the cat marked
+    page.get_by_role("button", name="yes, this: chelsea.png").click()
+    page.wait_for_selector("#status:has-text('marked chelsea.png “yes, this” for “kitty” (1 yes, 0 no)')")
+    assert page.input_value("#q") == "concept:kitty"
+    api = page.request.get(f"{concept_server_url}/api/search?q=concept:kitty&k=24").json()
+    assert _names(page) == [Path(r["path"]).name for r in api["results"]] != before
+    assert _card_state(page, "chelsea.png") == [True, False, "true", "false"]
+    # "not this" on another photo: refitted, re-ranked, that photo shown as marked no
+    other = next(n for n in _names(page)[:4] if n != "chelsea.png")
+    scores = _scores(page)
+    page.get_by_role("button", name=f"not this: {other}").click()
+    page.wait_for_selector(f"#status:has-text('marked {other} “not this” for “kitty” (1 yes, 1 no)')")
+    assert _scores(page) != scores
+    assert _card_state(page, other) == [False, True, "false", "true"]
+    assert _card_state(page, "chelsea.png") == [True, False, "true", "false"]
+    # the concept is listed; "not this" again takes the mark back
+    assert page.evaluate("() => [...document.querySelectorAll('#concept-names option')].map((o) => o.value)") == ["kitty"]
+    page.get_by_role("button", name=f"not this: {other}").click()
+    page.wait_for_selector("#status:has-text('took back the mark of')")
+    assert _card_state(page, other) == [False, False, "false", "false"]
+    # only photos it accepts: the concept= filter on the search
+    page.check("#concept-only")
+    page.wait_for_selector("#status:has-text('(concept kitty)')")
+    accepted = page.request.get(f"{concept_server_url}/api/search?q=concept:kitty&concept=kitty&k=24").json()
+    assert _names(page) == [Path(r["path"]).name for r in accepted["results"]]
+    _thumbnails_shown(page)
+    _screenshot(page, tmp_path / "1-concept-marked.png")
     assert not page.problems, page.problems

@@ -327,6 +327,13 @@ PLACEHOLDERS = {
     "~/ref.jpg": "{sandbox}/ref.jpg",
     "labels.txt": "{sandbox}/labels.txt",  # one label a line, a comment, a comma-separated line
     "results.html": "{sandbox}/results.html",
+    "rex1.jpg": "{photos}/chelsea.png",  # `retriever concept`: examples in the collection and outside it
+    "rex2.jpg": "{photos}/astronaut.jpg",
+    "~/Downloads/rex3.jpg": "{sandbox}/x.jpg",
+    "rex1.jpg@20,20,300,300": "{photos}/chelsea.png@20,20,300,300",
+    "other_dog.jpg": "{photos}/coffee.jpg",
+    "sofa.jpg": "{photos}/coffee.jpg",
+    "rex.json": "{sandbox}/rex.json",
 }
 # `retriever optimize` would also make the model's ONNX export (15-30 s on 2 cores, once per model
 # and machine; tests/test_model_cache.py and tests/test_onnx.py test it): its examples run without.

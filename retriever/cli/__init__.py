@@ -24,7 +24,7 @@ MODULES = {
 }
 # command name -> the first paragraph of its help, for the command list of `retriever --help`
 SUMMARIES = {
-    "adapt": "Fit a small adapter that bends text and image queries toward what this collection's labels "
+    "adapt": "Fit a small adapter that bends text queries toward what this collection's labels "
              "mean (concepts, confirmed tags, folder names): applied to queries on the fly, no photo re-encoded.",
     "ask": "Answer QUESTION from your photos: the k photos that match it best are shown to a "
            "vision-language model in one chat, numbered, and the answer cites them by number.",

@@ -116,6 +116,12 @@ FILTER_NAMES = ("after", "before", "folders", "cameras", "near", "within_km", "f
                 "texts", "concepts", "min_score")
 
 
+def adapter_option(fn: Callable) -> Callable:
+    """--no-adapter of search and similar."""
+    return click.option("--no-adapter", is_flag=True,
+                        help="Text terms as the encoder reads them, without the index's adapter (`retriever adapt`).")(fn)
+
+
 def view_options(fn: Callable) -> Callable:
     """-v, --preview and --html of search and similar."""
     fn = click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True), metavar="FILE",

@@ -9,6 +9,7 @@ import sys
 import click
 
 from retriever.cli.options import (
+    adapter_option,
     home_dir,
     FILTER_NAMES,
     daemon_options,
@@ -129,6 +130,7 @@ QUERY_SYNTAX = """
 @click.option("--no-vlm-adapter", "no_vlm_adapter", is_flag=True,
               help="--rerank with the vision-language model as published, without the adapter `retriever "
                    "finetune-vlm` trained for it in this index.")
+@adapter_option
 @view_options
 @daemon_options
 @reports_errors
@@ -171,6 +173,7 @@ search.help += QUERY_SYNTAX
 @output_options
 @filter_options
 @device_option
+@adapter_option
 @view_options
 @daemon_options
 @reports_errors
@@ -198,7 +201,7 @@ def similar(images, home, index_name, top, as_json, paths_only, null_sep, device
 
 def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_sep, device, verbose,
                preview, preview_protocol, html_file, keywords=False, rerank_with=None, remote=None,
-               daemon=None, daemon_idle=None) -> None:
+               daemon=None, daemon_idle=None, no_adapter=False) -> None:
     from retriever.query import describe
 
     if verbose:
@@ -211,14 +214,14 @@ def _run_query(terms, filters, home, index_name, top, as_json, paths_only, null_
         from retriever.daemon.client import RunLocally
 
         raise RunLocally("--rerank, --preview and --html run in the client's process")
-    asked_server = not (rerank_with or remote is None or in_daemon)
+    asked_server = not (rerank_with or remote is None or in_daemon or no_adapter)  # a server always adapts
     hits = _ask_server(home, index_name, top, keywords, verbose, *remote) if asked_server else None
     empty_index = False
     searched_here = hits is None and not in_daemon
     if hits is None:
         with _open_collection(home, index_name, device, daemon_idle) as collection:
             fetch = max(top, rerank_with[1]) if rerank_with else top
-            hits = collection.query(terms, fetch, filters, keywords=keywords)
+            hits = collection.query(terms, fetch, filters, keywords=keywords, adapter=not no_adapter)
             if rerank_with:
                 hits = _rerank(hits, terms, rerank_with, device, top, collection.folder)
             if verbose and collection.last_strategy:

@@ -24,10 +24,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retriever import __version__
+from retriever.concepts import ConceptError
 from retriever.errors import ImageDecodeError, RetrieverError
 from retriever.filters import build
 from retriever.serve.client import TOKEN_HEADER
-from retriever.serve.service import MAX_UPLOAD_BYTES, NotFound, ServeError, Service
+from retriever.serve.concepts import concept_status, register_concepts
+from retriever.serve.service import MAX_UPLOAD_BYTES, NotFound, ServeError, Service, upload_bytes
 
 TOKEN_COOKIE = "retriever_token"
 STATIC = resources.files("retriever.serve") / "static"
@@ -69,6 +71,10 @@ def _error_handlers(app: FastAPI) -> None:
         status = 413 if message.startswith(("too large", "refused")) else 415
         return _error(status, f"not a usable image: {message}")
 
+    @app.exception_handler(ConceptError)
+    def concept_error(request: Request, exc: ConceptError):
+        return _error(concept_status(exc), str(exc))
+
     @app.exception_handler(RetrieverError)
     def retriever_error(request: Request, exc: RetrieverError):
         return _error(400, str(exc))
@@ -108,6 +114,8 @@ def _filters(
     no_tag: list[str] = Query([], description="Not tagged LABEL (repeatable or comma-separated: none)"),
     text: list[str] = Query([], description="The photo's text (read by retriever ocr) contains TEXT, ignoring case, "
                                             "accents, spaces and punctuation (repeatable: all)"),
+    concept: list[str] = Query([], description="Only photos concept NAME says yes to (repeatable or comma-separated: "
+                                               "all; see /api/concepts); alone in a search: ranked by it"),
     min_score: float | None = Query(None, description="Drop results scoring below this"),
 ):
     for folder in folders:
@@ -115,7 +123,7 @@ def _filters(
             raise ServeError(f"'in' takes an absolute folder, not {folder!r}")
     return build(after=after, before=before, folders=folders, cameras=camera, near=near, within_km=within,
                  formats=format, min_size=min_size, tags=tag, tags_any=tag_any,
-                 no_tags=no_tag, texts=text, min_score=min_score)
+                 no_tags=no_tag, texts=text, concepts=concept, min_score=min_score)
 
 
 def _results(hits, **extra: Any) -> dict[str, Any]:
@@ -163,8 +171,9 @@ def _routes(app: FastAPI, service: Service) -> None:
                k: int = Query(10, description="How many results"),
                keywords: bool = Query(True, description="Fuse keyword matches in file names and captions"),
                filters=Depends(_filters)):
-        if q is None and not w and not filters.texts:
-            raise ServeError("give q=TEXT (or w=WORD, repeated; or text=TEXT for the photos with that text)", status=422)
+        if q is None and not w and not filters.texts and not filters.concepts:
+            raise ServeError("give q=TEXT (or w=WORD, repeated; or text=TEXT for the photos with that text; or "
+                             "concept=NAME for the photos ranked by a concept)", status=422)
         hits = service.search(q, k, filters, keywords=keywords, words=w or None)
         return _results(hits, query=q if q is not None else (w or ""), filters=filters.describe())
 
@@ -186,13 +195,7 @@ def _routes(app: FastAPI, service: Service) -> None:
     @app.post("/api/similar", summary="Photos like an uploaded photo")
     def similar_upload(request: Request, file: UploadFile = File(..., description="An image file"),
                        k: int = Query(10), filters=Depends(_filters)):
-        content_type = (file.content_type or "application/octet-stream").split(";")[0].strip().lower()
-        if not (content_type.startswith("image/") or content_type == "application/octet-stream"):
-            raise ServeError(f"not an image upload ({content_type})", status=415)
-        data = file.file.read(MAX_UPLOAD_BYTES + 1)
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise ServeError(f"upload too large (limit {MAX_UPLOAD_BYTES >> 20} MB)", status=413)
-        hits = service.similar_to_upload(data, file.filename or "upload", k, filters)
+        hits = service.similar_to_upload(upload_bytes(file), file.filename or "upload", k, filters)
         return _results(hits, filters=filters.describe())
 
     @app.get("/api/ask", summary="Answer a question from the best-matching photos (needs serve --vlm)")
@@ -207,6 +210,8 @@ def _routes(app: FastAPI, service: Service) -> None:
     def locate(q: str = Query(..., description="What to find: the red car"),
                id: str = Query(..., description="Catalog id of the photo")):
         return service.locate(q, _image_id(id))
+
+    register_concepts(app, service, _image_id)
 
     @app.get("/api/images/{image_id}/meta", summary="One photo's metadata, as in search results")
     def meta(image_id: str):

@@ -29,7 +29,8 @@ PROBE_TIMEOUT_S = 0.5
 # The filter names of retriever.filters.build -> the API's query parameters.
 FILTER_PARAMS = {"after": "after", "before": "before", "folders": "in", "cameras": "camera", "near": "near",
                  "within_km": "within", "formats": "format", "min_size": "min_size", "tags": "tag",
-                 "tags_any": "tag_any", "no_tags": "no_tag", "texts": "text", "min_score": "min_score"}
+                 "tags_any": "tag_any", "no_tags": "no_tag", "texts": "text", "concepts": "concept",
+                 "min_score": "min_score"}
 
 
 class ServerError(RetrieverError):

@@ -95,8 +95,8 @@ class Service:
         if words is None:
             words = words_of(q or "")
         # no words and a text filter: the photos with that text, best match first (as the CLI's
-        # `retriever search --text TEXT`)
-        terms = [] if not words and filters.texts else parse(words, default="text")
+        # `retriever search --text TEXT`); no words and a concept filter: ranked by the concepts
+        terms = [] if not words and (filters.texts or filters.concepts) else parse(words, default="text")
         if any(t.kind == IMAGE for t in terms):
             raise ServeError("image terms are not accepted over HTTP: use /api/similar with an id or an upload")
         return self.collection.query(terms, k, filters, keywords=keywords)
@@ -133,16 +133,20 @@ class Service:
         return int(row["id"])
 
     def similar_to_upload(self, data: bytes, name: str, k: int, filters: Filters) -> list:
+        _check_k(k)
+        vector = self.upload_vector(data, name)
+        return self.current().by_vector(vector, k, filters=filters)
+
+    def upload_vector(self, data: bytes, name: str) -> np.ndarray:
+        """An uploaded image's vector (the query encoder's): decoded with the indexing decoder
+        under MAX_UPLOAD_PIXELS; one that cannot be decoded raises ImageDecodeError (a 415)."""
         from retriever.images import decode
 
-        _check_k(k)
         if len(data) > MAX_UPLOAD_BYTES:
             raise ServeError(f"upload too large (limit {MAX_UPLOAD_BYTES >> 20} MB)", status=413)
         # Only the suffix of the name is used (RAW routing); never as a path.
         decoded = decode(data, os.path.basename(name or "upload"), max_pixels=MAX_UPLOAD_PIXELS)
-        searcher = self.current()
-        vector = self.collection.query_encoder.embed_images([decoded.image])[0]
-        return searcher.by_vector(vector, k, filters=filters)
+        return self.collection.query_encoder.embed_images([decoded.image])[0]
 
     def ask(self, question: str, k: int, filters: Filters, boxes: bool = False) -> dict[str, Any]:
         """boxes: each photo also gets the boxes the answer gives it (a model that writes boxes)."""
@@ -419,6 +423,18 @@ def _components(path: str) -> list[str]:
 def _step(old: int, new: int) -> int:
     os.close(old)
     return new
+
+
+def upload_bytes(file) -> bytes:
+    """The bytes of an uploaded file (FastAPI's UploadFile): an image type or octet-stream, at
+    most MAX_UPLOAD_BYTES (read no further), else a 415 or a 413."""
+    content_type = (file.content_type or "application/octet-stream").split(";")[0].strip().lower()
+    if not (content_type.startswith("image/") or content_type == "application/octet-stream"):
+        raise ServeError(f"not an image upload ({content_type})", status=415)
+    data = file.file.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ServeError(f"upload too large (limit {MAX_UPLOAD_BYTES >> 20} MB)", status=413)
+    return data
 
 
 def _check_k(k: int, most: int = MAX_K) -> None:

@@ -22,6 +22,9 @@ function filterParams() {
     for (const v of many ? value.split(",") : [value]) if (v.trim()) params.append(input.name, v.trim());
   }
   if (!params.has("k")) params.set("k", "24");
+  // "only photos it accepts": the concept in the bar as a filter (on every search, similar and ask)
+  const name = conceptName();
+  if (name && $("#concept-only").checked) params.append("concept", name);
   return params;
 }
 
@@ -67,15 +70,17 @@ function show(found, description, cited = []) {
     card.setAttribute("aria-label", `${i + 1}: ${name.textContent}, score ${score.textContent}`
                       + (region ? ", a part of it matched" : ""));
     card.addEventListener("click", () => openViewer(i));
-    li.append(card);
+    li.append(card, markButtons(hit));
     results.append(li);
   });
+  paintMarks();
   say(found.length ? `${found.length} results ${description}` : `no results ${description}`);
 }
 
 // q: the search box; text: the "text in photo" box (the photos whose text contains it). Either
 // may be empty: text alone lists the photos with that text, the best match first.
-async function search(q, text = "") {
+// note: said before the count (what a mark just did).
+async function search(q, text = "", note = "") {
   const params = filterParams();
   if (q) params.set("q", q);
   if (text) params.append("text", text);
@@ -84,9 +89,11 @@ async function search(q, text = "") {
     const body = await call(`api/search?${params}`);
     const conditions = body.filters.length ? ` (${body.filters.join("; ")})` : "";
     show(body.results, `${q ? `for “${q}”` : "by the text in them"}${conditions}`);
+    if (note) say(`${note}${statusLine.textContent}`);
     const address = [];
     if (q) address.push(`q=${encodeURIComponent(q)}`);
     if (text) address.push(`text=${encodeURIComponent(text)}`);
+    if (conceptName()) address.push(`concept=${encodeURIComponent(conceptName())}`);
     history.replaceState(null, "", `?${address.join("&")}`);
   } catch (e) { say(e.message, true); }
 }
@@ -142,6 +149,140 @@ async function ask(question) {
     const cited = photos.filter((p) => p.cited).map((p) => p.id);
     show(photos, `shown to ${body.model}`, cited);
   } catch (e) { say(e.message, true); }
+}
+
+// -- concepts: "yes, this" / "not this" under each result teach the concept named in the bar -------
+// Each mark is stored and refits the concept on the server at once; the page then shows the
+// concept's ranking (the search concept:NAME, or the current query when it already uses it), with
+// the photos marked so far shown as marked. Marking a photo the same way again takes the mark back.
+
+let marks = new Map();  // photo id -> "yes" | "no": the marks of concept `marksOf`
+let marksOf = "";       // the concept those marks are of (lower case); "" none loaded
+let concepts = [];      // the index's concepts, as GET api/concepts lists them
+
+function conceptName() {
+  return $("#concept").value.trim().replace(/^concept:/i, "").replace(/^"(.*)"$/, "$1").trim();
+}
+
+// the query term of a concept: quoted when its name has what the search box would split on
+function conceptTerm(name) {
+  return /[\s'+]/.test(name) ? `concept:"${name}"` : `concept:${name}`;
+}
+
+function markButtons(hit) {
+  const box = document.createElement("span");
+  box.className = "marks";
+  for (const [label, text, words] of [["yes", "✓ yes, this", "yes, this"], ["no", "✗ not this", "not this"]]) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = label;
+    button.dataset.mark = label;
+    button.textContent = text;
+    button.setAttribute("aria-label", `${words}: ${basename(hit.path)}`);
+    button.title = `${words}: teaches the concept named in “Teach a concept” (again: takes the mark back)`;
+    button.setAttribute("aria-pressed", "false");
+    button.addEventListener("click", () => markHit(hit, label));
+    box.append(button);
+  }
+  return box;
+}
+
+function paintMarks() {
+  const same = marksOf !== "" && marksOf === conceptName().toLowerCase();
+  for (const li of results.children) {
+    const card = li.querySelector(".card");
+    if (!card) continue;
+    const mark = same ? marks.get(Number(card.dataset.id)) : undefined;
+    card.classList.toggle("marked-yes", mark === "yes");
+    card.classList.toggle("marked-no", mark === "no");
+    for (const button of li.querySelectorAll(".marks button")) {
+      button.setAttribute("aria-pressed", String(button.dataset.mark === mark));
+    }
+  }
+}
+
+// concept: a concept as the API shows it (with its examples), or null for a name not learned yet
+function learnt(concept, name = "") {
+  marksOf = (concept ? concept.name : name).toLowerCase();
+  marks = new Map((concept ? concept.examples || [] : []).filter((e) => e.id != null).map((e) => [e.id, e.label]));
+  $("#concept-info").textContent = concept
+    ? `${concept.positives} yes, ${concept.negatives} no` : name ? "new: mark photos “yes, this” to teach it" : "";
+  paintMarks();
+}
+
+async function loadConcept() {
+  const name = conceptName();
+  await refreshConcepts();  // a name not learned yet is not asked for (no 404 in the console)
+  if (!name) { learnt(null); return; }
+  if (!concepts.some((c) => c.name.toLowerCase() === name.toLowerCase())) { learnt(null, name); return; }
+  try {
+    learnt(await call(`api/concepts/${encodeURIComponent(name)}`));
+  } catch (e) {
+    learnt(null, name);
+    if (!/^no concept /.test(e.message)) say(e.message, true);
+  }
+}
+
+async function refreshConcepts() {
+  try {
+    concepts = (await call("api/concepts")).concepts;
+  } catch { return; }
+  $("#concept-names").replaceChildren(...concepts.map((c) => {
+    const option = document.createElement("option");
+    option.value = c.name;
+    option.label = `${c.positives} yes, ${c.negatives} no`;
+    return option;
+  }));
+}
+
+// the concept's ranking: the current query when it already uses the concept, else concept:NAME
+async function rankByConcept(name, note = "") {
+  let [q, text] = searchBoxes();
+  const lower = q.toLowerCase();
+  if (![`concept:${name}`, `concept:"${name}"`].some((t) => lower.includes(t.toLowerCase()))) {
+    q = conceptTerm(name);
+    $("#q").value = q;
+  }
+  await search(q, text, note);
+}
+
+async function markHit(hit, label) {
+  const name = conceptName();
+  if (!name) {
+    say("name a concept first (Teach a concept), then mark photos “yes, this” or “not this”", true);
+    $("#concept").focus();
+    return;
+  }
+  const undo = marksOf === name.toLowerCase() && marks.get(hit.id) === label;
+  const address = `api/concepts/${encodeURIComponent(name)}`;
+  say(undo ? "taking the mark back…" : "learning…");
+  try {
+    const concept = undo
+      ? await call(`${address}/photos/${hit.id}`, { method: "DELETE" })
+      : await call(`${address}/marks`, { method: "POST", headers: { "Content-Type": "application/json" },
+                                         body: JSON.stringify({ [label]: [hit.id] }) });
+    learnt(concept);
+    refreshConcepts();
+    const what = undo ? `took back the mark of ${basename(hit.path)}`
+      : `marked ${basename(hit.path)} “${label === "yes" ? "yes, this" : "not this"}”`;
+    await rankByConcept(concept.name, `${what} for “${concept.name}” (${concept.positives} yes, ${concept.negatives} no); `);
+  } catch (e) { say(e.message, true); }
+}
+
+$("#concept-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const name = conceptName();
+  if (name) rankByConcept(name);
+});
+$("#concept").addEventListener("change", async () => {
+  await loadConcept();
+  if ($("#concept-only").checked) rerun();
+});
+$("#concept-only").addEventListener("change", rerun);
+
+function rerun() {
+  const [q, text] = searchBoxes();
+  if (q || text) search(q, text);
 }
 
 // -- the viewer -------------------------------------------------------------------------------
@@ -489,11 +630,13 @@ document.addEventListener("drop", (e) => {
 
 // -- start ------------------------------------------------------------------------------------
 
-call("api/status").then((status) => {
+call("api/status").then(async (status) => {
   $("#ask-form").hidden = !status.vlm;
   vlmBoxes = Boolean(status.vlm_boxes);
   const address = new URLSearchParams(location.search);
   const q = address.get("q") || "", text = address.get("text") || "";
+  if (address.get("concept")) $("#concept").value = address.get("concept");
+  await loadConcept();  // the concepts for the picker, and the marks of the one named
   if (q || text) { $("#q").value = q; $("#text").value = text; search(q, text); }
   else say(`${status.images} photos in index “${status.index}”, model ${status.model_id}`);
 }).catch((e) => say(e.message, true));
