@@ -301,8 +301,15 @@ def table(out: dict) -> str:
         lines.append(f"refit, {s['examples']} examples over {s['vectors']:,} vectors: p50 {s['refit_ms_p50']} ms "
                      f"(fit alone {s['fit_ms_p50']} ms; first {s['first_refit_ms']} ms; target < 200 ms); "
                      f"--concept filter {s['filter_ms_p50']} ms")
-    if "adapter" in out and "table" in out["adapter"]:
-        lines.append(out["adapter"]["table"])
+    a = out.get("adapter") or {}
+    if "prompt" in a:
+        p, sp = a["prompt"], a["speed"]
+        lines.append(f"adapter, text -> image mAP: the {len(a['fitted_classes'])} fitted classes {p['zero_shot_fitted']:.3f}"
+                     f" -> {p['adapted_fitted']:.3f} (target >= 0.65); the other classes {p['zero_shot_held_out']:.3f} -> "
+                     f"{p['adapted_held_out']:.3f} (target: within 0.02); image -> image P@10 {a['i2i_p10']:.3f} -> "
+                     f"{a['i2i_p10_adapted']:.3f}; adapted search {sp['ratio']:.2f}x the time of a plain one (target <= 1.1)")
+    elif a:
+        lines.append(f"adapter: {a}")
     return "\n".join(lines)
 
 

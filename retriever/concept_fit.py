@@ -17,9 +17,10 @@ twice: the second time with the collection's best-scoring photos as more positiv
 
 The concept's name can be a prior (w0 and WiSE-FT's mixing of the zero-shot scorer, weighted by
 the name's AUC on the examples: 0 at chance), as a constrained linear probe uses the zero-shot
-classifier (Silva-Rodriguez et al. 2024, CLAP). Measured on the train split it does not help the
-offline encoder's concepts and a wrong name hurts (benchmarks/adapt.py --fit, "name_prior"), so
-concepts are fitted without it: a name is only a name.
+classifier (Silva-Rodriguez et al. 2024, CLAP). Measured on the train split (benchmarks/adapt.py
+--fit, "name_prior"): with one example a describing name helps (AP 0.725 -> 0.763) and a wrong one
+hurts (-> 0.659); at five examples the name costs 0.014. A user's names ("Rex") describe nothing
+to the encoder, so concepts are fitted without it: a name is only a name.
 
 The ranking of a concept is by w (its unit vector is the concept's query vector, combinable with
 text and image terms); its yes/no is f(x) >= threshold. Every constant in PARAMS was chosen on
