@@ -10,6 +10,7 @@ one becomes faster than the other (benchmarks/filters.py)."""
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -69,7 +70,9 @@ class Searcher:
         self._regions: Any = False  # not looked for yet
         self.use_regions = True  # score photos by their regions too, where the index has them
         self.last_strategy: str | None = None  # how the last filtered search ran: "selector" | "overfetch"
-        self._accepted: dict[tuple, np.ndarray] = {}  # --concept: accepted ids by (name, version, size)
+        self._accepted: dict[tuple, np.ndarray] = {}
+        self._columns: Any = None  # filter_columns.FilterColumns of a warm searcher; a Thread while read; False: none
+        self._columns_lock = threading.Lock()  # --concept: accepted ids by (name, version, size)
 
     @property
     def loaded_query_encoder(self):
@@ -123,12 +126,13 @@ class Searcher:
         return concept_vector(self.index, name)
 
     def match(self, filters: Filters):
-        """The filters' FilterMatch: the catalog conditions (retriever.filters.match_filter),
-        and the photos each `--concept` says yes to (listed: a FAISS range search each)."""
-        from retriever.filters import FilterMatch, match_filter
+        """The filters' FilterMatch: the catalog conditions (retriever.filters.match_filter, or
+        the columns in memory of a warm searcher: retriever.filter_columns), and the photos each
+        `--concept` says yes to (listed: a FAISS range search each)."""
+        from retriever.filters import FilterMatch
 
         if not filters.concepts:
-            return match_filter(self.index.catalog, filters)
+            return self._match_catalog(filters)
         from dataclasses import replace
 
         from retriever.concepts import accepted_ids
@@ -144,8 +148,43 @@ class Searcher:
             ids = found if ids is None else np.intersect1d(ids, found)
         rest = replace(filters, concepts=())
         if rest.restricts() and len(ids):
-            ids = np.unique(match_filter(self.index.catalog, rest).keep(ids))
+            ids = np.unique(self._match_catalog(rest).keep(ids))
         return FilterMatch(self.index.catalog, filters, ids)
+
+    def _match_catalog(self, filters: Filters):
+        from retriever.filter_columns import FilterColumns
+        from retriever.filters import match_filter
+
+        if self.one_shot or not FilterColumns.covers(filters):
+            return match_filter(self.index.catalog, filters)
+        columns = self.filter_columns(wait=False)
+        return columns.match(self.index.catalog, filters) if columns else match_filter(self.index.catalog, filters)
+
+    def filter_columns(self, wait: bool = True):
+        """The filter columns of this warm searcher (retriever.filter_columns), or None: a
+        collection too small to need them, or (wait=False) still being read. The first call
+        starts reading them in a thread (seconds at 1 M photos); until they are read, filters
+        go to SQL."""
+        from retriever.filter_columns import MIN_ROWS, FilterColumns
+
+        with self._columns_lock:
+            if self._columns is None:
+                if len(self.vectors) < MIN_ROWS:
+                    self._columns = False
+                else:
+                    def load():
+                        try:
+                            self._columns = FilterColumns.load(self.index.catalog)
+                        except Exception:  # noqa: BLE001  (a catalog that cannot be read: SQL answers)
+                            self._columns = False
+                    self._columns = threading.Thread(target=load, name="filter-columns", daemon=True)
+                    self._columns.start()
+            pending = self._columns
+        if isinstance(pending, threading.Thread):
+            if not wait:
+                return None
+            pending.join()
+        return self._columns or None
 
     def text(self, query: str, k: int = DEFAULT_K, filters: Filters | None = None, adapter: bool = True) -> list[Hit]:
         query = query.strip()

@@ -54,6 +54,7 @@ MIN_POINTS_PER_LIST = 39  # FAISS's k-means wants at least this many training po
 TRAIN_POINTS_PER_LIST = 64
 PQ_MIN_VECTORS = 256 * MIN_POINTS_PER_LIST
 FACTORY_FLAT = "IDMap2,Flat"
+LISTED_MAX = 50_000  # a filter passing at most this many ids searches only the IVF lists holding them (ivf_lists)
 
 
 class VectorIndexError(RetrieverError):
@@ -153,6 +154,7 @@ class VectorIndex:
         self.index_type = index_type
         self.params = dict(params or {})
         self.recall_at_10 = recall_at_10
+        self._lists = None  # ivf_lists.ListMap, built by the first search that needs it; dropped by add/remove
         if self.is_ivf:
             self.set_nprobe(int(self.params.get("nprobe") or 1))
 
@@ -189,6 +191,7 @@ class VectorIndex:
         """Drop every vector; keep the kind, its training (IVF lists, codebooks) and nprobe. A
         stale file is refilled from the catalog this way without training again."""
         self.index.reset()
+        self._lists = None
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -200,6 +203,7 @@ class VectorIndex:
         if vecs.ndim != 2 or vecs.shape[1] != self.dim:
             raise ValueError(f"expected vectors of shape (n, {self.dim}), got {vecs.shape}")
         self.index.add_with_ids(vecs, np.ascontiguousarray(ids, dtype=np.int64))
+        self._lists = None
 
     def remove(self, ids: Iterable[int]) -> int:
         import faiss
@@ -207,6 +211,7 @@ class VectorIndex:
         ids = np.fromiter(ids, dtype=np.int64)
         if len(ids) == 0:
             return 0
+        self._lists = None
         return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
 
     def search(
@@ -262,6 +267,17 @@ class VectorIndex:
         # the vectors leaves p of each list to compare: nprobe/p lists compare as many as an
         # unfiltered query. And k results need about k/10 times the lists of 10.
         nprobe = math.ceil(self.nprobe * max(1.0, width / RECALL_K) * n / min(n_allowed, n))
+        # only the lists that hold an allowed id, when they can be fewer than the lists scanned otherwise
+        if allowed is not None and n_allowed <= LISTED_MAX and n_allowed < min(nprobe, self.nlist):
+            from retriever.ivf_lists import ListMap, search_lists
+
+            ivf = self._ivf()
+            if self._lists is None:
+                self._lists = ListMap(ivf)
+            lists = self._lists.lists_of(np.asarray(allowed, dtype=np.int64).ravel())
+            if len(lists) < min(nprobe, self.nlist):  # exact within the allowed ids, as a scan of every list
+                return _clean(*search_lists(ivf, self._lists, queries, width, lists, selector)) if len(lists) \
+                    else _padded(len(queries), width)
         scores, ids = self._search_ivf(queries, width, selector, min(nprobe, self.nlist))
         short = np.flatnonzero((ids == -1).any(axis=1))
         if len(short) and nprobe < self.nlist:

@@ -104,6 +104,29 @@ def test_filtered_ivf_search_gives_k_results_even_for_a_very_selective_filter(da
     assert all(sorted(row[:3].tolist()) == sorted(few.tolist()) for row in found) and np.all(found[:, 3:] == -1)
 
 
+def test_a_selective_filter_scans_only_the_lists_holding_its_ids_and_answers_as_a_full_scan(data, monkeypatch):
+    """retriever/ivf_lists.py: the search visits the lists that hold an allowed id (a map kept by
+    the index) and finds what a scan of every list finds; the map follows adds and removes."""
+    import retriever.vectors as V
+
+    ids, vecs, queries = data
+    vi, _ = build_tuned(DIM, iter_array_chunks(ids, vecs, 4096), len(ids), IVF_SQ8)
+    rng = np.random.default_rng(11)
+    allowed = rng.choice(ids, size=40, replace=False)
+    exclude = allowed[:3]
+    listed = vi.search(queries, 10, allowed=allowed, exclude=exclude)
+    assert vi._lists is not None and len(vi._lists.lists_of(np.sort(allowed))) < vi.nlist
+    monkeypatch.setattr(V, "LISTED_MAX", 0)  # every list scanned with the selector
+    scanned = vi.search(queries, 10, allowed=allowed, exclude=exclude)
+    assert (listed[1] == scanned[1]).all()
+    np.testing.assert_allclose(listed[0], scanned[0], atol=1e-5)
+    monkeypatch.setattr(V, "LISTED_MAX", 50_000)
+    vi.remove(allowed[3:6])  # the map is rebuilt: removed ids are gone, a new one is found
+    vi.add(np.array([10**9]), vecs[:1])
+    _, found = vi.search(queries[:1], 10, allowed=np.r_[allowed, 10**9])
+    assert not np.isin(found, allowed[3:6]).any() and 10**9 in found
+
+
 def test_exclude_on_ivf(data, ivf):
     ids, vecs, queries = data
     vi, _ = ivf

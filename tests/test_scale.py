@@ -111,24 +111,33 @@ def _exact(rows_by_id, f, query, k, exclude=()):
     return passing, [i for _, i in scored[:k]]
 
 
+@pytest.mark.parametrize("columns", [False, True], ids=["sql", "columns"])
 @pytest.mark.parametrize("broad_at", [3, 100_000])
-def test_filtered_search_equals_brute_force_whether_broad_or_listed(filled, monkeypatch, broad_at):
+def test_filtered_search_equals_brute_force_whether_broad_or_listed(filled, monkeypatch, broad_at, columns):
     """broad_at 3: every filter passing more than 3 items is broad (candidates checked by id, the
-    path of a 1 M collection); 100,000: every filter lists its ids. Same answers."""
+    path of a 1 M collection); 100,000: every filter lists its ids. columns: a warm searcher
+    answers date, camera, format, size and GPS filters from columns in memory
+    (retriever.filter_columns), as at 1 M. Same answers."""
+    from retriever import filter_columns
+
     index, rows, ids = filled
     monkeypatch.setattr(F, "BROAD_AT", broad_at)
+    monkeypatch.setattr(filter_columns, "MIN_ROWS", 0 if columns else 10**9)
+    monkeypatch.setattr(filter_columns, "SAMPLE", 16)  # conditions ordered by their pass rate on 16 rows
     monkeypatch.setattr(S, "VERIFY_MAX_FETCH", 64)  # a filter against the query falls back to listing
     tags = {}
     for i, label, _ in [(i, "beach", 0) for i in ids[::6]] + [(i, "dog", 0) for i in ids[::4]]:
         tags.setdefault(i, []).append(label)
     by_id = {i: {**r, "_tags": tags.get(i, [])} for i, r in zip(ids, rows)}
     searcher = Searcher(index, encoder=object())
+    assert (searcher.filter_columns() is not None) == columns  # read now (a warm searcher reads them in a thread)
     rng = np.random.default_rng(5)
     strategies = set()
     for kind, kw in CASES.items():
         f = F.build(**kw)
         passing, _ = _exact(by_id, f, np.zeros(DIM, dtype=np.float32), 0)
-        match = F.match_filter(index.catalog, f)
+        match = searcher.match(f)
+        assert isinstance(match, filter_columns.ColumnMatch) == (columns and filter_columns.FilterColumns.covers(f)), kind
         if len(passing) > broad_at:  # else a condition alone may still pass more (a box, one of two tags)
             assert match.broad, kind
         if not match.broad:

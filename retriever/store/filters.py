@@ -192,3 +192,50 @@ def camera_values(cursor, needles: Sequence[str]) -> list[str] | None:
         if any(n in last for n in lowered):
             found.append(last)
     return None
+
+
+def column_arrays(catalog, chunk: int = 65_536) -> dict[str, Any]:
+    """What retriever.filter_columns keeps in memory, read without a Python object per value
+    where it can: "ids" (the indexed items, sorted), "numbers" (float64, one row an id: date_key
+    as seconds (NaN: none), is a video frame, width, height, gps_lat, gps_lon; NaN for NULL),
+    "cameras" / "formats" (the distinct names, lower / upper case) and "camera_of" / "format_of"
+    ((ids, code) of every item, read in the order of the camera and format indexes)."""
+    import numpy as np
+
+    def grouped(cursor, expression: str):
+        names, counts = [], []
+        for name, count in cursor.execute(f"SELECT {expression}, count(*) FROM images GROUP BY 1 ORDER BY 1"):
+            names.append(name)
+            counts.append(count)
+        ids = cursor.execute(f"SELECT id FROM images ORDER BY {expression}").fetchall()
+        codes = np.repeat(np.arange(len(names), dtype=np.int32), counts)
+        return names, (np.array(ids, dtype=np.int64).reshape(-1), codes[: len(ids)])
+
+    with catalog.cursor() as cursor:
+        cursor.execute("BEGIN")  # one snapshot: a writer committing between the reads cannot shift the codes
+        try:
+            cameras, camera_of = grouped(cursor, CAMERA_SQL)
+            formats, format_of = grouped(cursor, FORMAT_SQL)
+            rows = cursor.execute(
+                "SELECT id, CAST(strftime('%s', date_key) AS INTEGER), frame_ms IS NOT NULL, width, height, gps_lat, "
+                "gps_lon FROM images WHERE status = 'indexed' ORDER BY id")
+            parts = []
+            while True:
+                batch = rows.fetchmany(chunk)
+                if not batch:
+                    break
+                parts.append(np.array(batch, dtype=np.float64))
+        finally:
+            cursor.execute("ROLLBACK")
+    numbers = np.concatenate(parts) if parts else np.zeros((0, 7))
+    return {"ids": numbers[:, 0].astype(np.int64), "numbers": numbers[:, 1:], "cameras": cameras,
+            "camera_of": camera_of, "formats": formats, "format_of": format_of}
+
+
+def tagged_ids(catalog, label: str) -> "Any":
+    """The ids of the items tagged `label` (its index range of the tags table), as int64."""
+    import numpy as np
+
+    with catalog.cursor() as cursor:
+        rows = cursor.execute("SELECT image_id FROM tags WHERE label = ?", (label,)).fetchall()
+    return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
