@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -223,7 +223,9 @@ def background_of(index) -> Background | None:
     """The background of the index's concepts: BACKGROUND_SIZE random indexed photos (a fixed
     seed: the same for every concept and refit while the catalog does not change), kept in
     memory for the catalog's generation. None: no photo."""
-    key = (str(index.catalog.path), index.catalog.generation(), id_range_of(index), index.dim)
+    from retriever.store.concepts import id_range
+
+    key = (str(index.catalog.path), index.catalog.generation(), id_range(index.catalog), index.dim)
     if key not in _BACKGROUNDS:
         sample = background_sample(index.catalog, index.dim)
         if len(sample) == 0:
@@ -233,16 +235,9 @@ def background_of(index) -> Background | None:
     return _BACKGROUNDS[key]
 
 
-def id_range_of(index) -> tuple[int, int]:
-    from retriever.store.concepts import id_range
-
-    return id_range(index.catalog)
-
-
-def background_sample(catalog, dim: int, exclude: Iterable[int] = (), size: int = BACKGROUND_SIZE,
-                      seed: int = 0) -> np.ndarray:
+def background_sample(catalog, dim: int, size: int = BACKGROUND_SIZE, seed: int = 0) -> np.ndarray:
     """Up to `size` stored vectors of random indexed photos (seeded: the same draw from the same
-    catalog), those in `exclude` left out."""
+    catalog)."""
     from retriever.store.concepts import id_range
 
     low, high = id_range(catalog)
@@ -250,13 +245,11 @@ def background_sample(catalog, dim: int, exclude: Iterable[int] = (), size: int 
         return np.zeros((0, dim), np.float32)
     rng = np.random.default_rng(seed)
     span = high - low + 1
-    skip = set(exclude)
     if span <= 2 * size:
-        wanted = [i for i in range(low, high + 1) if i not in skip]
+        wanted = list(range(low, high + 1))
         rng.shuffle(wanted)
     else:
-        drawn = rng.choice(span, size=min(span, 3 * size), replace=False) + low
-        wanted = [int(i) for i in drawn if int(i) not in skip]
+        wanted = [int(i) for i in rng.choice(span, size=min(span, 3 * size), replace=False) + low]
     found: list[np.ndarray] = []
     for start in range(0, len(wanted), 900):
         if sum(len(f) for f in found) >= size:
@@ -348,12 +341,11 @@ def concept_vector(index, name: str) -> ConceptVector:
 def concepts_of(index, ids: Sequence[int]) -> dict[int, list[str]]:
     """The concepts that say yes to each of these photos (only photos with one or more; {} for
     an index without concepts): what search hits carry as `concepts`."""
-    from retriever.store.concepts import concept_rows, has_concepts_table
+    from retriever.store.concepts import fitted_concepts, has_concepts_table
 
     if not ids or not has_concepts_table(index.catalog):
         return {}
-    usable = [r for r in concept_rows(index.catalog)
-              if r["vector"] is not None and r["model_id"] == index.model_id and r["dim"] == index.dim]
+    usable = [r for r in fitted_concepts(index.catalog) if r["model_id"] == index.model_id and r["dim"] == index.dim]
     if not usable:
         return {}
     stored = index.catalog.vectors_for(list(ids), index.dim)

@@ -53,6 +53,13 @@ def concept_rows(catalog) -> list[dict[str, Any]]:
     return out
 
 
+def fitted_concepts(catalog) -> list[dict[str, Any]]:
+    """Every fitted concept, without example counts (what each search hit's `concepts` needs)."""
+    with catalog.cursor() as cursor:
+        rows = cursor.execute(f"SELECT {_CONCEPT_COLUMNS} FROM concepts WHERE vector IS NOT NULL").fetchall()
+    return [_concept(row) for row in rows]
+
+
 def examples_of(catalog, concept_id: int) -> list[dict[str, Any]]:
     """The examples of a concept, oldest first: id, label, image_id (None: from outside the
     catalog, or a photo since removed), source, vector (float32), added_at, and the photo's path."""
