@@ -816,3 +816,30 @@ def test_yes_this_and_not_this_teach_a_concept_and_rerank(new_page, concept_serv
     _thumbnails_shown(page)
     _screenshot(page, tmp_path / "1-concept-marked.png")
     assert not page.problems, page.problems
+    # "Add example photo…": a file as a "shows it" example, then the concept's ranking as after a mark
+    assert page.input_value("#concept-file-label") == "yes"
+    page.set_input_files("#concept-file", str(PHOTOS / "chelsea.png"))
+    page.wait_for_selector("#status:has-text('added chelsea.png as “shows it” for “kitty” (2 yes, 0 no)')")
+    assert page.text_content("#concept-info") == "2 yes, 0 no"
+    shown = page.request.get(f"{concept_server_url}/api/concepts/kitty").json()
+    assert shown["positives"] == 2
+    assert [e["source"] for e in shown["examples"] if e["id"] is None] == ["upload"]
+    # a file that is not an image: the server's 415, on one line in the status
+    page.set_input_files("#concept-file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
+    page.wait_for_selector("#status.error:has-text('notes.txt: not an image upload (text/plain)')")
+    # "Delete concept": asks first (dismissed: kept), then deletes; the field, marks and picker cleared
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("#concept-delete")
+    assert page.request.get(f"{concept_server_url}/api/concepts").json()["count"] == 1
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    page.get_by_role("button", name="Delete concept").click()
+    page.wait_for_selector("#status:has-text('deleted the concept “kitty”')")
+    assert asked == ["Delete the concept “kitty” and its 2 examples? This cannot be undone."]
+    assert page.request.get(f"{concept_server_url}/api/concepts").json() == {"count": 0, "concepts": []}
+    assert page.input_value("#concept") == ""
+    assert page.evaluate("() => document.querySelectorAll('#concept-names option').length") == 0
+    assert page.locator(".card.marked-yes, .card.marked-no, .marks [aria-pressed=true]").count() == 0
+    assert page.is_disabled("#concept-delete")
+    page.problems[:] = [p for p in page.problems if "status of 4" not in p]  # the 415's console line
+    assert not page.problems, page.problems

@@ -207,6 +207,7 @@ function learnt(concept, name = "") {
   marks = new Map((concept ? concept.examples || [] : []).filter((e) => e.id != null).map((e) => [e.id, e.label]));
   $("#concept-info").textContent = concept
     ? `${concept.positives} yes, ${concept.negatives} no` : name ? "new: mark photos “yes, this” to teach it" : "";
+  $("#concept-delete").disabled = !concept;
   paintMarks();
 }
 
@@ -246,13 +247,26 @@ async function rankByConcept(name, note = "") {
   await search(q, text, note);
 }
 
-async function markHit(hit, label) {
+// after a write to the concept (a mark, an example photo): its marks shown, the picker refreshed,
+// and its ranking shown with `what` (what was just done) said before the count
+async function relearnt(concept, what) {
+  learnt(concept);
+  refreshConcepts();
+  await rankByConcept(concept.name, `${what} for “${concept.name}” (${concept.positives} yes, ${concept.negatives} no); `);
+}
+
+function needConceptName(then) {
   const name = conceptName();
   if (!name) {
-    say("name a concept first (Teach a concept), then mark photos “yes, this” or “not this”", true);
+    say(`name a concept first (Teach a concept), then ${then}`, true);
     $("#concept").focus();
-    return;
   }
+  return name;
+}
+
+async function markHit(hit, label) {
+  const name = needConceptName("mark photos “yes, this” or “not this”");
+  if (!name) return;
   const undo = marksOf === name.toLowerCase() && marks.get(hit.id) === label;
   const address = `api/concepts/${encodeURIComponent(name)}`;
   say(undo ? "taking the mark back…" : "learning…");
@@ -261,11 +275,58 @@ async function markHit(hit, label) {
       ? await call(`${address}/photos/${hit.id}`, { method: "DELETE" })
       : await call(`${address}/marks`, { method: "POST", headers: { "Content-Type": "application/json" },
                                          body: JSON.stringify({ [label]: [hit.id] }) });
-    learnt(concept);
-    refreshConcepts();
-    const what = undo ? `took back the mark of ${basename(hit.path)}`
-      : `marked ${basename(hit.path)} “${label === "yes" ? "yes, this" : "not this"}”`;
-    await rankByConcept(concept.name, `${what} for “${concept.name}” (${concept.positives} yes, ${concept.negatives} no); `);
+    await relearnt(concept, undo ? `took back the mark of ${basename(hit.path)}`
+      : `marked ${basename(hit.path)} “${label === "yes" ? "yes, this" : "not this"}”`);
+  } catch (e) { say(e.message, true); }
+}
+
+// "Add example photo…": image files from outside the collection as examples (label: "yes" shows
+// the concept, "no" does not), one upload each; then the concept's ranking, as after a mark.
+async function addExamplePhotos(files, label) {
+  if (!files.length) return;
+  const name = needConceptName("add example photos");
+  if (!name) return;
+  let concept = null;
+  const added = [];
+  try {
+    for (const file of files) {
+      say(`learning from ${file.name}…`);
+      const form = new FormData();
+      form.append("file", file, file.name);
+      concept = await call(`api/concepts/${encodeURIComponent(name)}/images?${new URLSearchParams({ label })}`,
+                           { method: "POST", body: form });
+      added.push(file.name);
+    }
+  } catch (e) {
+    if (concept) { learnt(concept); refreshConcepts(); }  // the files before the failing one were added
+    const failed = files[added.length].name;
+    say(`${failed}: ${String(e.message).split("\n")[0]}`, true);
+    return;
+  }
+  const what = added.length === 1 ? added[0] : `${added.length} photos`;
+  try {
+    await relearnt(concept, `added ${what} as “${label === "yes" ? "shows it" : "does not show it"}”`);
+  } catch (e) { say(e.message, true); }
+}
+
+// "Delete concept": the concept and all its examples, after asking
+async function deleteConcept() {
+  const name = conceptName();
+  const known = concepts.find((c) => c.name.toLowerCase() === name.toLowerCase());
+  if (!known) {
+    say(name ? `no concept “${name}” to delete` : "name the concept to delete in “Teach a concept”", true);
+    return;
+  }
+  const examples = known.positives + known.negatives;
+  if (!confirm(`Delete the concept “${known.name}” and its ${examples} example${examples === 1 ? "" : "s"}? This cannot be undone.`)) return;
+  try {
+    const body = await call(`api/concepts/${encodeURIComponent(known.name)}`, { method: "DELETE" });
+    $("#concept").value = "";
+    await loadConcept();  // no concept: the marks cleared, the picker refreshed
+    const address = new URLSearchParams(location.search);
+    address.delete("concept");
+    history.replaceState(null, "", `?${address}`);
+    say(`deleted the concept “${body.name}”`);
   } catch (e) { say(e.message, true); }
 }
 
@@ -279,6 +340,12 @@ $("#concept").addEventListener("change", async () => {
   if ($("#concept-only").checked) rerun();
 });
 $("#concept-only").addEventListener("change", rerun);
+$("#concept-file").addEventListener("change", async (e) => {
+  const files = [...e.target.files];
+  e.target.value = "";  // the same file can be chosen again
+  await addExamplePhotos(files, $("#concept-file-label").value);
+});
+$("#concept-delete").addEventListener("click", deleteConcept);
 
 function rerun() {
   const [q, text] = searchBoxes();
