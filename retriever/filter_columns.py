@@ -17,6 +17,8 @@ and concepts go to SQL as before. The semantics are SQL's own: the same date_key
 from __future__ import annotations
 
 import math
+import threading
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -25,8 +27,28 @@ from retriever import filters as _filters
 from retriever.filters import EARTH_RADIUS_KM, Filters
 
 MIN_ROWS = 20_000  # below, SQLite answers every filter in about a millisecond: no columns kept
+READ_INTERVAL_S = 30.0  # a warm process starts reading a catalog's columns at most this often (see may_start_reading)
 LIST_SHARE = 0.05  # a match passing at most this share of the photos is listed (see ColumnMatch)
 SAMPLE = 1024  # rows on which the conditions' pass rates are measured, to order them
+
+
+_last_read: dict[str, float] = {}  # catalog path -> when this process last started reading its columns
+_last_read_lock = threading.Lock()
+
+
+def may_start_reading(catalog_path) -> bool:
+    """Whether a searcher may start reading the columns of this catalog now: not if one started
+    less than READ_INTERVAL_S ago. While an indexer commits, each checkpoint is a new generation
+    (a new searcher in a warm process); without this, filtered searches would read a million rows
+    again every few seconds. Until a searcher has its columns, SQL answers."""
+    now = time.monotonic()
+    key = str(catalog_path)
+    with _last_read_lock:
+        last = _last_read.get(key)
+        if last is not None and now - last < READ_INTERVAL_S:
+            return False
+        _last_read[key] = now
+        return True
 
 
 class FilterColumns:

@@ -165,12 +165,14 @@ class Searcher:
         collection too small to need them, or (wait=False) still being read. The first call
         starts reading them in a thread (seconds at 1 M photos); until they are read, filters
         go to SQL."""
-        from retriever.filter_columns import MIN_ROWS, FilterColumns
+        from retriever.filter_columns import MIN_ROWS, FilterColumns, may_start_reading
 
         with self._columns_lock:
             if self._columns is None:
                 if len(self.vectors) < MIN_ROWS:
                     self._columns = False
+                elif not may_start_reading(self.index.catalog.path) and not wait:
+                    return None  # read for another generation moments ago (an indexer is committing): SQL for now
                 else:
                     def load():
                         try:

@@ -152,6 +152,28 @@ def test_filtered_search_equals_brute_force_whether_broad_or_listed(filled, monk
     assert ("verify" in strategies) == (broad_at == 3)
 
 
+def test_a_warm_process_reads_a_catalogs_columns_at_most_every_interval(filled, monkeypatch):
+    """Each catalog generation is a new searcher in a warm process: while an indexer commits,
+    a new one answers from SQL until the interval since the last read has passed."""
+    from retriever import filter_columns
+
+    index = filled[0]
+    monkeypatch.setattr(filter_columns, "MIN_ROWS", 0)
+    monkeypatch.setattr(filter_columns, "_last_read", {})
+    first = Searcher(index, encoder=object())
+    assert first.filter_columns(wait=False) is None  # started reading in a thread
+    assert first.filter_columns() is not None
+    f = F.build(cameras=["apple"])
+    assert isinstance(first.match(f), filter_columns.ColumnMatch)
+    second = Searcher(index, encoder=object())  # the next generation, moments later
+    assert second.filter_columns(wait=False) is None and second._columns is None
+    assert not isinstance(second.match(f), filter_columns.ColumnMatch)
+    assert second.match(f).all_ids().tolist() == first.match(f).all_ids().tolist()
+    monkeypatch.setattr(filter_columns, "READ_INTERVAL_S", 0.0)
+    second.filter_columns(wait=False)
+    assert second.filter_columns() is not None
+
+
 def test_broad_filter_keeps_only_passing_candidates(filled, monkeypatch):
     index, rows, ids = filled
     monkeypatch.setattr(F, "BROAD_AT", 3)
