@@ -161,7 +161,7 @@ def test_a_warm_process_reads_a_catalogs_columns_at_most_every_interval(filled, 
     monkeypatch.setattr(filter_columns, "MIN_ROWS", 0)
     monkeypatch.setattr(filter_columns, "_last_read", {})
     first = Searcher(index, encoder=object())
-    assert first.filter_columns(wait=False) is None  # started reading in a thread
+    first.filter_columns(wait=False)  # starts reading in a thread (None until it is done)
     assert first.filter_columns() is not None
     f = F.build(cameras=["apple"])
     assert isinstance(first.match(f), filter_columns.ColumnMatch)
