@@ -231,7 +231,7 @@ def measure(home: Path, rows: Rows, args, log) -> dict:
     out["filter_columns_load_s"] = round(time.perf_counter() - t, 2)
     log(f"  filter columns read in {out['filter_columns_load_s']} s")
     out["vector_index"] = {"kind": type(vectors).__name__, "ivf": bool(getattr(vectors, "is_ivf", False)),
-                           "factory": getattr(vectors, "factory", None)}
+                           "factory": getattr(vectors, "factory", None), "delta": len(getattr(vectors, "delta", ()))}
     rng = np.random.default_rng(3)
     queries = rows.vectors(0, args.queries) + rng.standard_normal((args.queries, DIM)).astype(np.float32) * 0.02
     queries = _unit(queries)
@@ -281,21 +281,27 @@ def _all_vectors(catalog) -> tuple[np.ndarray, np.ndarray]:
 
 
 def incremental(home: Path, rows: Rows, log) -> dict:
-    """100 new photos written through the indexer's path and the FAISS file updated (a writer
-    process), then a new search process that opens the index, sees them and answers a filtered
-    query; each process's wall time and peak RSS."""
+    """100 new photos written through the indexer's path (the checkpoint's record appended to the
+    FAISS file's delta log inside the catalog transaction: retriever.index_log), in a writer
+    process; then a new search process that opens the index, sees them and answers a filtered
+    query; each process's wall time and peak RSS. Then a third process that, once loaded, waits
+    for another writer's 100 photos and takes them in warm, reading only the new records
+    (warm_reload_s); and a fourth that folds the log (fold_s)."""
     import subprocess
 
     out = {}
-    for role in ("writer", "reader"):
+    for role in ("writer", "reader", "warm", "fold"):
         t = time.perf_counter()
         done = subprocess.run([sys.executable, __file__, "--rows", "100", "--child", role, str(home)],
                               capture_output=True, text=True, check=True)
         wall = time.perf_counter() - t
         out[role] = {"wall_s": round(wall, 2), **json.loads(done.stdout.strip().splitlines()[-1])}
     log(f"  incremental: writer +100 in {out['writer']['wall_s']:.2f} s ({out['writer']['maxrss_mb']} MB), "
-        f"new reader {out['reader']['wall_s']:.2f} s ({out['reader']['maxrss_mb']} MB, {out['reader']['vectors']:,} vectors)")
+        f"new reader {out['reader']['wall_s']:.2f} s ({out['reader']['maxrss_mb']} MB, {out['reader']['vectors']:,} "
+        f"vectors, delta {out['reader']['delta']}), warm reload of +100 {out['warm']['warm_reload_s']:.3f} s; "
+        f"folding the log of {out['fold']['logged']} vectors {out['fold']['fold_s']:.2f} s ({out['fold']['maxrss_mb']} MB)")
     return {"incremental_s": round(out["writer"]["wall_s"] + out["reader"]["wall_s"], 2), "incremental": out,
+            "warm_reload_s": out["warm"]["warm_reload_s"], "fold_s": out["fold"]["fold_s"],
             "index_add_100_maxrss_mb": out["writer"]["maxrss_mb"], "search_process_maxrss_mb": out["reader"]["maxrss_mb"]}
 
 
@@ -304,21 +310,54 @@ def child(role: str, home: Path, rows: Rows) -> None:
     if role == "writer":  # `rows`: 100 new photos like the collection's (its themes and scenes)
         with Index.open(home, "scale") as index:
             index.acquire_lock()
-            vi = index.vector_index()
+            writer = index.vector_writer()  # as the indexer: the FAISS file is not loaded
             new_folder = f"/data/new-{time.time_ns()}/"  # new paths each time: 100 additions
-            batch = [dict(r, path=r["path"].replace("/data/photos/", new_folder))
+            batch = [dict(r, path=r["path"].replace("/data/photos/", new_folder), _in_index=False)
                      for r in rows.batch(0, 100)]
-            ids = index.catalog.write_batch(batch)
-            vi.add(np.asarray(ids, dtype=np.int64), np.stack([r["vector"] for r in batch]))
-            vi.save(index.vectors_path, index.catalog.generation())
+            ids = index.catalog.write_batch(batch, on_commit=writer.on_commit)
+            writer.apply([], np.asarray(ids, dtype=np.int64), np.stack([r["vector"] for r in batch]))
+            writer.finish()  # folds only past the measured size (retriever.index_log)
             index.release_lock()
-        result = {"added": len(ids)}
-    else:
+        result = {"added": len(ids), "folded": writer.offset == 64}
+    elif role == "delta":  # `rows` new photos logged in the indexer's checkpoints, the log not folded
+        with Index.open(home, "scale") as index:
+            index.acquire_lock()
+            writer = index.vector_writer()
+            new_folder = f"/data/delta-{time.time_ns()}/"
+            for lo in range(0, rows.n, CHECKPOINT):
+                batch = [dict(r, path=r["path"].replace("/data/photos/", new_folder), _in_index=False)
+                         for r in rows.batch(lo, min(rows.n, lo + CHECKPOINT))]
+                ids = index.catalog.write_batch(batch, on_commit=writer.on_commit)
+                writer.apply([], np.asarray(ids, dtype=np.int64), np.stack([r["vector"] for r in batch]))
+            index.release_lock()
+        result = {"logged": writer.logged}
+    elif role == "fold":  # what `finish` does once the log passes its measured size (and optimize)
+        with Index.open(home, "scale") as index:
+            index.acquire_lock()
+            writer = index.vector_writer()
+            result = {"logged": writer.logged}
+            t = time.perf_counter()
+            writer.fold()
+            result["fold_s"] = round(time.perf_counter() - t, 2)
+            index.release_lock()
+    else:  # reader: a new search process; warm: one that then takes in another writer's 100 photos
+        import subprocess
+
         with Index.open(home, "scale", read_only=True) as index:
             searcher = Searcher(index, encoder=object())
             q = rows.vectors(0, 1)[0]
             hits = searcher._filtered(q[None, :], 10, [], F.build(after="2013", formats=["jpeg"]))
-            result = {"vectors": len(searcher.vectors), "hits": len(hits)}
+            vectors = searcher.vectors
+            result = {"vectors": len(vectors), "hits": len(hits), "delta": len(getattr(vectors, "delta", ()))}
+            if role == "warm":
+                subprocess.run([sys.executable, __file__, "--rows", "100", "--child", "writer", str(home)],
+                               capture_output=True, check=True)
+                t = time.perf_counter()
+                warm = Searcher(index, encoder=object())
+                warm.previous_vectors = vectors
+                warm._filtered(q[None, :], 10, [], F.build(after="2013", formats=["jpeg"]))
+                result["warm_reload_s"] = round(time.perf_counter() - t, 3)
+                result["warm_vectors"] = len(warm.vectors)
     result["maxrss_mb"] = _peak_rss_mb()
     print(json.dumps(result))
 
@@ -375,6 +414,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=15, help="timings per filter")
     ap.add_argument("--queries", type=int, default=30, help="queries per filtered search")
     ap.add_argument("--no-incremental", action="store_true", help="skip adding 100 rows at the end")
+    ap.add_argument("--delta", type=int, default=0,
+                    help="with --reuse: first log this many new rows, unfolded, so searches read file + log")
+    ap.add_argument("--only-incremental", action="store_true",
+                    help="with --reuse: only add 100 rows (twice) and fold the log")
     ap.add_argument("--duplicates", action="store_true", help="time `retriever duplicates` on the whole catalog")
     ap.add_argument("--duplicates-exact", action="store_true",
                     help="with --duplicates: both the approximate and the exact search, whatever the size")
@@ -398,7 +441,15 @@ def main(argv=None) -> int:
         result["build"] = build(home, rows, log)
         (home / "scale-build.json").write_text(json.dumps(result["build"]))
     result["commit_rows_per_s"] = result["build"]["commit_rows_per_s"]
-    result.update(measure(home, rows, args, log))
+    if args.delta:
+        import subprocess
+
+        done = subprocess.run([sys.executable, __file__, "--rows", str(args.delta), "--child", "delta", str(home)],
+                              capture_output=True, text=True, check=True)
+        log(f"  {json.loads(done.stdout.strip().splitlines()[-1])['logged']:,} vectors in the delta log")
+        result["delta"] = args.delta
+    if not args.only_incremental:
+        result.update(measure(home, rows, args, log))
     if args.duplicates:
         result["duplicates"] = duplicates(home, rows, args.duplicates_exact, log)
         result["duplicates_s"] = result["duplicates"]["duplicates_s"]
@@ -415,13 +466,13 @@ def main(argv=None) -> int:
     print()
     print("| filter | breadth | share | SQL side ms (p50) | listing every id ms |")
     print("|---|---|---|---|---|")
-    for r in result["filters"]:
+    for r in result.get("filters", []):
         print(f"| {r['kind']} | {r['breadth']} | {r['share']:.4f} | {r['ms']:.2f}{' (broad)' if r['broad'] else ''} "
               f"| {r['list_all_ms']:.1f} |")
     print()
     print("| filtered top-10 | share | p50 ms | recall@10 vs exact | strategy |")
     print("|---|---|---|---|---|")
-    for s in result["filtered_search"]:
+    for s in result.get("filtered_search", []):
         print(f"| {s['kind']} {s['breadth']} | {s['share']:.4f} | {s['p50_ms']:.2f} | {s['recall_at_10']:.3f} "
               f"| {', '.join(s['strategy'])} |")
     print()

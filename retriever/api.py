@@ -446,8 +446,10 @@ class Collection(ConceptMethods):
         from retriever.search import Searcher
 
         fresh = Searcher(self.idx, encoder=self._query_encoder, device=self.device)
+        if self._searcher is not None and not load:
+            fresh.previous_vectors = self._searcher._vectors  # extended by the delta log's new records
         if load or self._searcher is not None:
-            _ = fresh.vectors  # the FAISS file when current, else rebuilt from the catalog
+            _ = fresh.vectors  # the FAISS file (and its log) when current, else rebuilt from the catalog
         self._searcher, self._generation = fresh, generation
 
 

@@ -365,20 +365,12 @@ def accepted_ids(vectors, concept: ConceptVector) -> np.ndarray:
     """Sorted ids of the photos the concept says yes to: those whose vector scores at least its
     threshold along its direction (a FAISS range search, every list of an IVF index scanned; an
     index without range search is ranked whole)."""
-    import faiss
+    from retriever.layered import range_ids
 
     query = np.ascontiguousarray(concept.vector[None, :], dtype=np.float32)
-    inner = getattr(vectors, "index", None)
-    if inner is not None and hasattr(inner, "range_search"):
-        try:
-            if getattr(vectors, "is_ivf", False):
-                params = faiss.SearchParametersIVF(nprobe=int(vectors.nlist))
-                _, _, ids = inner.range_search(query, float(concept.cosine_threshold), params=params)
-            else:
-                _, _, ids = inner.range_search(query, float(concept.cosine_threshold))
-            return np.unique(ids.astype(np.int64))
-        except RuntimeError:  # an index type without range search: rank it whole below
-            pass
+    found = range_ids(vectors, query, float(concept.cosine_threshold))
+    if found is not None:
+        return found
     scores, ids = vectors.search(query, len(vectors))
     keep = (ids[0] != -1) & (scores[0] >= concept.cosine_threshold)
     return np.unique(ids[0][keep].astype(np.int64))

@@ -238,10 +238,10 @@ class Index(IndexVectors):
         """Drop images (rows and vectors) and bring the FAISS file up to date. Needs the lock."""
         if not ids:
             return
-        vectors = self.vector_index()  # current, before the catalog changes
-        self.catalog.remove(ids)
-        vectors.remove(ids)
-        vectors.save(self.vectors_path, self.catalog.generation())
+        writer = self.vector_writer()  # current, before the catalog changes
+        self.catalog.remove(ids, on_commit=writer.on_commit)
+        writer.apply(ids, (), None)
+        writer.finish()
 
     def _tags_status(self) -> dict[str, Any] | None:
         """The zero-shot label set and how many images carry tags; None before `retriever tag`."""
@@ -255,9 +255,13 @@ class Index(IndexVectors):
         from retriever.ondisk import ondisk_status
         from retriever.vectors import read_info
 
+        from retriever.index_log import log_status
+
         counts = self.catalog.counts()
         info = read_info(self.vectors_path)
-        current = info is not None and info.generation == self.catalog.generation()
+        log = log_status(self, info)
+        generation = self.catalog.generation()
+        current = info is not None and (info.generation == generation or (log or {}).get("generation") == generation)
         model = self.catalog.get_setting("model")
         on_disk = ondisk_status(self.vectors_path, info)
         return {
@@ -270,13 +274,14 @@ class Index(IndexVectors):
             "dim": self.dim,
             "precision": self.precision,
             "images": counts["images"],
-            "vectors": info.count if current else counts["stored_vectors"],
+            "vectors": counts["stored_vectors"],
             "vector_index": info.kind if info else None,
             "vector_index_current": current,
             "index_type": (on_disk["shown_kind"] if on_disk else info.index_type) if info else None,
             "index_params": (on_disk["shown_params"] if on_disk else _shown_params(info.params)) if info else None,
             "index_recall_at_10": info.recall_at_10 if info else None,
             "on_disk": on_disk["files"] if on_disk else None,
+            "vector_log": log,
             "failed": counts["failed"],
             "tags": self._tags_status(),
             "text": _text_status(self.catalog),

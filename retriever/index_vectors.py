@@ -30,15 +30,24 @@ class IndexVectors:
     def vectors_path(self) -> Path:
         return self.folder / VECTORS_FILE
 
-    def vector_index(self):
+    @property
+    def vector_log_path(self) -> Path:
+        from retriever.vector_log import log_path
+
+        return log_path(self.vectors_path)
+
+    def vector_index(self, previous=None):
         """The FAISS index for the catalog's current generation: the saved file when it is current,
-        else rebuilt from the stored vectors (and saved, when this process holds the writer lock).
+        or the file with its delta log's records laid over it (retriever.index_log; `previous`, a
+        view this process already holds, is extended by the new records only), else rebuilt from
+        the stored vectors (and saved, when this process holds the writer lock).
 
         A rebuild makes the kind that suits the count (see `wanted_index_kind`). A stale file of
         that kind lends its training (IVF lists, codebooks, nprobe) and is refilled from the
         catalog: none of its vectors is trusted, and nothing is trained again."""
+        from retriever.index_log import read_view, save_base
         from retriever.ondisk import is_ondisk
-        from retriever.vectors import VectorIndex, read_info
+        from retriever.vectors import read_info
 
         generation = self.catalog.generation()
         info = read_info(self.vectors_path)
@@ -48,20 +57,22 @@ class IndexVectors:
             if ondisk is not None:
                 return ondisk
         stale = None
-        try:
-            if info is not None and is_ondisk(info.index_type):  # unusable on-disk files: never opened read-write
-                raise FileNotFoundError(self.vectors_path)
-            vi, info = VectorIndex.load(self.vectors_path)
-            if info.dim == self.dim:
-                if info.generation == generation:
-                    return vi
-                stale = vi
-        except (FileNotFoundError, ValueError):
-            pass
+        if info is None or not is_ondisk(info.index_type):  # unusable on-disk files: never opened read-write
+            for _ in range(2):  # a writer may fold the log into a new file between two reads: look again
+                view, stale = read_view(self, generation, previous)
+                if view is not None:
+                    return view
+                previous = None
         vi = self._rebuild_vectors(stale)
         if self._lock_fd is not None:
-            vi.save(self.vectors_path, generation)
+            save_base(self, vi, generation)
         return vi
+
+    def vector_writer(self):
+        """With the writer lock: what a run writes the vectors through (retriever.index_log)."""
+        from retriever.index_log import open_writer
+
+        return open_writer(self)
 
     def on_disk_wanted(self) -> bool:
         """Whether `retriever optimize --on-disk` put the index on disk (until --in-memory)."""
@@ -216,6 +227,7 @@ class IndexVectors:
         the run changed nothing: then nothing is done). -> the BuildReport, or None.
 
         An on-disk index stays on disk: its delta grows until `retriever optimize` folds it in."""
+        from retriever.index_log import save_base
         from retriever.ondisk import is_ondisk
 
         if vectors is None or self._lock_fd is None:
@@ -235,7 +247,7 @@ class IndexVectors:
         if self._suits(vectors, len(vectors)):
             return None
         vi, report = self._build_or_exact(len(vectors))
-        vi.save(self.vectors_path, self.catalog.generation())
+        save_base(self, vi, self.catalog.generation())
         return report
 
     def optimize(self, kind: str | None = "auto", target_recall: float | None = None, exact_max: int | None = None,
@@ -251,6 +263,7 @@ class IndexVectors:
         `shard_size` vectors; False builds in memory; None keeps an on-disk index on disk when no
         kind is given (folding its delta and tombstones into a fresh build), else in memory.
         `progress(stage, done, total)` hears how an on-disk build goes."""
+        from retriever.index_log import save_base
         from retriever.ondisk import build_size, remove_ondisk_files
         from retriever.vectors import VectorIndexError, check_kind
 
@@ -279,7 +292,7 @@ class IndexVectors:
             size = build_size(vi)
         else:
             vi, report = self.build_vector_index(kind, count, target_recall, exact_max)
-            vi.save(self.vectors_path, generation)
+            save_base(self, vi, generation)
             remove_ondisk_files(self.vectors_path)  # an on-disk index it replaces
             values = {INDEX_KIND_SETTING: kind, ON_DISK_SETTING: False}
             size = self.vectors_path.stat().st_size

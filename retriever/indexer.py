@@ -236,22 +236,23 @@ class _Run:
         try:
             tasks, gone = self._plan()
             if tasks or gone:
-                self.vectors = self.index.vector_index()
+                self.vectors = self.index.vector_writer()  # retriever.index_log
                 self._process(tasks, gone)
         except KeyboardInterrupt:
             status = "interrupted"
             self.summary.interrupted = True
-            if self.in_commit:  # the FAISS index may lag the catalog: leave it to be rebuilt
-                self.vectors = None
+            if self.in_commit and self.vectors is not None:  # a copy in memory may lag the catalog
+                self.vectors.lagging()
         except Exception as exc:
             # Out of GPU memory even one image at a time, a lost cluster, a full disk: the run
             # is recorded as failed (not left "running"), its checkpoints kept, the error raised.
-            # The FAISS file is not written: the next open rebuilds it from the stored vectors.
+            # Every committed checkpoint is in the delta log (an on-disk index's delta is not
+            # saved: the next open makes it again from the stored vectors).
             self.summary.error = " ".join(str(exc).split())[:300] or type(exc).__name__
             self._finish(run_id, "failed")
             raise
         if self.vectors is not None:
-            self.vectors.save(self.index.vectors_path, catalog.generation())
+            self.vectors.finish(interrupted=self.summary.interrupted)  # a fold when the log has grown
         self._finish(run_id, status)
         self.index.adapt_vector_index(None if self.summary.interrupted else self.vectors)  # the kind for the size
         return self.summary
@@ -432,8 +433,8 @@ class _Run:
             self._count_new(task)
             self.summary.copied += 1
             self._replace(task, [{**base, **{k: r[k] for k in _META_KEYS}, "fingerprint": p.fingerprint,
-                                  "status": STATUS_INDEXED, "error": None, "vector": stored[r["id"]]}
-                                 for r in sources])
+                                  "status": STATUS_INDEXED, "error": None, "vector": stored[r["id"]],
+                                  "_in_index": False} for r in sources])  # (_replace drops its old items)
             return
         if not p.decoded:  # decode was skipped for content that has since become unavailable
             p = prepare(task, self.encoder.preprocessor(), self.draft, frozenset(), True, self.options.video_every_s)
@@ -496,7 +497,8 @@ class _Run:
             text = {} if p.text is None else {"_text": p.text}
             self._queue([{**base, "frame_ms": None, "vector": vectors[0], "_in_index": p.task.known is not None, **text}])
         else:
-            self._replace(p.task, [{**base, "frame_ms": ms, "vector": v} for (ms, _), v in zip(p.frames, vectors)])
+            self._replace(p.task, [{**base, "frame_ms": ms, "vector": v, "_in_index": False}
+                                   for (ms, _), v in zip(p.frames, vectors)])
 
     def _replace(self, task: _Task, rows: list[dict[str, Any]]) -> None:
         """A file's items replaced by `rows` in one checkpoint (its old items, e.g. a video's
@@ -524,7 +526,8 @@ class _Run:
             self.on_progress(Progress(self.done, self.total, self.summary.failed, time.monotonic() - self.started))
 
     def _commit(self, rows: list[dict[str, Any]], remove_ids: Sequence[int] = ()) -> None:
-        """One checkpoint: the catalog first (the truth), then the in-memory FAISS index.
+        """One checkpoint: the catalog (the truth) and, in its transaction, the FAISS delta log;
+        then the writer's copy in memory, if it holds one (retriever.index_log).
         Rows marked _in_index may already have a vector there (removal scans the whole index, so
         it is skipped for files that are new to the catalog)."""
         self.in_commit = True
@@ -536,14 +539,12 @@ class _Run:
                                            for n, row in enumerate(rows) if "_text" in row})
             self.summary.text_read += len(texts[1])
             self.summary.text_found += sum(1 for row in rows if row.get("_text"))
-        ids = self.catalog.write_batch(rows, remove_ids=remove_ids, texts=texts)
+        ids = self.catalog.write_batch(rows, remove_ids=remove_ids, texts=texts, on_commit=self.vectors.on_commit)
         self.last_flush = time.monotonic()
         stale = list(remove_ids) + [i for row, i in zip(rows, ids) if "vector" in row and row.get("_in_index")]
         changed = [(i, row["vector"]) for row, i in zip(rows, ids) if row.get("vector") is not None]
-        if stale:
-            self.vectors.remove(stale)
-        if changed:
-            self.vectors.add(np.array([i for i, _ in changed], dtype=np.int64), np.stack([v for _, v in changed]))
+        self.vectors.apply(stale, np.array([i for i, _ in changed], dtype=np.int64),
+                           np.stack([v for _, v in changed]) if changed else None)
         self.in_commit = False
 
 

@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from retriever.layered import MainAndDelta, bitmap_selector
 from retriever.ondisk_files import (
     BUILD_DIR_PREFIX,
     OnDiskIndexError,
@@ -75,8 +76,6 @@ from retriever.vectors import (
     VectorIndex,
     VectorIndexError,
     _atomic_write,
-    _clean,
-    _padded,
     _sidecar,
     read_info,
     sample_and_train,
@@ -213,7 +212,7 @@ def build_ondisk(
 # -- the index ---------------------------------------------------------------------------------------
 
 
-class OnDiskVectorIndex:
+class OnDiskVectorIndex(MainAndDelta):
     """The on-disk main index + an in-memory delta + tombstones; the VectorIndex interface
     (add, remove, search, save, len, nprobe) that the indexer and the searcher use."""
 
@@ -234,26 +233,6 @@ class OnDiskVectorIndex:
     @property
     def index_type(self) -> str:
         return self.main.index_type + ONDISK_SUFFIX
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return self.main.params
-
-    @property
-    def recall_at_10(self) -> float | None:
-        return self.main.recall_at_10
-
-    @property
-    def factory(self) -> str:
-        return self.main.factory
-
-    @property
-    def nlist(self) -> int:
-        return self.main.nlist
-
-    @property
-    def nprobe(self) -> int:
-        return self.main.nprobe
 
     def set_nprobe(self, nprobe: int) -> None:
         self.main.set_nprobe(nprobe)
@@ -334,49 +313,14 @@ class OnDiskVectorIndex:
 
     def _dropped_selector(self):
         """The tombstones as a FAISS bitmap over the main index's ids (catalog ids are dense)."""
-        import faiss
-
         if len(self.tombstones) == 0:
             return None
         if self._dropped is None:
-            mask = np.zeros(int(self.tombstones.max()) + 1, dtype=bool)
-            mask[self.tombstones] = True
-            bits = np.packbits(mask, bitorder="little")
-            self._dropped = (faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits)
+            self._dropped = bitmap_selector(self.tombstones)
         return self._dropped[0]
 
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        exclude: Iterable[int] = (),
-        allowed: Iterable[int] | np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """As VectorIndex.search, over the live vectors: the main index without its tombstones
-        (nprobe as tuned, widened for filters and large k as VectorIndex does) and the delta
-        (exact), merged best first."""
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        width = min(k, len(self))
-        if width <= 0:
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        if allowed is not None and not isinstance(allowed, np.ndarray):
-            allowed = np.fromiter((int(i) for i in allowed), dtype=np.int64)
-        if not isinstance(exclude, np.ndarray):
-            exclude = np.fromiter((int(i) for i in exclude), dtype=np.int64)
-        parts = []
-        if self.main_count > len(self.tombstones):
-            parts.append(self.main.search(queries, width, exclude=exclude, allowed=allowed,
-                                          dropped=self._dropped_selector()))
-        if len(self.delta):
-            parts.append(self.delta.search(queries, width, exclude=exclude, allowed=allowed))
-        if not parts:
-            return _padded(len(queries), width)
-        if len(parts) == 1 and parts[0][1].shape[1] == width:
-            return parts[0]
-        scores = np.concatenate([p[0] for p in parts] + [_padded(len(queries), width)[0]], axis=1)
-        ids = np.concatenate([p[1] for p in parts] + [_padded(len(queries), width)[1]], axis=1)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :width]
-        return _clean(np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1))
+    def _main_live(self) -> bool:
+        return self.main_count > len(self.tombstones)
 
     def reconstruct(self, image_id: int) -> np.ndarray:
         ids = np.array([image_id], np.int64)

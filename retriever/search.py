@@ -67,6 +67,7 @@ class Searcher:
         self._encoder = encoder
         self._query_encoder = None
         self._vectors = None
+        self.previous_vectors = None  # a warm predecessor's index: only the delta log's new records are read
         self._regions: Any = False  # not looked for yet
         self.use_regions = True  # score photos by their regions too, where the index has them
         self.last_strategy: str | None = None  # how the last filtered search ran: "selector" | "overfetch"
@@ -103,7 +104,8 @@ class Searcher:
     @property
     def vectors(self):
         if self._vectors is None:
-            self._vectors = self.index.vector_index()
+            self._vectors = self.index.vector_index(previous=self.previous_vectors)
+            self.previous_vectors = None
         return self._vectors
 
     @property

@@ -24,7 +24,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+import uuid
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -74,6 +75,7 @@ class IndexInfo:
     index_type: str = FLAT  # flat | ivf-sq8 | ivf-pq
     params: dict[str, Any] = field(default_factory=dict)  # nlist, nprobe, trained_on, ...
     recall_at_10: float | None = None  # measured against exact search when built; None for flat
+    token: str = ""  # new at each save: the delta log (retriever.vector_log) names the file it extends
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ class VectorIndex:
         self.params = dict(params or {})
         self.recall_at_10 = recall_at_10
         self._lists = None  # ivf_lists.ListMap, built by the first search that needs it; dropped by add/remove
+        self.position = None  # layered.LogPosition of a file a reader loaded: how far its delta log was read
         if self.is_ivf:
             self.set_nprobe(int(self.params.get("nprobe") or 1))
 
@@ -319,16 +322,18 @@ class VectorIndex:
 
     # -- files ----------------------------------------------------------------------------------
 
-    def save(self, path: Path, generation: int) -> None:
+    def save(self, path: Path, generation: int) -> str:
         """Atomic: written to a temporary file in the same folder, fsynced, then renamed over.
         The FAISS file first, then its sidecar: a kill between the two leaves a file whose sidecar
-        describes another one, caught by `load` (count or kind mismatch) or by the generation."""
+        describes another one, caught by `load` (count or kind mismatch) or by the generation.
+        -> the new token the sidecar records (any delta log of the old file no longer applies)."""
         import faiss
 
         path = Path(path)
-        info = self.info(generation)
+        info = replace(self.info(generation), token=uuid.uuid4().hex)
         _atomic_write(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
         _atomic_write(_sidecar(path), lambda tmp: tmp.write_text(json.dumps(asdict(info))))
+        return info.token
 
     @classmethod
     def load(cls, path: Path) -> tuple["VectorIndex", IndexInfo]:

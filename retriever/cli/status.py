@@ -46,7 +46,7 @@ def status(home, index_name, as_json):
         ("precision", _precision_text(info)),
         ("images", info["images"]),
         ("vectors", info["vectors"]),
-        ("search", _index_kind_text(info)),
+        ("search", _index_kind_text(info) + _log_text(info)),
         ("text", (f"{info['text']['read']} photos read, {info['text']['with_text']} with text"
                   if info.get("text", {}).get("read") else "not read (retriever ocr)")),
         ("tags", (f"{info['tags']['labels']} labels, {info['tags']['tagged']} images tagged, "
@@ -95,6 +95,15 @@ def _index_kind_text(info: dict[str, Any]) -> str:
     if recall is not None:
         shown += f", recall@10 {recall:.3f} against exact search"
     return shown
+
+
+def _log_text(info: dict[str, Any]) -> str:
+    """The FAISS file's delta log: what the last checkpoints added since the file was written."""
+    log = info.get("vector_log")
+    if not log or not log["records"]:
+        return ""
+    return (f"; +{log['added']:,} vectors, {log['removed']:,} removed or replaced in the delta log "
+            f"({log['records']} checkpoints, {log['bytes'] / 1e6:.1f} MB; folded in by retriever optimize)")
 
 
 @click.command()

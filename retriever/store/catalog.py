@@ -154,7 +154,7 @@ class Catalog:
         return out
 
     def write_batch(self, rows: Sequence[dict[str, Any]], *, remove_ids: Iterable[int] = (),
-                    texts: tuple[str, dict[int, tuple]] | None = None) -> list[int]:
+                    texts: tuple[str, dict[int, tuple]] | None = None, on_commit=None) -> list[int]:
         """One checkpoint, in one transaction. Returns the id of each row.
 
         A row with an "id" updates that item (its path may change: a moved file); otherwise the
@@ -165,25 +165,46 @@ class Catalog:
         old vector, are dropped (the next `retriever tag` tags it again). `remove_ids` are
         dropped first, with their vectors and tags. `texts`: (engine, {position in rows:
         (fingerprint, lines, text, squashed)}), the text read in those rows' photos, written in
-        the same transaction (store/ocr.py)."""
+        the same transaction (store/ocr.py).
+
+        `on_commit(rows, ids, remove_ids, generation, stored_vectors)` is called inside the
+        transaction, before its COMMIT (the FAISS delta log: retriever.index_log); it may return
+        an undo, called when the transaction then does not commit."""
         from retriever.store.writes import write_rows
 
-        with self.engine.begin() as conn:
-            now = utcnow()
-            ids = write_rows(conn.connection.dbapi_connection, rows, remove_ids, now)
-            if texts:
-                from retriever.store.ocr import write_text_rows
+        remove_ids = list(remove_ids)
+        undo, generation = None, None
+        try:
+            with self.engine.begin() as conn:
+                now = utcnow()
+                ids = write_rows(conn.connection.dbapi_connection, rows, remove_ids, now)
+                if texts:
+                    from retriever.store.ocr import write_text_rows
 
-                cursor = conn.connection.dbapi_connection.cursor()
-                try:
-                    write_text_rows(cursor, [(ids[n], *value) for n, value in texts[1].items()], texts[0], now)
-                finally:
-                    cursor.close()
-            self._bump_generation(conn)
+                    cursor = conn.connection.dbapi_connection.cursor()
+                    try:
+                        write_text_rows(cursor, [(ids[n], *value) for n, value in texts[1].items()], texts[0], now)
+                    finally:
+                        cursor.close()
+                generation = self._bump_generation(conn)
+                if on_commit is not None:
+                    stored = conn.execute(select(func.count()).select_from(vectors)).scalar_one()
+                    undo = on_commit(rows, ids, remove_ids, generation, int(stored))
+        except BaseException:
+            if undo is not None and not self._committed(generation):
+                undo()
+            raise
         return ids
 
-    def remove(self, ids: Iterable[int]) -> None:
-        self.write_batch([], remove_ids=ids)
+    def _committed(self, generation: int | None) -> bool:
+        """Whether the catalog reached `generation` (a commit that raised may still have landed)."""
+        try:
+            return generation is not None and self.generation() >= generation
+        except Exception:  # the database is unusable: the commit is taken as lost
+            return False
+
+    def remove(self, ids: Iterable[int], on_commit=None) -> None:
+        self.write_batch([], remove_ids=ids, on_commit=on_commit)
 
     def ids_under(self, path: str) -> list[int]:
         """Ids of the file at `path` and of every file below it, if it is a folder."""
@@ -215,9 +236,11 @@ class Catalog:
             ).mappings()
             return [dict(r) for r in rows]
 
-    def _bump_generation(self, conn: Connection) -> None:
+    def _bump_generation(self, conn: Connection) -> int:
         current = conn.execute(select(settings.c.value).where(settings.c.key == "generation")).scalar_one_or_none()
-        self.set_settings({"generation": (json.loads(current) if current else 0) + 1}, conn)
+        generation = (json.loads(current) if current else 0) + 1
+        self.set_settings({"generation": generation}, conn)
+        return generation
 
     def generation(self) -> int:
         """Counts committed changes to the vectors; the FAISS file records the one it reflects."""
