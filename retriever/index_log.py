@@ -66,8 +66,9 @@ def read_view(index, generation: int, previous=None):
             if isinstance(previous, LayeredVectorIndex):
                 return previous.extended(records, moved), None
             return LayeredVectorIndex.over(previous, records, moved, info), None
+    mmap = index._lock_fd is None  # a reader's file is never changed: mapped, not read
     try:
-        vi, info = VectorIndex.load(index.vectors_path)
+        vi, info = VectorIndex.load(index.vectors_path, mmap=mmap)
     except (FileNotFoundError, ValueError):
         return None, None
     if info.dim != index.dim:
@@ -76,9 +77,18 @@ def read_view(index, generation: int, previous=None):
         vi.position = LogPosition(info.token, info.generation, HEADER_SIZE) if info.token else None
         return vi, None
     records = bridge(index, info.token, HEADER_SIZE, info.generation, generation) if info.token else None
-    if records is None:
-        return None, vi
+    if records is None:  # stale: its training is lent to a refill, which changes it
+        return None, _loaded(index) if mmap else vi
     return LayeredVectorIndex.over(vi, records, LogPosition(info.token, generation, records[-1].end), info), None
+
+
+def _loaded(index):
+    from retriever.vectors import VectorIndex
+
+    try:
+        return VectorIndex.load(index.vectors_path)[0]
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def save_base(index, vi, generation: int) -> str:

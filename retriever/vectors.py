@@ -158,6 +158,7 @@ class VectorIndex:
         self.recall_at_10 = recall_at_10
         self._lists = None  # ivf_lists.ListMap, built by the first search that needs it; dropped by add/remove
         self.position = None  # layered.LogPosition of a file a reader loaded: how far its delta log was read
+        self.read_only = False  # memory-mapped (load(mmap=True)): FAISS would crash on a change
         if self.is_ivf:
             self.set_nprobe(int(self.params.get("nprobe") or 1))
 
@@ -193,15 +194,21 @@ class VectorIndex:
     def clear(self) -> None:
         """Drop every vector; keep the kind, its training (IVF lists, codebooks) and nprobe. A
         stale file is refilled from the catalog this way without training again."""
+        self._writable()
         self.index.reset()
         self._lists = None
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    def _writable(self) -> None:
+        if self.read_only:
+            raise VectorIndexError("a memory-mapped FAISS index cannot be changed: load it without mmap")
+
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         if len(ids) == 0:
             return
+        self._writable()
         vecs = np.ascontiguousarray(vecs, dtype=np.float32)
         if vecs.ndim != 2 or vecs.shape[1] != self.dim:
             raise ValueError(f"expected vectors of shape (n, {self.dim}), got {vecs.shape}")
@@ -214,6 +221,7 @@ class VectorIndex:
         ids = np.fromiter(ids, dtype=np.int64)
         if len(ids) == 0:
             return 0
+        self._writable()
         self._lists = None
         return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
 
@@ -336,8 +344,11 @@ class VectorIndex:
         return info.token
 
     @classmethod
-    def load(cls, path: Path) -> tuple["VectorIndex", IndexInfo]:
-        """Raises FileNotFoundError / ValueError when the file or its sidecar is missing or unreadable."""
+    def load(cls, path: Path, mmap: bool = False) -> tuple["VectorIndex", IndexInfo]:
+        """Raises FileNotFoundError / ValueError when the file or its sidecar is missing or unreadable.
+        mmap: the codes memory-mapped, not read (milliseconds instead of ~1 s a million vectors;
+        pages shared with other processes): read-only. The file is only ever replaced by a rename,
+        never changed in place, so a mapping stays valid."""
         import faiss
 
         path = Path(path)
@@ -345,7 +356,7 @@ class VectorIndex:
         if info is None:
             raise FileNotFoundError(path)
         try:
-            index = faiss.read_index(str(path))
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         except RuntimeError as exc:
             raise ValueError(f"unreadable FAISS file {path}: {exc}") from exc
         if index.ntotal != info.count or index.d != info.dim or info.index_type not in KINDS:
@@ -354,8 +365,9 @@ class VectorIndex:
         if (ivf is not None) != (info.index_type != FLAT) or (ivf is not None and ivf.nlist != info.params.get("nlist")):
             raise ValueError(f"{path} does not match its sidecar")  # e.g. killed between the two writes
         # nprobe is not part of the FAISS file: the constructor applies the recorded one.
-        return cls(info.dim, index, index_type=info.index_type, params=info.params,
-                   recall_at_10=info.recall_at_10), info
+        vi = cls(info.dim, index, index_type=info.index_type, params=info.params, recall_at_10=info.recall_at_10)
+        vi.read_only = mmap
+        return vi, info
 
 
 # -- building the kind that suits the size -------------------------------------------------------------

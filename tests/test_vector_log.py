@@ -340,3 +340,18 @@ def test_a_log_that_cannot_be_written_never_stops_a_commit(index):
     info = read_info(index.vectors_path)
     assert info.generation == index.catalog.generation() and info.count == 47
     _same_as_exact(_reader_view(index), index, rng)
+
+
+def test_a_reader_maps_the_file_and_cannot_change_it(index):
+    from retriever.vectors import VectorIndexError
+
+    rng, _ = _logging(index, 11, 30)
+    index.vector_writer().fold()
+    view = _reader_view(index)  # no writer lock: the codes are memory-mapped, not read
+    assert isinstance(view, VectorIndex) and view.read_only
+    _same_as_exact(view, index, rng)
+    with pytest.raises(VectorIndexError):
+        view.add(np.array([10_000]), _unit(rng, 1))
+    with pytest.raises(VectorIndexError):
+        view.remove([1])
+    assert not index.vector_index().read_only  # the writer's own is read
