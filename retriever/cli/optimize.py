@@ -53,7 +53,8 @@ def optimize(home, index_name, kind, target_recall, exact_max, on_disk, workers,
     Up to a size threshold search is exact; above it an IVF index with 8-bit codes is trained
     on a sample of the collection and its nprobe chosen to hold recall@10 >= 0.95 against
     exact search. Indexing runs switch kinds by themselves as a collection grows; run this
-    after changing a setting, or to force a kind.
+    after changing a setting, or to force a kind. It also folds the delta log (what indexing
+    runs appended since the file was written; see `retriever status`) into the new file.
 
     \b
       retriever optimize                       the kind that suits the size
