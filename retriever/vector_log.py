@@ -5,7 +5,7 @@ few hundred kilobytes, not the whole index, and a reader takes in only the new r
     vectors.faiss.log   a header (format, the token of the FAISS file it extends, the dimension),
                         then one record per committed checkpoint: its catalog generation, the
                         number of stored vectors after it, the ids whose vectors it removed or
-                        replaced, and the ids and vectors it added; a CRC32 over each record.
+                        replaced, and the ids and vectors it added; a CRC32 over each record, head and payload.
 
 Records are appended (and fsynced) by the writer inside the catalog transaction they describe,
 before its COMMIT, tagged with the generation that commit makes. So every committed generation
@@ -37,6 +37,9 @@ HEADER = struct.Struct("<8s32sI")  # format, token (hex uuid4), dim
 RECORD = struct.Struct("<8sqqqqI")  # magic, generation, count, removed, added, crc32 of the payload
 RECORD_MAGIC = b"RVREC001"
 HEADER_SIZE = 64  # HEADER padded: records start here
+
+
+_datasync = getattr(os, "fdatasync", os.fsync)  # (macOS has no fdatasync)
 
 
 class LogFormatError(ValueError):
@@ -104,8 +107,10 @@ def _read_record(handle, dim: int, position: int) -> Record | None:
     if magic != RECORD_MAGIC or min(n_removed, n_added, count) < 0:
         return None
     size = 8 * n_removed + 8 * n_added + 4 * n_added * dim
+    if size > os.fstat(handle.fileno()).st_size - position - RECORD.size:  # a torn or garbled head
+        return None
     payload = handle.read(size)
-    if len(payload) < size or zlib.crc32(payload) != crc:
+    if len(payload) < size or _crc(head, payload) != crc:
         return None
     removed = np.frombuffer(payload, np.int64, n_removed, 0)
     added_ids = np.frombuffer(payload, np.int64, n_added, 8 * n_removed)
@@ -121,7 +126,8 @@ def append(path: Path, offset: int, generation: int, count: int, removed: np.nda
     added_ids = np.ascontiguousarray(added_ids, dtype=np.int64)
     added = np.ascontiguousarray(added, dtype=np.float32)
     payload = removed.tobytes() + added_ids.tobytes() + added.tobytes()
-    head = RECORD.pack(RECORD_MAGIC, generation, count, len(removed), len(added_ids), zlib.crc32(payload))
+    head = RECORD.pack(RECORD_MAGIC, generation, count, len(removed), len(added_ids), 0)
+    head = RECORD.pack(RECORD_MAGIC, generation, count, len(removed), len(added_ids), _crc(head, payload))
     with open(path, "r+b") as handle:
         try:
             handle.truncate(offset)
@@ -129,11 +135,16 @@ def append(path: Path, offset: int, generation: int, count: int, removed: np.nda
             handle.write(head)
             handle.write(payload)
             handle.flush()
-            os.fdatasync(handle.fileno())
+            _datasync(handle.fileno())
         except BaseException:
             handle.truncate(offset)
             raise
     return offset + len(head) + len(payload)
+
+
+def _crc(head: bytes, payload: bytes) -> int:
+    """CRC32 of a record: its head's fields (the CRC field itself left out) and its payload."""
+    return zlib.crc32(payload, zlib.crc32(head[: RECORD.size - 4]))
 
 
 def truncate(path: Path, offset: int) -> None:
@@ -141,7 +152,7 @@ def truncate(path: Path, offset: int) -> None:
     with open(path, "r+b") as handle:
         handle.truncate(offset)
         handle.flush()
-        os.fdatasync(handle.fileno())
+        _datasync(handle.fileno())
 
 
 @dataclass

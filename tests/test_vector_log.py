@@ -23,8 +23,8 @@ DIM = 24
 def _rows(n: int, start: int, rng) -> list[dict]:
     vecs = rng.standard_normal((n, DIM)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    return [{"path": f"/p/{start + i:06d}.jpg", "frame_ms": None, "size": 1, "mtime_ns": 1, "fingerprint": f"{start + i:032x}",
-             "status": "indexed", "error": None, "width": 8, "height": 8, "format": "JPEG", "taken_at": None,
+    return [{"path": f"/p/{start + i:06d}.jpg", "frame_ms": None, "size": 1, "mtime_ns": 1,
+             "fingerprint": f"{start + i:032x}", "status": "indexed", "error": None, "width": 8, "height": 8, "format": "JPEG", "taken_at": None,
              "camera_make": None, "camera_model": None, "gps_lat": None, "gps_lon": None, "vector": vecs[i]}
             for i in range(n)]
 
@@ -355,3 +355,21 @@ def test_a_reader_maps_the_file_and_cannot_change_it(index):
     with pytest.raises(VectorIndexError):
         view.remove([1])
     assert not index.vector_index().read_only  # the writer's own is read
+
+
+def test_a_garbled_record_ends_the_log_there(index):
+    rng, writer = _logging(index, 12, 30)
+    good = vector_log.read(index.vector_log_path, writer.info.token, DIM)
+    end = index.vector_log_path.stat().st_size
+    _checkpoint(index, writer, _rows(2, 700, rng))
+    raw = bytearray(index.vector_log_path.read_bytes())
+    raw[end + 8] ^= 0x01  # one bit of the next record's generation: its CRC covers the head too
+    index.vector_log_path.write_bytes(bytes(raw))
+    assert [r.generation for r in vector_log.read(index.vector_log_path, writer.info.token, DIM)] == \
+        [r.generation for r in good]
+    huge = vector_log.RECORD.pack(vector_log.RECORD_MAGIC, 99, 1, 2**40, 2**40, 0)  # counts no file holds
+    index.vector_log_path.write_bytes(bytes(raw[:end]) + huge)
+    assert len(vector_log.read(index.vector_log_path, writer.info.token, DIM)) == len(good)
+    view = _reader_view(index)  # the catalog is ahead of the log now: never trusted, rebuilt
+    assert not isinstance(view, LayeredVectorIndex)
+    _same_as_exact(view, index, rng)
