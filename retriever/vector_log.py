@@ -32,7 +32,7 @@ import numpy as np
 from retriever.durable import atomic_write
 
 LOG_SUFFIX = ".log"
-FORMAT = b"RVLOG001"
+FORMAT = b"RVLOG002"  # 002: the CRC covers the record head
 HEADER = struct.Struct("<8s32sI")  # format, token (hex uuid4), dim
 RECORD = struct.Struct("<8sqqqqI")  # magic, generation, count, removed, added, crc32 of the payload
 RECORD_MAGIC = b"RVREC001"
