@@ -252,6 +252,7 @@ def test_a_file_swapped_for_a_symlink_is_not_served(tmp_path, offline_encoder):
 def test_status_page_and_openapi(client):
     status = client.get("/api/status").json()
     assert status["images"] == 15 and status["index"] == "default" and status["vlm"] is None
+    assert status["vectors"] == 15 and status["vector_delta"] == 0  # a new index: its FAISS file holds all
     page = client.get("/")
     assert page.status_code == 200 and 'id="q"' in page.text and "https://" not in page.text
     assert client.get("/static/app.js").status_code == 200

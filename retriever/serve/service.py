@@ -312,12 +312,14 @@ class Service:
         from retriever import __version__
 
         counts = self.index.catalog.counts()
+        vectors = self.current().vectors
         return {
             "index": self.index.name,
             "folder": str(self.index.folder),
             "model_id": self.index.model_id,
             "images": counts["images"],
-            "vectors": len(self.current().vectors),
+            "vectors": len(vectors),
+            "vector_delta": len(getattr(vectors, "delta", ())),  # taken in from the delta log since the file
             "generation": self.collection.generation,
             "reloads": self.reloads,
             "vlm": getattr(self.vlm, "model_id", None) if self.vlm is not None else None,
