@@ -44,7 +44,7 @@ if str(REPO) not in sys.path:
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from quality import QUERY_TEMPLATE, class_query_name
-from tags import encoded
+from tags import encoded, split_arguments
 
 from retriever.adapter import (
     DEFAULT_PARAMS,
@@ -56,7 +56,6 @@ from retriever.adapter import (
     label_text_rows,
 )
 
-DATASETS = REPO.parent / "shared" / "datasets"
 N_FITTED = 51
 CV_SEEDS = (0, 1, 2)
 CV_FIT_PHOTOS = 20  # per fitted class, the first in path order; the rest (10) are ranked
@@ -335,10 +334,7 @@ def _encoder():
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train", type=Path, default=DATASETS / "caltech101-train")
-    parser.add_argument("--tune", type=Path, default=DATASETS / "distractors-tune")
-    parser.add_argument("--test", type=Path, default=DATASETS / "caltech101-test")
-    parser.add_argument("--distractors", type=Path, default=DATASETS / "distractors-test")
+    split_arguments(parser)
     parser.add_argument("--cache", type=Path, default=None, help="Where the encoded splits are kept.")
     parser.add_argument("--fit", action="store_true", help="Choose the parameters on train first, report with them.")
     parser.add_argument("--alternatives", action="store_true", help="With --fit: also the rivals (InfoNCE: torch).")

@@ -269,12 +269,17 @@ def speed(n: int, n_labels: int = 500, dim: int = 704) -> dict:
 # -- main -------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def split_arguments(parser: argparse.ArgumentParser) -> None:
+    """--train, --tune (fit on these), --test, --distractors (report on these): the shared datasets."""
     parser.add_argument("--train", type=Path, default=DATASETS / "caltech101-train")
     parser.add_argument("--tune", type=Path, default=DATASETS / "distractors-tune")
     parser.add_argument("--test", type=Path, default=DATASETS / "caltech101-test")
     parser.add_argument("--distractors", type=Path, default=DATASETS / "distractors-test")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    split_arguments(parser)
     parser.add_argument("--examples", type=Path, default=REPO / "examples" / "photos")
     parser.add_argument("--cache", type=Path, default=None, help="Where the encoded splits are kept.")
     parser.add_argument("--fit", action="store_true", help="Fit the threshold on train + tune instead.")
