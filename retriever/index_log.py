@@ -65,7 +65,7 @@ def read_view(index, generation: int, previous=None):
             moved = LogPosition(info.token, generation, records[-1].end)
             if isinstance(previous, LayeredVectorIndex):
                 return previous.extended(records, moved), None
-            return LayeredVectorIndex.over(previous, records, moved, info), None
+            return LayeredVectorIndex.over(previous, records, moved), None
     mmap = index._lock_fd is None  # a reader's file is never changed: mapped, not read
     try:
         vi, info = VectorIndex.load(index.vectors_path, mmap=mmap)
@@ -79,7 +79,7 @@ def read_view(index, generation: int, previous=None):
     records = bridge(index, info.token, HEADER_SIZE, info.generation, generation) if info.token else None
     if records is None:  # stale: its training is lent to a refill, which changes it
         return None, _loaded(index) if mmap else vi
-    return LayeredVectorIndex.over(vi, records, LogPosition(info.token, generation, records[-1].end), info), None
+    return LayeredVectorIndex.over(vi, records, LogPosition(info.token, generation, records[-1].end)), None
 
 
 def _loaded(index):

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from retriever.vector_log import Record, net_change
-from retriever.vectors import IndexInfo, VectorIndex, _clean, _padded
+from retriever.vectors import VectorIndex, _clean, _padded
 
 
 @dataclass(frozen=True)
@@ -138,19 +138,18 @@ class LayeredVectorIndex(MainAndDelta):
     over `main` (a loaded FAISS file) changed by log records. Read-only: the writer logs."""
 
     def __init__(self, main: VectorIndex, delta: VectorIndex, tombstones: np.ndarray, count: int,
-                 position: LogPosition, info: IndexInfo):
+                 position: LogPosition):
         self.dim = main.dim
         self.main = main
         self.delta = delta
         self.tombstones = tombstones  # sorted int64: ids whose vector in `main` is gone or replaced
         self.count = count
         self.position = position
-        self.base_info = info
         self._dropped = bitmap_selector(tombstones)
 
     @classmethod
-    def over(cls, main: VectorIndex, records: list[Record], position: LogPosition, info: IndexInfo):
-        empty = cls(main, VectorIndex(main.dim), np.zeros(0, np.int64), len(main), position, info)
+    def over(cls, main: VectorIndex, records: list[Record], position: LogPosition):
+        empty = cls(main, VectorIndex(main.dim), np.zeros(0, np.int64), len(main), position)
         return empty.extended(records, position)
 
     def extended(self, records: list[Record], position: LogPosition) -> "LayeredVectorIndex":
@@ -165,7 +164,7 @@ class LayeredVectorIndex(MainAndDelta):
             delta.remove(change.touched)
         delta.add(change.ids, change.vectors)
         tombstones = np.union1d(self.tombstones, change.touched)
-        return LayeredVectorIndex(self.main, delta, tombstones, records[-1].count, position, self.base_info)
+        return LayeredVectorIndex(self.main, delta, tombstones, records[-1].count, position)
 
     # -- what it is (the file's kind) ---------------------------------------------------------------
 
@@ -201,10 +200,6 @@ class LayeredVectorIndex(MainAndDelta):
         if position < len(self.tombstones) and self.tombstones[position] == image_id:
             raise KeyError(image_id)
         return self.main.reconstruct(image_id)
-
-    def info(self, generation: int) -> IndexInfo:
-        return IndexInfo(generation=generation, count=len(self), dim=self.dim, kind=self.factory,
-                         index_type=self.index_type, params=dict(self.params), recall_at_10=self.recall_at_10)
 
 
 def replayed(main: VectorIndex, records: list[Record]) -> VectorIndex:
