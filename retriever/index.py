@@ -51,14 +51,16 @@ class Index(IndexVectors):
         self.name = folder.name
         self.catalog = catalog
         self._lock_fd: int | None = None
+        self.one_query = False  # opened to answer a search and exit: its FAISS file is memory-mapped
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     @classmethod
     def open(cls, home: Path, name: str, read_only: bool = False) -> "Index":
         """read_only: for a process that only searches and exits (a CLI search): the catalog is
-        read through sqlite3 (store.reader.CatalogReader), without importing SQLAlchemy; an
-        index whose catalog needs migrating opens as usual."""
+        read through sqlite3 (store.reader.CatalogReader), without importing SQLAlchemy (an
+        index whose catalog needs migrating opens as usual), and the FAISS file is memory-mapped,
+        not read (retriever.index_log.read_view)."""
         folder = Path(home) / check_name(name)
         if not (folder / CATALOG_FILE).is_file():
             where = f" in {home}" if name == DEFAULT_INDEX else f" {name!r} in {home}"
@@ -67,7 +69,9 @@ class Index(IndexVectors):
         if catalog.get_setting("model") is None:
             catalog.close()
             raise CatalogError(f"{folder} holds a catalog without a model: not a retriever index (delete it?)")
-        return cls(folder, catalog)
+        index = cls(folder, catalog)
+        index.one_query = read_only
+        return index
 
     @classmethod
     def exists(cls, home: Path, name: str) -> bool:

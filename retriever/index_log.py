@@ -66,7 +66,11 @@ def read_view(index, generation: int, previous=None):
             if isinstance(previous, LayeredVectorIndex):
                 return previous.extended(records, moved), None
             return LayeredVectorIndex.over(previous, records, moved), None
-    mmap = index._lock_fd is None  # a reader's file is never changed: mapped, not read
+    # A one-query process maps the file (it is never changed there): milliseconds, not a read of
+    # the whole file. A warm one reads it into its own memory, so that its searches never wait
+    # for pages the kernel dropped from its cache (measured: filtered searches at 1M went from
+    # 2.3-3.9 ms to 4.6-6.6 ms mapped, beside a process reading 2 GB).
+    mmap = index._lock_fd is None and getattr(index, "one_query", False)
     try:
         vi, info = VectorIndex.load(index.vectors_path, mmap=mmap)
     except (FileNotFoundError, ValueError):

@@ -347,7 +347,7 @@ def test_a_reader_maps_the_file_and_cannot_change_it(index):
 
     rng, _ = _logging(index, 11, 30)
     index.vector_writer().fold()
-    view = _reader_view(index)  # no writer lock: the codes are memory-mapped, not read
+    view = _reader_view(index)  # a one-query process: the codes are memory-mapped, not read
     assert isinstance(view, VectorIndex) and view.read_only
     _same_as_exact(view, index, rng)
     with pytest.raises(VectorIndexError):
@@ -355,6 +355,9 @@ def test_a_reader_maps_the_file_and_cannot_change_it(index):
     with pytest.raises(VectorIndexError):
         view.remove([1])
     assert not index.vector_index().read_only  # the writer's own is read
+    warm = Index.open(index.folder.parent, "default")  # a warm process (daemon, serve): read, never paged out
+    assert not warm.vector_index().read_only
+    warm.close()
 
 
 def test_a_garbled_record_ends_the_log_there(index):
