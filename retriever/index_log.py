@@ -34,8 +34,8 @@ RUN_FOLD_SHARE = 0.25
 
 def bridge(index, token: str, offset: int, after: int, upto: int):
     """The log's records taking the file `token` from generation `after` to `upto`, one by one,
-    read from `offset`; None when the log does not reach (an older log, a writer that did not
-    log, a kill between a commit and ...)."""
+    read from `offset`; None when the log does not reach (an older log, a checkpoint committed
+    by a writer that did not log, a record lost with the disk's cache)."""
     try:
         records = vector_log.read(index.vector_log_path, token, index.dim, offset, upto)
     except LogFormatError:
@@ -191,7 +191,9 @@ class VectorWriter:
 
     @property
     def is_ivf(self) -> bool:
-        return self.index_type != "flat"
+        from retriever.vectors import IVF_PQ, IVF_SQ8
+
+        return self.index_type in (IVF_SQ8, IVF_PQ)  # as VectorIndex.is_ivf
 
     @property
     def params(self) -> dict[str, Any]:
