@@ -248,7 +248,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     warm_cache = work / "cache-warm"
     shutil.rmtree(warm_cache, ignore_errors=True)
     tiny = work / "tiny"
-    shutil.rmtree(tiny, ignore_errors=True)
+    for old in (tiny, work / "home-prep", work / "home-prep8"):  # an index left by a run before: not new
+        shutil.rmtree(old, ignore_errors=True)
     copy_photos(args.photos, tiny, 4)
     log("preparing the warm model cache (indexing 4 photos; exports the model) ...")
     prep = measure(retriever_cmd(tiny), cwd=work, env=retriever_env(work / "home-prep", warm_cache),

@@ -104,9 +104,18 @@ def _check_export(encoder, folder: Path):
 
 
 def test_export_tiny_open_clip_agrees(tmp_path, tiny_encoder):
+    import onnx
+
     report = _check_export(tiny_encoder, tmp_path / "onnx")
     assert report.tokenizer == {"kind": "clip-bpe", "file": "bpe_simple_vocab_16e6.txt.gz", "context_length": 77,
                                 "trim": True}  # causal tower: a query runs only its own tokens
+    # The image tower's attention is traced in plain ops (two transposes a block, where
+    # nn.MultiheadAttention's graph has eight); the live model's blocks are left as they were.
+    blocks = tiny_encoder.model.visual.transformer.resblocks
+    graph = onnx.load(str(tmp_path / "onnx" / "image.onnx"), load_external_data=False).graph
+    transposes = sum(node.op_type == "Transpose" for node in graph.node)
+    assert transposes <= 3 * len(blocks) + 2, transposes
+    assert all("forward" not in vars(b) and type(b).__name__ == "ResidualAttentionBlock" for b in blocks)
 
 
 def test_export_offline_agrees(tmp_path, offline_encoder):

@@ -1,8 +1,8 @@
 """One ONNX export per machine and model: a content-addressed cache that every index of the model
 refers to, instead of an export (580 MB for ViT-B-32) and a measurement in each index folder.
 
-    CACHE/onnx/<model>-<key>/             one entry: key = hash of (FORMAT, OPSET, model id, the
-                                          agreement tolerance); the
+    CACHE/onnx/<model>-<key>/             one entry: key = hash of (FORMAT, OPSET, the graph's
+                                          form GRAPH, model id, the agreement tolerance); the
                                           model id names the weights (a file's content hash, a
                                           pretrained tag, the offline encoder's version)
         manifest.json                     the export's record (the catalog setting "onnx" of every
@@ -39,7 +39,7 @@ from typing import Any, Callable
 from retriever.durable import atomic_write, fsync_folder, pid_alive
 from retriever.errors import RetrieverError
 from retriever.locations import CACHE_ENV, cache_root  # noqa: F401  (re-exported)
-from retriever.onnx.record import OPSET, TOLERANCE
+from retriever.onnx.record import GRAPH, OPSET, TOLERANCE
 
 FORMAT = 1  # what an entry holds; a new format builds new entries
 MANIFEST = "manifest.json"
@@ -55,7 +55,8 @@ class CacheError(RetrieverError):
 
 def entry_name(model_id: str, tolerance: float) -> str:
     """The entry of a model's export checked to `tolerance` (the default one, but for tests)."""
-    key = hashlib.sha256(f"{FORMAT}|{OPSET}|{model_id}|{tolerance!r}".encode()).hexdigest()[:20]
+    graph = f"|graph{GRAPH}" if GRAPH > 1 else ""  # entries of the first form keep their names
+    key = hashlib.sha256(f"{FORMAT}|{OPSET}{graph}|{model_id}|{tolerance!r}".encode()).hexdigest()[:20]
     slug = re.sub(r"[^A-Za-z0-9]+", "-", model_id.split("/")[1] if "/" in model_id else model_id).strip("-")
     return f"{slug[:40] or 'model'}-{key}"
 

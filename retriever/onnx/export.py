@@ -116,9 +116,12 @@ def _towers(encoder) -> tuple[Any, Any, dict[str, Any], Any]:
             def __init__(self):
                 super().__init__()
                 self.model = model
+                self.visual = _plain_visual(model.visual)  # None: traced as it is
 
             def forward(self, pixels):
-                return self.model.encode_image(pixels, normalize=True)
+                if self.visual is None:
+                    return self.model.encode_image(pixels, normalize=True)
+                return nn.functional.normalize(self.visual(pixels), dim=-1)  # CLIP.encode_image
 
         blocks = list(getattr(getattr(model, "transformer", None), "resblocks", []))
         trim = (type(model).__name__ == "CLIP" and getattr(model, "text_pool_type", None) == "argmax"
@@ -196,19 +199,53 @@ def _plain_block(block) -> bool:
             and all(hasattr(block, n) for n in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2")))
 
 
-def _block(block, x, mask):
-    """ResidualAttentionBlock.forward, batch first, with attention written in plain ops."""
+def _block(block, x, mask=None):
+    """ResidualAttentionBlock.forward, batch first, with attention written in plain ops: one
+    transpose puts q, k and v in (n, heads, L, d) at once, and ONNX Runtime folds k's transpose
+    into the MatMul (nn.MultiheadAttention's traced graph transposes eight times a block)."""
     import torch
 
     F = torch.nn.functional
     attn = block.attn
+    heads = attn.num_heads
     h = block.ln_1(x)
-    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
-    q, k, v = (t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2) for t in (q, k, v))  # (n, heads, L, d)
-    scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5) + mask
+    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).unflatten(-1, (3, heads, x.shape[-1] // heads))
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (n, heads, L, d)
+    scores = (q * (q.shape[-1] ** -0.5)) @ k.transpose(-1, -2)
+    if mask is not None:
+        scores = scores + mask
     out = (scores.softmax(dim=-1) @ v).transpose(1, 2).flatten(2)
     x = x + block.ls_1(attn.out_proj(out))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _plain_visual(visual):
+    """open_clip's VisionTransformer `visual` with its blocks' attention in plain ops (`_block`),
+    for tracing: a shallow copy sharing every weight, so the live model is never changed (it may
+    be encoding in another thread). None when it is not a batch-first ViT of plain blocks."""
+    import torch
+
+    transformer = getattr(visual, "transformer", None)
+    blocks = list(getattr(transformer, "resblocks", []))
+    if type(visual).__name__ != "VisionTransformer" or not blocks or not getattr(transformer, "batch_first", False) \
+            or not all(_plain_block(b) for b in blocks):
+        return None
+
+    class Plain(torch.nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+        def forward(self, q_x, k_x=None, v_x=None, attn_mask=None):
+            return _block(self.block, q_x, attn_mask)
+
+    transformer = copy.copy(transformer)
+    transformer._modules = dict(transformer._modules)
+    transformer.resblocks = torch.nn.ModuleList(Plain(b) for b in blocks)
+    visual = copy.copy(visual)
+    visual._modules = dict(visual._modules)
+    visual.transformer = transformer
+    return visual
 
 
 def _check_clip_tokenizer(tokenizer) -> None:
