@@ -2,6 +2,7 @@
 
     python benchmarks/tags.py                          # report on caltech101-test + distractors-test
     python benchmarks/tags.py --fit                    # fit the threshold on train + tune (prints it)
+    python benchmarks/tags.py --fit-rule               # fit w, beta, the synonym cut-off and t (a grid)
     python benchmarks/tags.py --cache /tmp/tags-cache  # keep the encoded splits between runs
 
 Quality (offline encoder). A collection is 20 Caltech-101 classes drawn at random (100 draws,
@@ -200,6 +201,44 @@ def fit(args, encoder, classes: list[str], names: list[str]) -> dict:
             "train_recall": best[2], "train_no_tag": best[3]}
 
 
+FIT_GRID = {"synonym_cosine": (0.5, 0.6, 0.7), "label_weight": (0.5, 1.0, 2.0), "hub_weight": (0.0, 1.0, 1.5, 2.0)}
+
+
+def fit_rule(args, encoder, classes: list[str], names: list[str]) -> dict:
+    """The rule's constants on train + tune: a grid over the synonym cut-off, w and beta (the
+    hubness weight, measured with the mean vector of these same photos), t fitted at each point
+    as `fit` does; the best is the largest train precision at recall >= 0.52."""
+    from dataclasses import replace
+
+    from retriever.tag_rule import FITTED, background_mask, decision_scores, hub_vector
+    from retriever.tags import WORD_TEMPLATE, label_embeddings, make_tag_set
+
+    x, y, _ = collection(args.cache, args.train, args.tune, classes)
+    hub = x.mean(axis=0)
+    labels, column = unique(names)
+    tag_set = make_tag_set(encoder, labels, only=True, cache_dir=args.cache / "model-cache")
+    words = label_embeddings(encoder, list(tag_set.labels), WORD_TEMPLATE)
+    background_words = label_embeddings(encoder, list(tag_set.background), WORD_TEMPLATE)
+    rows = []
+    for cut in FIT_GRID["synonym_cosine"]:
+        mask = background_mask(words, background_words, cut)
+        for w in FIT_GRID["label_weight"]:
+            for beta in FIT_GRID["hub_weight"]:
+                calibration = replace(tag_set.calibration, label_weight=w, hub_weight=beta, threshold=0.0)
+                scores = decision_scores(x, tag_set.label_vectors, tag_set.background_vectors, mask, calibration,
+                                         hub=hub)[:, column]
+                shifts = np.quantile(scores, np.linspace(0.80, 0.9995, 120))
+                results = [(float(t), evaluate(scores >= t, y, len(classes))) for t in shifts]
+                t, best = max(((t, r) for t, r in results if r["recall"] >= 0.52), key=lambda tr: tr[1]["precision"])
+                rows.append({"synonym_cosine": cut, "label_weight": w, "hub_weight": beta, "t": round(t, 3),
+                             **{k: best[k] for k in ("precision", "recall", "no_tag")}})
+                log(json.dumps(rows[-1]))
+    best = max(rows, key=lambda r: r["precision"])
+    shipped = FITTED.get(encoder.model_id)
+    same_hub = bool(shipped and shipped.hub and np.allclose(hub_vector(shipped.hub), hub, atol=1e-5))
+    return {"grid": rows, "best": best, "shipped_hub_is_this_mean": same_hub}
+
+
 def examples(args, encoder) -> dict:
     """The issue's case: examples/photos plus Caltech photos, four labels alone."""
     from retriever.tags import make_tag_set, score_tags
@@ -283,6 +322,8 @@ def main(argv=None) -> int:
     parser.add_argument("--examples", type=Path, default=REPO / "examples" / "photos")
     parser.add_argument("--cache", type=Path, default=None, help="Where the encoded splits are kept.")
     parser.add_argument("--fit", action="store_true", help="Fit the threshold on train + tune instead.")
+    parser.add_argument("--fit-rule", action="store_true",
+                        help="Fit the rule's constants (synonym cut-off, w, beta, t) on train + tune instead.")
     parser.add_argument("--speed-n", type=int, default=100_000)
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args(argv)
@@ -297,6 +338,16 @@ def main(argv=None) -> int:
     names = [class_query_name(c) for c in classes]
     if args.fit:
         print(json.dumps({"benchmark": "tags-fit", "model": encoder.model_id, **fit(args, encoder, classes, names)}))
+        return 0
+    if args.fit_rule:
+        out = fit_rule(args, encoder, classes, names)
+        print(json.dumps({"benchmark": "tags-fit-rule", "model": encoder.model_id, **out}))
+        print(f"\n{'synonyms':>9}{'w':>6}{'beta':>6}{'t':>9}{'P':>8}{'R':>8}{'no tag':>8}   (train + tune)")
+        for r in out["grid"]:
+            mark = "  <- best" if r is out["best"] else ""
+            print(f"{r['synonym_cosine']:>9}{r['label_weight']:>6}{r['hub_weight']:>6}{r['t']:>9.3f}{r['precision']:>8.3f}"
+                  f"{r['recall']:>8.3f}{r['no_tag']:>8.3f}{mark}")
+        print(f"shipped hub vector = this mean: {out['shipped_hub_is_this_mean']}")
         return 0
 
     q = quality(args, encoder, classes, names)

@@ -39,6 +39,7 @@ import numpy as np
 
 from retriever.errors import RetrieverError
 from retriever.tag_rule import (
+    FITTED,
     Calibration,
     background_mask,
     calibration_for,
@@ -234,6 +235,7 @@ class TagRun:
     scored: int  # images scored by this run
     # None: the stored set, incremental. Else why every image was scored again:
     # "new" (first set) | "labels" | "added" | "threshold" | "templates" | "model"
+    # | "calibration" (a set decided by an earlier rule of the model)
     change: str | None
     previous_labels: list[str] | None  # the set this run replaced
     counts: dict[str, int]  # images per label, whole index (labels with none left out)
@@ -347,6 +349,13 @@ def _wanted_tag_set(
     if labels is None and (add or only):
         raise TagError(f"{'--add' if add else '--only'} needs labels: --labels 'a, b'")
     use_vocabulary = not only
+    # A stored set decided by an earlier rule of this model: the same labels, decided anew.
+    outdated = (stored is not None and stored.model_id == model_id and model_id in FITTED
+                and stored.calibration != FITTED[model_id])
+    if labels is None and outdated and not add:
+        labels, use_vocabulary, templates = _user_labels(stored), stored.vocabulary, stored.templates
+        if not labels and not use_vocabulary:
+            labels = list(stored.labels)
     if labels is None:
         if stored is None:
             labels = []  # the built-in vocabulary alone
@@ -373,7 +382,7 @@ def _wanted_tag_set(
     chosen_threshold = threshold if threshold is not None else (stored.threshold if stored else DEFAULT_THRESHOLD)
 
     reusable = stored is not None and stored.model_id == model_id and stored.templates == templates
-    if reusable and all_labels == list(stored.labels) and stored.vocabulary == use_vocabulary:
+    if reusable and not outdated and all_labels == list(stored.labels) and stored.vocabulary == use_vocabulary:
         if chosen_threshold == stored.threshold:
             return stored, None
         return replace(stored, threshold=chosen_threshold, created_at=_utcnow()), "threshold"
@@ -381,8 +390,8 @@ def _wanted_tag_set(
     # Text vectors already stored for these templates and this model are kept; only the rest
     # needs the encoder (the vocabulary's come from the per-model cache).
     known = dict(zip(stored.texts, stored.embeddings)) if reusable else {}
-    left_out = dict(zip(stored.labels, stored.synonyms)) if reusable else {}
-    calibration = stored.calibration if reusable else None
+    left_out = dict(zip(stored.labels, stored.synonyms)) if reusable and not outdated else {}
+    calibration = stored.calibration if reusable and not outdated else None
     missing = [label for label in all_labels if label not in known or label not in left_out]
     if missing or calibration is None or not all(text in known for text in vocab):
         encoder = load_encoder()
@@ -418,6 +427,8 @@ def _wanted_tag_set(
         change = "new"
     elif stored.model_id != model_id:
         change = "model"
+    elif outdated:
+        change = "calibration"
     elif add:
         change = "added"
     else:

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, text
 
 from retriever.cli import main
+from retriever.errors import RetrieverError
 from retriever.filters import build, matching_ids
 from retriever.index import Index
 from retriever.store import catalog as catalog_mod
@@ -33,6 +34,7 @@ from retriever.tags import (
     score_tags,
     tag_index,
     untag,
+    untag_in_index,
 )
 from tests.conftest import PHOTOS
 
@@ -176,7 +178,7 @@ def test_a_catalog_from_before_tags_upgrades_and_can_be_tagged(offline_index, en
         assert applied[:2] == ["001_initial", "002_tags"] and applied == [n for n, _ in catalog_mod.MIGRATIONS]
         assert upgraded.catalog.counts()["stored_vectors"] == 15  # the data came through
         run = tag_index(upgraded, labels=FIVE, only=True, encoder=encoder, cache_dir=vocab_cache)
-        assert run.scored == 15 and run.tagged == 15 and run.with_tags == 4
+        assert run.scored == 15 and run.tagged == 15 and run.with_tags == 5  # each label on its own photo
         assert upgraded.catalog.tagged_ids("cat") == [ids_by_name(upgraded)["chelsea.png"]]
     finally:
         upgraded.close()
@@ -218,6 +220,42 @@ def test_decision_scores_are_the_label_against_its_own_background_by_hand():
             assert got[i, j] == pytest.approx(expected, abs=1e-4)
 
 
+def test_hubness_comes_off_every_text_cosine_by_hand():
+    from retriever.tag_rule import hub_vector
+
+    rng = np.random.default_rng(1)
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
+    hub = hub_vector("offline-v1")
+    assert hub.shape == (704,) and not hub.flags.writeable
+    images, labels, background = unit(rng.normal(size=(4, 704))), unit(rng.normal(size=(2, 704))), unit(rng.normal(size=(7, 704)))
+    mask = np.ones((7, 2), np.float32)
+    cal = Calibration(scale=40.0, label_weight=1.0, threshold=1.0, hub_weight=1.5, hub="offline-v1")
+    got = decision_scores(images, labels, background, mask, cal)
+    for i in range(4):
+        for j in range(2):
+            c_label = images[i] @ labels[j] - 1.5 * labels[j] @ hub
+            c_background = background @ images[i] - 1.5 * background @ hub
+            expected = 2.0 * 40 * c_label - np.log(np.exp(40 * c_background).sum()) - 1.0
+            assert got[i, j] == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(RetrieverError, match="reinstall"):
+        decision_scores(images, labels, background, mask, Calibration(hub_weight=1.0, hub="no-such"))
+
+
+def test_a_set_decided_by_an_earlier_rule_is_tagged_again_with_its_labels(photos_index, encoder):
+    from dataclasses import asdict
+
+    tag_index(photos_index, labels=FIVE, only=True, encoder=encoder)
+    untag_in_index(photos_index, None, "cat", image_id=ids_by_name(photos_index)["chelsea.png"])
+    raw = photos_index.catalog.tag_set()
+    photos_index.catalog.replace_tag_set({**raw, "calibration": asdict(Calibration())})  # the v1 rule
+    run = tag_index(photos_index, encoder=encoder)
+    assert run.change == "calibration" and run.labels == FIVE and not run.vocabulary and run.scored == 15
+    stored = TagSet.from_json(photos_index.catalog.tag_set())
+    assert stored.calibration == FITTED["offline/conse-effnetlite0-minilm/v1"]
+    assert "cat" not in labels_by_name(photos_index).get("chelsea.png", set())  # the removal stays
+    assert tag_index(photos_index, encoder=encoder).change is None  # then up to date
+
+
 def test_the_offline_encoder_has_fitted_constants_and_others_use_their_learned_scale():
     from retriever.tag_rule import calibration_for
 
@@ -255,7 +293,8 @@ def test_the_built_in_vocabulary_is_the_default_and_user_labels_add_to_it(photos
     run = tag_index(photos_index, encoder=encoder)  # no labels: the vocabulary
     assert run.vocabulary and run.labels == list(vocabulary()) and run.change == "new"
     tags = labels_by_name(photos_index)
-    assert "cat" in tags["chelsea.png"] and "coffee" in tags["coffee.jpg"] and "camera" in tags["camera.png"]
+    assert "cat" in tags["chelsea.png"] and "coffee" in tags["coffee.jpg"] and "rocket" in tags["rocket.jpg"]
+    assert "flower" in tags["flower.jpg"]
     assert not any("receipt" in t or "wedding" in t for t in tags.values())
     stored = TagSet.from_json(photos_index.catalog.tag_set())
     assert stored.vocabulary and "airplane" in stored.synonyms[stored.labels.index("airplane")]

@@ -21,6 +21,7 @@ _CHANGE_NOTES = {
              "(the other labels' tags come out the same)",
     "threshold": "new threshold {threshold:g}: tagging every image again",
     "templates": "new prompt templates: tagging every image again",
+    "calibration": "the tag rule of this model has changed since the last run: tagging every image again",
     "model": "the label set was computed with another model: tagging every image again",
 }
 
