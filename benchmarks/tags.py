@@ -191,14 +191,17 @@ def fit(args, encoder, classes: list[str], names: list[str]) -> dict:
     tag_set = make_tag_set(encoder, labels, only=True, cache_dir=args.cache / "model-cache")
     scores = decision_scores(x, tag_set.label_vectors, tag_set.background_vectors, tag_set.mask,
                              tag_set.calibration)
-    scores = scores[:, column]
-    rows = []
-    for shift in np.quantile(scores, np.linspace(0.80, 0.9995, 120)):
-        result = evaluate(scores >= shift, y, len(classes))
-        rows.append((float(shift), result["precision"], result["recall"], result["no_tag"]))
-    best = max((r for r in rows if r[2] >= 0.52), key=lambda r: r[1])
-    return {"t": round(tag_set.calibration.threshold + best[0], 3), "train_precision": best[1],
-            "train_recall": best[2], "train_no_tag": best[3]}
+    shift, best = best_shift(scores[:, column], y, len(classes))
+    return {"t": round(tag_set.calibration.threshold + shift, 3), "train_precision": best["precision"],
+            "train_recall": best["recall"], "train_no_tag": best["no_tag"]}
+
+
+def best_shift(scores: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[float, dict]:
+    """The decision threshold (added to the rule's t) with the largest mean precision at mean
+    recall >= 0.52, among 120 quantiles of the scores -> (shift, its evaluation)."""
+    results = [(float(t), evaluate(scores >= t, y, n_classes))
+               for t in np.quantile(scores, np.linspace(0.80, 0.9995, 120))]
+    return max(((t, r) for t, r in results if r["recall"] >= 0.52), key=lambda tr: tr[1]["precision"])
 
 
 FIT_GRID = {"synonym_cosine": (0.5, 0.6, 0.7), "label_weight": (0.5, 1.0, 2.0), "hub_weight": (0.0, 1.0, 1.5, 2.0)}
@@ -227,9 +230,7 @@ def fit_rule(args, encoder, classes: list[str], names: list[str]) -> dict:
                 calibration = replace(tag_set.calibration, label_weight=w, hub_weight=beta, threshold=0.0)
                 scores = decision_scores(x, tag_set.label_vectors, tag_set.background_vectors, mask, calibration,
                                          hub=hub)[:, column]
-                shifts = np.quantile(scores, np.linspace(0.80, 0.9995, 120))
-                results = [(float(t), evaluate(scores >= t, y, len(classes))) for t in shifts]
-                t, best = max(((t, r) for t, r in results if r["recall"] >= 0.52), key=lambda tr: tr[1]["precision"])
+                t, best = best_shift(scores, y, len(classes))
                 rows.append({"synonym_cosine": cut, "label_weight": w, "hub_weight": beta, "t": round(t, 3),
                              **{k: best[k] for k in ("precision", "recall", "no_tag")}})
                 log(json.dumps(rows[-1]))
