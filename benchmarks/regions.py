@@ -274,7 +274,14 @@ def main(argv=None) -> dict[str, Any]:
     ap.add_argument("--caltech-step", type=int, default=4, help="every N-th caltech photo for the mAP check")
     ap.add_argument("--scheme", choices=["auto", "dense", "crops"], default="auto",
                     help="how regions are made (auto: the library's choice for the offline encoder, dense)")
+    ap.add_argument("--dense-side", type=int, default=None, metavar="PX",
+                    help="the dense pass's short side instead of the library's (retriever.regions.DENSE_SHORT_SIDE): "
+                         "what the dense scheme costs and finds at another resolution; its own homes under --work")
     args = ap.parse_args(argv)
+    if args.dense_side:
+        import retriever.regions
+
+        retriever.regions.DENSE_SHORT_SIDE = args.dense_side  # read at each use; this process only
     split = "fit" if args.fit else "report"
     caltech = DATA / ("caltech101-train" if args.fit else "caltech101-test")
     distractors = DATA / ("distractors-tune" if args.fit else "distractors-test")
@@ -283,6 +290,8 @@ def main(argv=None) -> dict[str, Any]:
     dense = {"auto": None, "dense": True, "crops": False}[args.scheme]
     work = args.work / split
     home_name = "home" if args.scheme == "auto" else f"home-{args.scheme}"
+    if args.dense_side:
+        home_name += f"-side{args.dense_side}"
     manifest = make_set(work, caltech, backgrounds, args.seed)
     home = work / home_name
     if (home / "built.json").exists():
@@ -339,7 +348,8 @@ def main(argv=None) -> dict[str, Any]:
     rules = [(tuple(g["levels"]), g["margin"]) for g in grid]
     if (tuple(LEVELS), REGION_MARGIN) not in rules:
         rules.append((tuple(LEVELS), REGION_MARGIN))
-    cal_all = caltech_map(args.work, caltech, args.caltech_step, rules, dense, args.scheme)
+    cal_all = caltech_map(args.work, caltech, args.caltech_step, rules, dense,
+                          args.scheme + (f"-side{args.dense_side}" if args.dense_side else ""))
     for g in grid:
         g["caltech_drop"] = cal_all["rules"][f"{'+'.join(map(str, g['levels']))}/{g['margin']}"]["drop"]
     lib = cal_all["rules"][f"{'+'.join(map(str, LEVELS))}/{REGION_MARGIN}"]
