@@ -278,6 +278,7 @@ def main(argv=None) -> dict[str, Any]:
                     help="the dense pass's short side instead of the library's (retriever.regions.DENSE_SHORT_SIDE): "
                          "what the dense scheme costs and finds at another resolution; its own homes under --work")
     args = ap.parse_args(argv)
+    side_tag = f"-side{args.dense_side}" if args.dense_side else ""  # its own homes
     if args.dense_side:
         import retriever.regions
 
@@ -289,9 +290,7 @@ def main(argv=None) -> dict[str, Any]:
     backgrounds += sorted(p for p in (REPO / "examples" / "photos").iterdir() if p.suffix.lower() in (".jpg", ".png"))
     dense = {"auto": None, "dense": True, "crops": False}[args.scheme]
     work = args.work / split
-    home_name = "home" if args.scheme == "auto" else f"home-{args.scheme}"
-    if args.dense_side:
-        home_name += f"-side{args.dense_side}"
+    home_name = ("home" if args.scheme == "auto" else f"home-{args.scheme}") + side_tag
     manifest = make_set(work, caltech, backgrounds, args.seed)
     home = work / home_name
     if (home / "built.json").exists():
@@ -348,8 +347,7 @@ def main(argv=None) -> dict[str, Any]:
     rules = [(tuple(g["levels"]), g["margin"]) for g in grid]
     if (tuple(LEVELS), REGION_MARGIN) not in rules:
         rules.append((tuple(LEVELS), REGION_MARGIN))
-    cal_all = caltech_map(args.work, caltech, args.caltech_step, rules, dense,
-                          args.scheme + (f"-side{args.dense_side}" if args.dense_side else ""))
+    cal_all = caltech_map(args.work, caltech, args.caltech_step, rules, dense, args.scheme + side_tag)
     for g in grid:
         g["caltech_drop"] = cal_all["rules"][f"{'+'.join(map(str, g['levels']))}/{g['margin']}"]["drop"]
     lib = cal_all["rules"][f"{'+'.join(map(str, LEVELS))}/{REGION_MARGIN}"]
