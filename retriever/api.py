@@ -272,11 +272,20 @@ class Collection(ConceptMethods):
         encoder = self._indexing_encoder
         if dense is None:
             dense = self.idx.model_id == OFFLINE_MODEL_ID
-        if dense:  # one pass a photo through the CNN's feature maps, in PyTorch (not in the ONNX export)
-            encoder = lambda: self.idx.load_encoder(self.device)  # noqa: E731
+        if dense:  # one pass a photo through the CNN's feature maps: ONNX Runtime on the CPU, else PyTorch
+            encoder = lambda: self._dense_region_encoder()  # noqa: E731
         summary = run_regions(self.idx, encoder, limit=limit, dense=dense, levels=levels, on_progress=progress)
         self._searcher = None  # the next search loads the new region file
         return summary
+
+    def _dense_region_encoder(self):
+        """The dense region pass: the export's regions tower (ONNX Runtime) when the encoder runs
+        on the CPU and the export has one, else the PyTorch encoder."""
+        from retriever.encoders.base import resolve_device, surely_cpu
+        from retriever.onnx import onnx_regions_for
+
+        on_cpu = surely_cpu(self.device) or resolve_device(self.device) == "cpu"
+        return (onnx_regions_for(self.idx) if on_cpu else None) or self.idx.load_encoder(self.device)
 
     def read_text(self, *, frames: bool = False, limit: int | None = None,
                   progress: Callable[["Progress"], None] | None = None) -> "OcrSummary":

@@ -6,8 +6,10 @@ SIDES[n] x the short side along the short side and round(n x long / short) along
 spread evenly from edge to edge (so they overlap). Two ways to give them vectors, measured
 against each other in benchmarks/regions.py (offline encoder, train split):
 - dense (DENSE, the offline encoder's): one pass over the whole photo at DENSE_SHORT_SIDE pixels,
-  each box's vector pooled from the CNN's feature maps (OfflineEncoder.embed_regions); boxes
-  snap to the feature cells. t2i R@10 on pasted objects 0.446, i2i 0.861, 27 s for 348 photos.
+  each box's vector pooled from the CNN's feature maps (OfflineEncoder.embed_regions, or the
+  same on ONNX Runtime: the index export's regions tower, retriever.onnx.OnnxRegions, used on
+  the CPU when the export has it); boxes snap to the feature cells. t2i R@10 on pasted objects
+  0.446, i2i 0.861, 27 s for 348 photos in PyTorch (v1); v2 on ONNX Runtime: 0.436, 15.6 s.
 - crops (CROPS, every other encoder): each box cut out and encoded, one pass of the index's own
   encoder per box (PyTorch or ONNX Runtime). t2i R@10 0.455, i2i 0.970, 56 s for the same photos.
 A region whose vector is nearly the whole photo's (cosine >= SAME_AS_WHOLE) adds nothing and is
@@ -39,7 +41,7 @@ import numpy as np
 from retriever.errors import RetrieverError
 from retriever.progress import Progress
 
-SCHEME_VERSION = 1
+SCHEME_VERSION = 2  # 2: the dense pass's input is a multiple of 32 px on both sides (one ONNX graph for any size)
 SIDES = {2: 0.6, 3: 0.45}  # crop side per grid level, as a share of the photo's short side
 SAME_AS_WHOLE = 0.97  # a region this close to the whole photo's vector is not kept
 
@@ -56,7 +58,7 @@ class Scheme:
 
 
 CROPS = Scheme(dense=False, levels=(2, 3), margin=0.02)
-DENSE = Scheme(dense=True, levels=(3,), margin=0.01)  # the 2x2 windows added nothing on train
+DENSE = Scheme(dense=True, levels=(3,), margin=0.0)  # v2 fit: the 2x2 windows added nothing on train, no margin needed
 
 
 def scheme_for(dense: bool) -> Scheme:

@@ -82,7 +82,8 @@ def _check_export(encoder, folder: Path):
     report = export_onnx(encoder, folder, images=_photos(4))
     assert report.ok, report.reason
     assert report.opset == 17 and report.model_id == encoder.model_id
-    assert set(report.towers) == {"text", "image"}
+    dense = {"regions"} if hasattr(encoder, "region_module") else set()  # the offline encoder's region pass
+    assert set(report.towers) == {"text", "image"} | dense
     assert all(0 <= t.max_abs_diff <= TOLERANCE for t in report.towers.values())
     for t in report.towers.values():
         assert (folder / t.file).is_file()
@@ -163,6 +164,27 @@ def test_onnx_search_ranks_as_pytorch(onnx_index, offline_encoder):
         np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-4)
 
 
+def test_onnx_dense_regions_equal_pytorch_at_any_size(onnx_index, offline_encoder):
+    """The export's regions tower (one graph, dynamic height and width) gives the PyTorch dense
+    pass's region vectors and snapped boxes, at sizes it was not traced at, on real photos."""
+    from PIL import Image
+
+    from retriever.onnx import OnnxRegions, onnx_regions_for
+    from retriever.regions import region_boxes
+
+    fast = onnx_regions_for(onnx_index)
+    assert isinstance(fast, OnnxRegions)
+    for name, side in (("coffee.jpg", 448), ("chelsea.png", 320), ("astronaut.jpg", 256)):
+        photo = Image.open(PHOTOS / name).convert("RGB")
+        boxes = region_boxes(*photo.size, (2, 3))
+        a_boxes, a = fast.embed_regions(photo, boxes, photo.size, side)
+        b_boxes, b = offline_encoder.embed_regions(photo, boxes, photo.size, side)
+        assert a_boxes == b_boxes and a.shape == (len(boxes), 704)
+        assert np.abs(a - b).max() < 1e-4, name
+        assert float(np.min(np.sum(a * b, axis=1))) > 0.9999
+        assert len({tuple(np.round(v, 3)) for v in a}) == len(a)  # each box its own vector
+
+
 def test_onnx_similar_to_an_outside_image_ranks_as_pytorch(onnx_index, offline_encoder, tmp_path):
     from PIL import Image
 
@@ -201,7 +223,7 @@ def test_without_a_preprocessing_twin_images_go_through_pytorch(onnx_index, offl
 def test_status_reports_the_export(onnx_index):
     row = onnx_index.status()["onnx"]
     assert row["usable"] and row["ok"] and row["opset"] == 17
-    assert set(row["max_abs_diff"]) == {"text", "image"} and max(row["max_abs_diff"].values()) <= 1e-4
+    assert set(row["max_abs_diff"]) == {"text", "image", "regions"} and max(row["max_abs_diff"].values()) <= 1e-4
     record = onnx_index.catalog.get_setting("onnx")
     assert record["model_id"] == onnx_index.model_id and record["onnxruntime"]
 

@@ -318,56 +318,36 @@ class OfflineEncoder(Encoder):
                 logits, fmap = self._features(x)
             return logits.float(), fmap.float()
 
+    def region_module(self) -> Any:
+        """The dense region pass as one torch module (DenseRegions), on this encoder's device."""
+        return DenseRegions(self._cnn, self._class_emb, self._a).eval()
+
     def embed_regions(self, image: Any, boxes: Sequence[Sequence[float]], full_size: tuple[int, int],
                       short_side: int) -> tuple[list[list[float]], np.ndarray]:
-        """Region vectors from one pass over the whole photo (no crops): the photo at `short_side`
-        pixels on its short side (long side capped at 2x), and for each box the CNN's feature
-        maps pooled over the cells it covers (the head's mean through the classifier for the
-        ConSE part, GeM of the last block for the visual part), as the whole-photo vector is made
-        from the whole map. Boxes are snapped to the cells; returns (the snapped boxes in the
-        photo's pixels, (n, dim) unit vectors)."""
-        from PIL import Image
+        """Region vectors from one pass over the whole photo (no crops): the photo at about
+        `short_side` pixels on its short side (both sides multiples of 32, the long one capped at
+        2x: retriever.encoders.region_pass), and for each box the CNN's feature maps pooled over
+        the cells it covers (the head's mean through the classifier for the ConSE part, GeM of
+        the last block for the visual part), as the whole-photo vector is made from the whole
+        map. Boxes are snapped to the cells; returns (the snapped boxes in the photo's pixels,
+        (n, dim) unit vectors)."""
+        from retriever.encoders import region_pass
 
-        width, height = full_size
-        scale = short_side / min(image.size)
-        w = max(32, min(2 * short_side, round(image.size[0] * scale)))
-        h = max(32, min(2 * short_side, round(image.size[1] * scale)))
-        pixels = np.asarray(image.convert("RGB").resize((w, h), Image.BICUBIC, reducing_gap=3.0), np.float32)
-        x = to_device([((pixels - 127.0) / 128.0).transpose(2, 0, 1)], self.device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        cnn = self._cnn
-
-        def maps(x):
-            y = cnn._swish(cnn._conv_stem(x))
-            for block in cnn._blocks:
-                y = block(y)
-            return cnn._swish(cnn._conv_head(y)), y
-
+        if not boxes:
+            return [], np.zeros((0, self.dim), np.float32)
+        pixels = region_pass.input_pixels(image, short_side)
+        grid = (pixels.shape[2] // region_pass.CELL, pixels.shape[3] // region_pass.CELL)
+        snapped, windows = region_pass.windows(boxes, full_size, grid)
+        module = self.region_module()
+        x = to_device([pixels[0]], self.device).contiguous(memory_format=torch.channels_last)
+        w = torch.from_numpy(windows).to(self.device)
         with torch.inference_mode():
             if self._half is not None:
                 with torch.autocast("cuda", dtype=self._half):
-                    head, last = maps(x)
+                    out = module(x, w)
             else:
-                head, last = maps(x)
-            head, last = head.float()[0], last.float()[0]  # (1280, gh, gw), (320, gh, gw)
-            gh, gw = head.shape[1], head.shape[2]
-            snapped, pooled_head, pooled_last = [], [], []
-            for x0, y0, x1, y1 in boxes:
-                c0 = min(gw - 1, max(0, int(np.floor(x0 / width * gw + 0.5))))
-                c1 = max(c0 + 1, min(gw, int(np.floor(x1 / width * gw + 0.5))))
-                r0 = min(gh - 1, max(0, int(np.floor(y0 / height * gh + 0.5))))
-                r1 = max(r0 + 1, min(gh, int(np.floor(y1 / height * gh + 0.5))))
-                pooled_head.append(head[:, r0:r1, c0:c1].mean(dim=(1, 2)))
-                pooled_last.append(last[:, r0:r1, c0:c1])
-                snapped.append([round(c0 * width / gw, 1), round(r0 * height / gh, 1),
-                                round(c1 * width / gw, 1), round(r1 * height / gh, 1)])
-            if not snapped:
-                return [], np.zeros((0, self.dim), np.float32)
-            logits = cnn._fc(torch.stack(pooled_head))
-            semantic = conse_semantic(logits, self._class_emb)
-            visual = torch.stack([gem_visual(m[None])[0] for m in pooled_last])
-            out = join_image_vector(semantic, visual, self._a)
-        return snapped, out.cpu().numpy().astype(np.float32, copy=False)
+                out = module(x, w)
+        return snapped, out.float().cpu().numpy().astype(np.float32, copy=False)
 
     def _embed_preprocessed_batch(self, batch: Sequence[Any]) -> np.ndarray:
         logits, fmap = self.raw_features(batch)
@@ -375,3 +355,27 @@ class OfflineEncoder(Encoder):
             semantic = conse_semantic(logits, self._class_emb)
             out = join_image_vector(semantic, gem_visual(fmap), self._a)
         return out.cpu().numpy().astype(np.float32, copy=False)
+
+
+class DenseRegions(torch.nn.Module):
+    """(pixels (1, 3, H, W), windows (n, gh * gw)) -> (n, dim) unit region vectors: one pass of
+    the CNN, each window's mean of the head's map through the classifier (ConSE) and its GeM of
+    the last block's map, joined as the photo vector is. Exported as the ONNX regions tower."""
+
+    def __init__(self, cnn: Any, class_emb: Any, a: float) -> None:
+        super().__init__()
+        self.cnn = cnn
+        self.register_buffer("class_emb", class_emb, persistent=False)
+        self.a = a
+
+    def forward(self, pixels: Any, windows: Any) -> Any:
+        cnn = self.cnn
+        y = cnn._swish(cnn._conv_stem(pixels))
+        for block in cnn._blocks:
+            y = block(y)
+        head = cnn._swish(cnn._conv_head(y)).flatten(2)[0]  # (1280, cells)
+        powered = y.flatten(2)[0].clamp(min=1e-6).pow(GEM_P)  # (320, cells)
+        logits = cnn._fc(windows @ head.transpose(0, 1))
+        semantic = conse_semantic(logits, self.class_emb)
+        visual = torch.nn.functional.normalize((windows @ powered.transpose(0, 1)).pow(1.0 / GEM_P), dim=1)
+        return join_image_vector(semantic, visual, self.a)

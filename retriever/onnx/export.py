@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from retriever.onnx.record import IMAGE_FILE, OPSET, TEXT_FILE, TOLERANCE, ExportReport, OnnxExportError, TowerReport
+from retriever.onnx.record import IMAGE_FILE, OPSET, REGIONS_FILE, TEXT_FILE, TOLERANCE, ExportReport, OnnxExportError, TowerReport
 from retriever.onnx.session import make_session
 from retriever.onnx.text_tokens import CLIP_VOCAB_FILE, ClipBpe, WordPiece, open_clip_vocab_path
 
@@ -303,12 +303,13 @@ def export_onnx(encoder, folder: str | os.PathLike, *, images: Sequence[Any] | N
     folder.mkdir(parents=True, exist_ok=True)
     base = {"model_id": encoder.model_id, "opset": OPSET, "onnxruntime": onnxruntime.__version__,
             "torch": torch.__version__.split("+")[0], "tolerance": tolerance, "dim": int(encoder.dim)}
-    tmp = {name: folder / f".{name}.{os.getpid()}.tmp" for name in (TEXT_FILE, IMAGE_FILE)}
+    names = (TEXT_FILE, IMAGE_FILE, *((REGIONS_FILE,) if hasattr(encoder, "region_module") else ()))
+    tmp = {name: folder / f".{name}.{os.getpid()}.tmp" for name in names}
     # Weights go to a data file beside each graph ("external data"): ONNX Runtime then maps them
     # instead of parsing and copying them out of one protobuf (a ViT-B-32 text tower starts in
     # 0.2 s of CPU, not 0.5). A fresh name per export, so a new graph never meets an old file.
     token = secrets.token_hex(4)
-    data = {name: f"{name.rsplit('.', 1)[0]}.{token}.data" for name in (TEXT_FILE, IMAGE_FILE)}
+    data = {name: f"{name.rsplit('.', 1)[0]}.{token}.data" for name in names}
     towers: dict[str, TowerReport] = {}
     try:
         text, image, tok_desc, tokenizer = _towers(encoder)
@@ -348,6 +349,12 @@ def export_onnx(encoder, folder: str | os.PathLike, *, images: Sequence[Any] | N
                 reference = image(torch.from_numpy(pixels)).numpy()
         diff = _max_diff(make_session(tmp[IMAGE_FILE]), {"pixels": pixels}, reference)
         towers["image"] = TowerReport(IMAGE_FILE, diff, round(time.perf_counter() - start, 3), data[IMAGE_FILE])
+        if REGIONS_FILE in tmp:
+            region_tower = _regions_tower(encoder, images, tmp[REGIONS_FILE], data[REGIONS_FILE], tolerance)
+            if region_tower is None:  # optional: dense regions then run on PyTorch
+                _remove([tmp.pop(REGIONS_FILE), folder / data.pop(REGIONS_FILE)])
+            else:
+                towers["regions"] = region_tower
     except Exception as exc:  # noqa: BLE001 - tracing, exporting and loading a model fail in many ways
         _remove([*tmp.values(), *(folder / d for d in data.values())])
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -366,6 +373,43 @@ def export_onnx(encoder, folder: str | os.PathLike, *, images: Sequence[Any] | N
     keep = {*data.values(), *tmp, tok_desc["file"]}
     _remove(p for p in folder.iterdir() if p.name.endswith(".data") and p.name not in keep)  # earlier exports
     return ExportReport(ok=True, reason=None, towers=towers, tokenizer=tok_desc, image_preprocess=preprocess, **base)
+
+
+def _regions_tower(encoder, images: Sequence[Any], path: Path, data_name: str, tolerance: float
+                   ) -> TowerReport | None:
+    """Export the offline encoder's dense region pass (DenseRegions: pixels of any size that is a
+    multiple of 32, pooling windows -> region vectors) and check it against the encoder's own
+    embed_regions at two input sizes; None when it fails or disagrees (regions stay on PyTorch)."""
+    import torch
+
+    from retriever.encoders import region_pass
+    from retriever.encoders.offline import DenseRegions
+    from retriever.regions import region_boxes
+
+    start = time.perf_counter()
+    try:
+        on_cpu = encoder.device == "cpu"
+        module = DenseRegions(cpu_copy(encoder._cnn) if not on_cpu else encoder._cnn,
+                              encoder._class_emb.cpu().float(), encoder._a).eval()
+        cases = []
+        for image, side in zip(images[:2], (224, 288)):
+            pixels = region_pass.input_pixels(image, side)
+            boxes = region_boxes(*image.size, (2, 3))
+            _, windows = region_pass.windows(boxes, image.size, (pixels.shape[2] // 32, pixels.shape[3] // 32))
+            with torch.inference_mode():  # the reference: the module itself, float32 on the CPU
+                reference = module(torch.from_numpy(pixels), torch.from_numpy(windows)).numpy()
+            cases.append(({"pixels": pixels, "windows": windows}, reference))
+        first = cases[0][0]
+        _export(module, {k: torch.from_numpy(v) for k, v in first.items()}, path,
+                {"pixels": {2: "height", 3: "width"}, "windows": {0: "regions", 1: "cells"}})
+        _externalize(path, data_name)
+        session = make_session(path)
+        diff = max(_max_diff(session, feeds, reference) for feeds, reference in cases)
+    except Exception:  # noqa: BLE001 - an optional tower: any failure leaves it out
+        return None
+    if not diff <= tolerance:
+        return None
+    return TowerReport(REGIONS_FILE, diff, round(time.perf_counter() - start, 3), data_name)
 
 
 def image_preprocess_twin(encoder, images: Sequence[Any], tolerance: float) -> dict[str, Any] | None:

@@ -79,8 +79,8 @@ def _build(fp32_entry, folder: Path, key: str, OnnxEncoder) -> dict[str, Any]:  
     quantize_dynamic(str(fp32_entry.folder / record["towers"]["image"]["file"]), str(folder / IMAGE_FILE),
                      weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS))
     seconds = round(time.perf_counter() - start, 2)
-    text = record["towers"]["text"]
-    for name in (text["file"], text.get("data"), record["tokenizer"]["file"]):
+    kept = [record["towers"][t] for t in ("text", "regions") if t in record["towers"]]  # regions: fp32
+    for name in (*(f for tower in kept for f in (tower["file"], tower.get("data"))), record["tokenizer"]["file"]):
         if name:
             _link_or_copy(fp32_entry.folder / name, folder / name)
     image = {"file": IMAGE_FILE, "data": None, "max_abs_diff": None, "seconds": seconds}

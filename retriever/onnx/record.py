@@ -15,8 +15,9 @@ TOLERANCE = 1e-4  # max abs difference of unit embeddings, ONNX Runtime vs PyTor
 # The form of the exported graphs (part of the model cache's key): 2 writes a ViT's attention in
 # plain ops with one transpose for q, k and v (retriever.onnx.export._block), 2-5 % faster on
 # ONNX Runtime's CPU provider than nn.MultiheadAttention's traced graph (8 % of it transposes).
-GRAPH = 2
-TEXT_FILE, IMAGE_FILE = "text.onnx", "image.onnx"
+# 3 adds the offline encoder's dense regions tower (regions.onnx).
+GRAPH = 3
+TEXT_FILE, IMAGE_FILE, REGIONS_FILE = "text.onnx", "image.onnx", "regions.onnx"
 
 
 class OnnxExportError(RetrieverError):
@@ -41,7 +42,7 @@ class ExportReport:
     torch: str
     tolerance: float
     dim: int
-    towers: dict[str, TowerReport] = field(default_factory=dict)  # "text", "image"
+    towers: dict[str, TowerReport] = field(default_factory=dict)  # "text", "image"; "regions" (dense region pass)
     tokenizer: dict[str, Any] | None = None  # kind, file, context_length | max_length
     # the PIL + numpy twin of the encoder's image preprocessing (preprocess.py) and its max abs
     # difference on the check images; None: no twin, image queries stay on PyTorch
