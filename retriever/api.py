@@ -273,7 +273,7 @@ class Collection(ConceptMethods):
         if dense is None:
             dense = self.idx.model_id == OFFLINE_MODEL_ID
         if dense:  # one pass a photo through the CNN's feature maps: ONNX Runtime on the CPU, else PyTorch
-            encoder = lambda: self._dense_region_encoder()  # noqa: E731
+            encoder = self._dense_region_encoder  # called when something needs encoding
         summary = run_regions(self.idx, encoder, limit=limit, dense=dense, levels=levels, on_progress=progress)
         self._searcher = None  # the next search loads the new region file
         return summary

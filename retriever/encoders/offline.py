@@ -335,9 +335,7 @@ class OfflineEncoder(Encoder):
 
         if not boxes:
             return [], np.zeros((0, self.dim), np.float32)
-        pixels = region_pass.input_pixels(image, short_side)
-        grid = (pixels.shape[2] // region_pass.CELL, pixels.shape[3] // region_pass.CELL)
-        snapped, windows = region_pass.windows(boxes, full_size, grid)
+        snapped, pixels, windows = region_pass.prepare(image, boxes, full_size, short_side)
         module = self.region_module()
         x = to_device([pixels[0]], self.device).contiguous(memory_format=torch.channels_last)
         w = torch.from_numpy(windows).to(self.device)

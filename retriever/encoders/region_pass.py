@@ -57,3 +57,12 @@ def windows(boxes: Sequence[Sequence[float]], full_size: tuple[int, int], grid: 
         snapped.append([round(c0 * width / gw, 1), round(r0 * height / gh, 1),
                         round(c1 * width / gw, 1), round(r1 * height / gh, 1)])
     return snapped, rows
+
+
+def prepare(image: Any, boxes: Sequence[Sequence[float]], full_size: tuple[int, int], short_side: int
+            ) -> tuple[list[list[float]], np.ndarray, np.ndarray]:
+    """What one dense pass needs: (the boxes snapped to the cells, in the photo's pixels; the
+    input (1, 3, H, W); the pooling windows (n, gh * gw))."""
+    pixels = input_pixels(image, short_side)
+    snapped, rows = windows(boxes, full_size, (pixels.shape[2] // CELL, pixels.shape[3] // CELL))
+    return snapped, pixels, rows

@@ -162,9 +162,7 @@ class OnnxRegions:
             return [], np.zeros((0, self.dim), np.float32)
         if self._session is None:
             self._session = make_session(self.folder / self._file, self._threads)
-        pixels = region_pass.input_pixels(image, short_side)
-        grid = (pixels.shape[2] // region_pass.CELL, pixels.shape[3] // region_pass.CELL)
-        snapped, windows = region_pass.windows(boxes, full_size, grid)
+        snapped, pixels, windows = region_pass.prepare(image, boxes, full_size, short_side)
         out = self._session.run(["embedding"], {"pixels": pixels, "windows": windows})[0]
         return snapped, out.astype(np.float32, copy=False)
 

@@ -393,9 +393,7 @@ def _regions_tower(encoder, images: Sequence[Any], path: Path, data_name: str, t
                               encoder._class_emb.cpu().float(), encoder._a).eval()
         cases = []
         for image, side in zip(images[:2], (224, 288)):
-            pixels = region_pass.input_pixels(image, side)
-            boxes = region_boxes(*image.size, (2, 3))
-            _, windows = region_pass.windows(boxes, image.size, (pixels.shape[2] // 32, pixels.shape[3] // 32))
+            _, pixels, windows = region_pass.prepare(image, region_boxes(*image.size, (2, 3)), image.size, side)
             with torch.inference_mode():  # the reference: the module itself, float32 on the CPU
                 reference = module(torch.from_numpy(pixels), torch.from_numpy(windows)).numpy()
             cases.append(({"pixels": pixels, "windows": windows}, reference))
