@@ -378,8 +378,9 @@ def export_onnx(encoder, folder: str | os.PathLike, *, images: Sequence[Any] | N
 def _regions_tower(encoder, images: Sequence[Any], path: Path, data_name: str, tolerance: float
                    ) -> TowerReport | None:
     """Export the offline encoder's dense region pass (DenseRegions: pixels of any size that is a
-    multiple of 32, pooling windows -> region vectors) and check it against the encoder's own
-    embed_regions at two input sizes; None when it fails or disagrees (regions stay on PyTorch)."""
+    multiple of 32, pooling windows -> region vectors) and check it against the same module in
+    PyTorch (float32, CPU; the module embed_regions runs) at two input sizes, neither the traced
+    one's twin; None when it fails or disagrees (regions stay on PyTorch)."""
     import torch
 
     from retriever.encoders import region_pass
