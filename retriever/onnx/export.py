@@ -379,8 +379,8 @@ def _regions_tower(encoder, images: Sequence[Any], path: Path, data_name: str, t
                    ) -> TowerReport | None:
     """Export the offline encoder's dense region pass (DenseRegions: pixels of any size that is a
     multiple of 32, pooling windows -> region vectors) and check it against the same module in
-    PyTorch (float32, CPU; the module embed_regions runs) at two input sizes, neither the traced
-    one's twin; None when it fails or disagrees (regions stay on PyTorch)."""
+    PyTorch (float32, CPU; the module embed_regions runs) at two input sizes, the traced one and
+    another; None when it fails or disagrees (regions stay on PyTorch)."""
     import torch
 
     from retriever.encoders import region_pass
