@@ -9,8 +9,10 @@ Fit on one split, report on another:
 * --fit: examples are drawn from the first 15 images (by file name) of each class of
   caltech101-train; the collection is the other 15 of every class plus distractors-tune. The
   constants of retriever/concept_fit.py (PARAMS: lam, background_weight, prototype) and
-  concepts.PSEUDO_POSITIVES were chosen from this grid (best mean AP at 5 examples), and the
-  yes/no threshold as the lowest with precision >= 0.85 at 15 examples.
+  concepts.PSEUDO_POSITIVES were chosen from this grid (best mean AP at 5 examples), then
+  NEIGHBOURS (pool, k, weight: the re-scoring of a concept ranking's best photos by their
+  neighbours; three draws) the same way, and the yes/no threshold as the lowest with precision
+  >= 0.85 at 15 examples.
 * report: examples are drawn from caltech101-train; the collection ranked and judged is
   caltech101-test + distractors-test (nothing of it is seen while fitting).
 
@@ -19,6 +21,8 @@ draw; K = 1 and 5, three seeded draws): average precision over the collection of
   text  the class name as a text query ("a photo of a {name}"),
   mean  the mean of the examples' vectors,
   concept  retriever's concept (retriever.concepts.learn: the same code `concept add` runs),
+           its ranking as `search concept:NAME` gives it (the best photos re-scored by their
+           neighbours, concept_fit.smooth_by_neighbours); `linear`: the fitted rule alone,
 and the concept's yes/no (precision, recall: a distractor said yes to is a false positive).
 Relevance feedback: a concept from one example; three rounds in which a simulated user marks
 the 10 best photos not yet marked (yes when of the class, else no) and the concept is refitted;
@@ -115,10 +119,22 @@ def concept_scores(examples: np.ndarray, collection: Collection, params: dict | 
     return fitted.scores(collection.x), fitted
 
 
+def ranking(scores: np.ndarray, x: np.ndarray, neighbours: dict | None = None) -> np.ndarray:
+    """A concept's ranking as `retriever search concept:NAME` gives it (retriever.search): its
+    pool of best photos re-scored by their neighbours (concept_fit.smooth_by_neighbours, the
+    library's code), the rest below them in their order. neighbours: NEIGHBOURS overridden."""
+    nb = {**concept_fit.NEIGHBOURS, **(neighbours or {})}
+    top = np.argsort(-scores)[:int(nb["pool"])]
+    out = np.array(scores, dtype=np.float64)
+    out[top] = concept_fit.smooth_by_neighbours(out[top], x[top], nb["k"], nb["weight"])
+    return out
+
+
 def episodes(pool_x, pool_y, collection: Collection, text: np.ndarray, classes: list[str], k: int, seeds,
-             params=None, pseudo=PSEUDO_POSITIVES, first: int | None = None) -> dict:
-    """Mean AP (text, mean, concept) and the concept's yes/no precision / recall over classes."""
-    out = {"text": [], "mean": [], "concept": [], "precision": [], "recall": [], "said_yes": []}
+             params=None, pseudo=PSEUDO_POSITIVES, first: int | None = None, neighbours: dict | None = None) -> dict:
+    """Mean AP (text, mean, concept) and the concept's yes/no precision / recall over classes;
+    `linear`: the AP of the concept's linear rule alone, without the neighbours' re-scoring."""
+    out = {"text": [], "mean": [], "concept": [], "linear": [], "precision": [], "recall": [], "said_yes": []}
     for seed in seeds:
         rng = np.random.default_rng(seed)
         for ci, c in enumerate(classes):
@@ -132,7 +148,8 @@ def episodes(pool_x, pool_y, collection: Collection, text: np.ndarray, classes: 
             scores, fitted = concept_scores(ex, collection, params, pseudo)
             out["text"].append(average_precision(collection.x @ text[ci], relevant))
             out["mean"].append(average_precision(collection.x @ ex.mean(axis=0), relevant))
-            out["concept"].append(average_precision(scores, relevant))
+            out["concept"].append(average_precision(ranking(scores, collection.x, neighbours), relevant))
+            out["linear"].append(average_precision(scores, relevant))
             yes = scores >= fitted.threshold
             out["precision"].append(float((yes & relevant).sum() / max(yes.sum(), 1)))
             out["recall"].append(float((yes & relevant).sum() / max(relevant.sum(), 1)))
@@ -152,6 +169,7 @@ def feedback(pool_x, pool_y, collection: Collection, classes: list[str], seed: i
         for r in range(FEEDBACK_ROUNDS + 1):
             scores, _ = concept_scores(np.array(pos), collection, None, PSEUDO_POSITIVES,
                                        np.array(neg).reshape(-1, collection.x.shape[1]), exclude=marked)
+            scores = ranking(scores, collection.x)
             per_round[r].append(average_precision(scores, relevant))
             if r == FEEDBACK_ROUNDS:
                 break
@@ -168,6 +186,8 @@ def speed(n: int = 100_000, examples: int = 100, repeat: int = 7) -> dict:
     import scale
     from retriever.concepts import accepted_ids, add_examples, concept_vector
     from retriever.index import Index
+    from retriever.query import CONCEPT, Term
+    from retriever.search import Searcher
 
     with tempfile.TemporaryDirectory(prefix="retriever-adapt-speed-") as tmp:
         log(f"building an index of {n:,} vectors ...")
@@ -192,11 +212,23 @@ def speed(n: int = 100_000, examples: int = 100, repeat: int = 7) -> dict:
                 t = time.perf_counter()
                 accepted = accepted_ids(vectors, concept)
                 filter_ms.append((time.perf_counter() - t) * 1000)
+            searcher = Searcher(index)
+            searcher.by_vector(concept.vector, 10)  # loads its FAISS index
+            search_ms: dict[str, list[float]] = {"concept": [], "plain": []}
+            for _ in range(repeat):  # `search concept:speed` (re-scored by neighbours) against its bare vector
+                t = time.perf_counter()
+                searcher.query([Term(CONCEPT, "speed", 1.0)], 10)
+                search_ms["concept"].append((time.perf_counter() - t) * 1000)
+                t = time.perf_counter()
+                searcher.by_vector(concept.vector, 10)
+                search_ms["plain"].append((time.perf_counter() - t) * 1000)
         finally:
             index.close()
     return {"vectors": n, "examples": examples, "refit_ms_p50": round(statistics.median(times) * 1000, 1),
             "fit_ms_p50": round(statistics.median(fit_ms), 1), "first_refit_ms": round(cold_s * 1000, 1),
-            "filter_ms_p50": round(statistics.median(filter_ms), 1), "filter_accepted": int(len(accepted))}
+            "filter_ms_p50": round(statistics.median(filter_ms), 1), "filter_accepted": int(len(accepted)),
+            "search_ms_p50": round(statistics.median(search_ms["concept"]), 1),
+            "plain_search_ms_p50": round(statistics.median(search_ms["plain"]), 1)}
 
 
 def fit_grid(cache: Path) -> dict:
@@ -222,13 +254,24 @@ def fit_grid(cache: Path) -> dict:
         r = episodes(tx, ty, collection, text, classes, 5, [0], params, pseudo, first=15)
         rows.append({**params, "pseudo": pseudo, **r})
         log(json.dumps(rows[-1]))
+    neighbours = []  # the re-scoring of a concept ranking's best photos by their neighbours
+    for pool in (100, 200, 400):
+        for nk in (3, 5, 10):
+            for weight in (0.0, 0.5, 1.0, 2.0):
+                nb = {"pool": pool, "k": nk, "weight": weight}
+                r = episodes(tx, ty, collection, text, classes, 5, [0, 1, 2], params, best["pseudo"], first=15,
+                             neighbours=nb)  # three draws: the steps here are small
+                neighbours.append({**nb, "concept": r["concept"], "linear": r["linear"]})
+                log(json.dumps(neighbours[-1]))
+    best_neighbours = max(neighbours, key=lambda r: r["concept"])
     thresholds = []
     for t in (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5):
         r = episodes(tx, ty, collection, text, classes, 15, [0], {**params, "threshold": t}, best["pseudo"], first=15)
         thresholds.append({"threshold": t, "precision": r["precision"], "recall": r["recall"]})
         log(json.dumps(thresholds[-1]))
     chosen = min((t for t in thresholds if t["precision"] >= 0.85), key=lambda t: t["threshold"], default=None)
-    return {"benchmark": "adapt-fit", "grid_k5": rows, "best": best, "thresholds_k15": thresholds, "chosen_threshold": chosen,
+    return {"benchmark": "adapt-fit", "grid_k5": rows, "best": best, "neighbours_k5": neighbours,
+            "best_neighbours": best_neighbours, "thresholds_k15": thresholds, "chosen_threshold": chosen,
             "name_prior": name_prior(tx, ty, collection, text, classes, params)}
 
 
@@ -259,7 +302,8 @@ def report(cache: Path, with_speed: bool, with_adapter: bool) -> dict:
     classes = sorted(set(ty.tolist()))
     text = text_vectors(cache, classes)
     collection = Collection(np.vstack([cx, dx]), np.concatenate([cy, np.full(len(dx), "")]))
-    out: dict = {"benchmark": "adapt", "params": {**concept_fit.PARAMS, "pseudo_positives": PSEUDO_POSITIVES},
+    out: dict = {"benchmark": "adapt", "params": {**concept_fit.PARAMS, "pseudo_positives": PSEUDO_POSITIVES,
+                                                 "neighbours": concept_fit.NEIGHBOURS},
                  "collection": {"photos": int(len(collection.y)), "distractors": int(len(dx)), "classes": len(classes)},
                  "concepts": {}}
     for k in KS:
@@ -285,9 +329,11 @@ def report(cache: Path, with_speed: bool, with_adapter: bool) -> dict:
 
 
 def table(out: dict) -> str:
-    lines = ["examples  AP text  AP mean  AP concept   yes/no P   R     (caltech101-test + distractors-test)"]
+    lines = ["examples  AP text  AP mean  AP concept  (linear alone)   yes/no P   R     "
+             "(caltech101-test + distractors-test)"]
     for k, r in out["concepts"].items():
-        lines.append(f"{k:>8}  {r['text']:7.3f}  {r['mean']:7.3f}  {r['concept']:10.3f}   {r['precision']:8.3f}  {r['recall']:.3f}")
+        lines.append(f"{k:>8}  {r['text']:7.3f}  {r['mean']:7.3f}  {r['concept']:10.3f}  ({r['linear']:.3f})         "
+                     f"{r['precision']:8.3f}  {r['recall']:.3f}")
     lines.append(f"gain at 5 examples over the better of text and mean: {out['gain_at_5']:+.3f} (target +0.05)")
     r30 = out["concepts"].get("30", {})
     if r30:
@@ -300,7 +346,8 @@ def table(out: dict) -> str:
         s = out["speed"]
         lines.append(f"refit, {s['examples']} examples over {s['vectors']:,} vectors: p50 {s['refit_ms_p50']} ms "
                      f"(fit alone {s['fit_ms_p50']} ms; first {s['first_refit_ms']} ms; target < 200 ms); "
-                     f"--concept filter {s['filter_ms_p50']} ms")
+                     f"--concept filter {s['filter_ms_p50']} ms; search concept:NAME {s['search_ms_p50']} ms "
+                     f"(its vector alone, not re-scored: {s['plain_search_ms_p50']} ms)")
     a = out.get("adapter") or {}
     if "prompt" in a:
         p, sp = a["prompt"], a["speed"]
@@ -325,7 +372,8 @@ def main(argv=None) -> int:
     if args.fit:
         out = fit_grid(args.cache)
         print(json.dumps(out))
-        print(f"best at 5 examples (train): {out['best']}; threshold: {out['chosen_threshold']}")
+        print(f"best at 5 examples (train): {out['best']}; neighbours: {out['best_neighbours']}; "
+              f"threshold: {out['chosen_threshold']}")
         return 0
     out = report(args.cache, not args.no_speed, not args.no_adapter)
     printable = {k: v for k, v in out.items() if k != "adapter"}

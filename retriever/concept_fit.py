@@ -23,8 +23,10 @@ hurts (-> 0.659); at five examples the name costs 0.014. A user's names ("Rex") 
 to the encoder, so concepts are fitted without it: a name is only a name.
 
 The ranking of a concept is by w (its unit vector is the concept's query vector, combinable with
-text and image terms); its yes/no is f(x) >= threshold. Every constant in PARAMS was chosen on
-caltech101-train + distractors-tune (benchmarks/adapt.py --fit). numpy only: milliseconds.
+text and image terms), and a query of concepts alone re-scores its best photos by their
+neighbours' scores (smooth_by_neighbours); its yes/no is f(x) >= threshold. Every constant in
+PARAMS and NEIGHBOURS was chosen on caltech101-train + distractors-tune (benchmarks/adapt.py
+--fit). numpy only: milliseconds.
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ PARAMS = {
     "threshold": 0.15,  # yes when f(x) >= threshold
 }
 BACKGROUND_SIZE = 2000  # random collection photos that stand for "not the concept"
+# A concept query's ranking, re-scored among its best photos (smooth_by_neighbours): chosen on
+# caltech101-train + distractors-tune by benchmarks/adapt.py --fit (the best mean AP at 5 examples).
+NEIGHBOURS = {
+    "pool": 200,  # the best photos re-scored (the rest keep their order, below them)
+    "k": 5,  # each one's nearest neighbours among them
+    "weight": 1.0,  # their mean score's weight against the photo's own
+}
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,29 @@ def fit(positives: np.ndarray, negatives: np.ndarray | None, background: Backgro
             weights = weights + step * direction
             bias -= step * float(direction @ background.mean[:-1])
     return Fitted(weights=weights, bias=bias, threshold=float(p["threshold"]), prior_weight=gate)
+
+
+def smooth_by_neighbours(scores: np.ndarray, vectors: np.ndarray, k: int | None = None,
+                         weight: float | None = None) -> np.ndarray:
+    """A concept ranking's best photos re-scored by their neighbours: each photo's score averaged
+    with the mean score of its `k` nearest neighbours among them (cosine of their vectors), the
+    neighbours weighing `weight` against the photo itself. A photo of the concept that the linear
+    rule ranks a little low is lifted by the photos like it that it ranks high; a stray one among
+    the best sinks when its neighbours score low (the nearest-neighbour smoothing of similarity
+    search's re-ranking, as in query expansion, on the concept's own best photos). The new scores
+    are means of the old ones, so they stay within the pool's range and above every photo outside
+    it. (n,) scores and (n, d) unit vectors -> (n,) scores."""
+    s = np.asarray(scores, dtype=np.float64)
+    k = int(NEIGHBOURS["k"] if k is None else k)
+    weight = float(NEIGHBOURS["weight"] if weight is None else weight)
+    k = min(k, len(s) - 1)
+    if k <= 0 or weight <= 0:
+        return s
+    v = np.asarray(vectors, dtype=np.float32)
+    similar = v @ v.T
+    np.fill_diagonal(similar, -np.inf)
+    nearest = np.argpartition(-similar, k - 1, axis=1)[:, :k]
+    return (s + weight * s[nearest].mean(axis=1)) / (1.0 + weight)
 
 
 def one_blas_thread():

@@ -137,6 +137,12 @@ def keyword_text_of(terms: Sequence[Term]) -> str:
     return " ".join(t.value for t in terms if t.kind == TEXT and t.weight > 0)
 
 
+def concepts_only(terms: Sequence[Term]) -> bool:
+    """A query of concepts alone, none subtracted (`concept:rex`, `--concept rex` with no words):
+    a concept ranking, which retriever.search re-scores among its best photos by their neighbours."""
+    return bool(terms) and all(t.kind == CONCEPT and t.weight > 0 for t in terms)
+
+
 def describe(terms: Sequence[Term]) -> str:
     text = " ".join(t.describe() for t in terms)
     return text[2:] if text.startswith("+ ") else text

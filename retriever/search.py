@@ -20,7 +20,7 @@ from retriever.store.reader import METADATA_FIELDS, STATUS_INDEXED
 from retriever.errors import ImageDecodeError, RetrieverError
 from retriever.files import absolute
 from retriever.filters import Filters
-from retriever.query import CONCEPT, IMAGE, TEXT, QueryError, Term, keyword_text_of  # noqa: F401  (re-exported)
+from retriever.query import CONCEPT, IMAGE, TEXT, QueryError, Term, concepts_only, keyword_text_of  # noqa: F401  (re-exported)
 from retriever.video import format_timestamp
 
 DEFAULT_K = 10
@@ -217,7 +217,7 @@ class Searcher:
         collection given as positive terms are left out of the results. adapter: text terms go
         through the index's adapter (`retriever adapt`) when it has one."""
         vector, own_ids = self.query_vector(terms, adapter)
-        return self.by_vector(vector, k, exclude=own_ids, filters=filters)
+        return self.by_vector(vector, k, exclude=own_ids, filters=filters, neighbours=concepts_only(terms))
 
     def hybrid(self, terms: list[Term], k: int = DEFAULT_K, filters: Filters | None = None,
                adapter: bool = True) -> list[Hit]:
@@ -229,7 +229,7 @@ class Searcher:
         vector, own_ids = self.query_vector(terms, adapter)
         keyword_text = keyword_text_of(terms)
         pool = max(k, HYBRID_POOL)
-        candidates = self.by_vector(vector, pool, exclude=own_ids, filters=filters)
+        candidates = self.by_vector(vector, pool, exclude=own_ids, filters=filters, neighbours=concepts_only(terms))
         if not keyword_text:
             return candidates[:k]
         allowed = keep = None
@@ -348,10 +348,17 @@ class Searcher:
         return encoder.embed_images([crop])[0], (int(row["id"]) if row is not None else None)
 
     def by_vector(
-        self, vector: np.ndarray, k: int = DEFAULT_K, exclude: Iterable[int] = (), filters: Filters | None = None
+        self, vector: np.ndarray, k: int = DEFAULT_K, exclude: Iterable[int] = (), filters: Filters | None = None,
+        neighbours: bool = False,
     ) -> list[Hit]:
+        """The k photos nearest `vector`. neighbours: a concept ranking, whose best photos are
+        re-scored by their neighbours' scores (retriever.concept_fit.smooth_by_neighbours)."""
         if k <= 0:
             raise RetrieverError("-k/--top must be at least 1")
+        if neighbours:
+            from retriever.concept_fit import NEIGHBOURS
+
+            wanted, k = k, max(k, int(NEIGHBOURS["pool"]))
         query = np.asarray(vector, dtype=np.float32)[None, :]
         exclude = list(exclude)
         match = None
@@ -364,9 +371,22 @@ class Searcher:
         boxes: dict[int, list[float]] = {}
         if self.use_regions and self.regions is not None and len(self.regions):
             found, boxes = self._with_regions(query, k, exclude, match, found)
+        if neighbours:
+            found = self._by_neighbours(found)[:wanted]
         if filters is not None and filters.min_score is not None:
             found = [(s, i) for s, i in found if s >= filters.min_score]
         return self._hits(found, boxes)
+
+    def _by_neighbours(self, found: list[tuple[float, int]]) -> list[tuple[float, int]]:
+        """(score, id) pairs re-scored by their neighbours among them, best first."""
+        from retriever.concept_fit import smooth_by_neighbours
+
+        stored = self.index.catalog.vectors_for([i for _, i in found], self.index.dim)
+        kept = [(s, i) for s, i in found if i in stored]
+        if len(kept) < 2:
+            return found
+        scores = smooth_by_neighbours(np.array([s for s, _ in kept]), np.stack([stored[i] for _, i in kept]))
+        return [(float(scores[n]), kept[n][1]) for n in np.argsort(-scores, kind="stable")]
 
     def _with_regions(self, query: np.ndarray, k: int, exclude: list[int], match,
                       found: list[tuple[float, int]]) -> tuple[list[tuple[float, int]], dict[int, list[float]]]:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import retriever
 from retriever.cli import main
-from retriever.concept_fit import Background, auc, fit
+from retriever.concept_fit import Background, auc, fit, smooth_by_neighbours
 from retriever.concepts import ConceptError, accepted_ids, concept_vector
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
@@ -46,6 +46,25 @@ def test_auc_counts_ties_as_half():
     assert auc(np.array([3.0, 3.0]), np.array([0.0, 1.0])) == 1.0
 
 
+def test_neighbours_lift_a_low_member_above_a_stray_and_equal_a_plain_loop():
+    rng = np.random.default_rng(1)
+    dim = 16
+    centre = _unit(rng.standard_normal(dim))
+    members = _unit(centre + 0.05 * rng.standard_normal((8, dim)))
+    strays = _unit(rng.standard_normal((8, dim)))
+    vectors = np.vstack([members, strays])
+    scores = np.r_[np.full(7, 0.9), 0.5, 0.6, np.full(7, 0.1)]  # member 7 ranked below stray 8
+    smoothed = smooth_by_neighbours(scores, vectors, k=5, weight=1.0)
+    assert smoothed[7] > smoothed[8]  # its neighbours (the other members) score high; the stray's do not
+    assert scores.min() <= smoothed.min() and smoothed.max() <= scores.max()  # means of the pool's scores
+    similar = vectors @ vectors.T
+    for i in range(len(scores)):  # the definition, one photo at a time
+        others = [j for j in np.argsort(-similar[i], kind="stable") if j != i][:5]
+        assert smoothed[i] == pytest.approx((scores[i] + scores[others].mean()) / 2)
+    assert (smooth_by_neighbours(scores, vectors, weight=0.0) == scores).all()
+    assert (smooth_by_neighbours(scores[:1], vectors[:1]) == scores[:1]).all()  # nobody to ask
+
+
 def test_concept_ranks_filters_and_persists(offline_copy, photos):
     home = offline_copy
     with retriever.open(home) as c:
@@ -65,7 +84,20 @@ def test_concept_ranks_filters_and_persists(offline_copy, photos):
         assert sorted(h.id for h in filtered) == brute
         assert any(h.path.endswith("chelsea.png") for h in filtered)
         assert all(h.meta["concepts"] == ["kitty"] for h in filtered)  # hits say which concepts accept them
-        assert all("concepts" not in h.meta for h in c.search("concept:kitty", k=15) if h.id not in brute)
+        ranked = c.search("concept:kitty", k=15)
+        assert all("concepts" not in h.meta for h in ranked if h.id not in brute)
+        # a concept alone ranks its best photos re-scored by their neighbours: the brute-force cosines
+        # of every stored vector, smoothed over the pool (the collection is smaller than the pool)
+        cosines = np.array([float(np.asarray(v) @ concept.vector) for v in vecs])
+        smoothed = smooth_by_neighbours(cosines, np.array(vecs))
+        order = [int(ids[n]) for n in np.argsort(-smoothed, kind="stable")[:15]]
+        assert [h.id for h in ranked] == order
+        assert [h.score for h in ranked] == pytest.approx(sorted(smoothed, reverse=True)[:15], abs=1e-5)
+        # with another term it is a plain vector query: cosine order
+        from retriever.query import Term
+
+        mixed = c.searcher().query([Term("concept", "kitty", 1.0), Term("text", "coffee", 1.0)], k=15)
+        assert [h.score for h in mixed] == sorted((h.score for h in mixed), reverse=True)
         # a text query restricted to the concept's yes
         assert {h.id for h in c.search("a rocket", k=20, concepts="kitty")} <= set(brute)
         # relevance feedback: a "no" mark on the positive flips it
