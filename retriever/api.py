@@ -173,8 +173,10 @@ class Collection(ConceptMethods):
         within_km, formats, min_size, tags (all), tags_any (any), no_tags (none), texts (the
         photo's text contains each: see read_text), concepts (each says yes: see add_concept),
         min_score (see `retriever search --help`). An empty query with `texts` lists the photos
-        by their text, best match first; with `concepts`, by the concepts. adapter=False: text
-        terms without the index's adapter (`retriever adapt`)."""
+        by their text, best match first; with `concepts`, by the concepts. A query of concepts
+        alone (`concept:rex`) re-scores its best photos by their neighbours' scores (see
+        retriever.concept_fit.smooth_by_neighbours). adapter=False: text terms without the
+        index's adapter (`retriever adapt`)."""
         from retriever.query import parse, words_of
 
         words = words_of(query) if isinstance(query, str) else list(query)

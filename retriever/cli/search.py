@@ -106,7 +106,9 @@ QUERY_SYNTAX = """
       retriever search "red car" - 0.5*night
     A term naming an existing image file is an image (its look); force one
     with text:WORD or image:PATH; concept:NAME is a concept learned from
-    example photos. The query is the normalised weighted sum.
+    example photos. The query is the normalised weighted sum. A concept
+    alone (concept:rex) also re-scores its best 200 photos by their
+    nearest neighbours among them.
 """
 
 
