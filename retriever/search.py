@@ -355,10 +355,11 @@ class Searcher:
         re-scored by their neighbours' scores (retriever.concept_fit.smooth_by_neighbours)."""
         if k <= 0:
             raise RetrieverError("-k/--top must be at least 1")
-        if neighbours:
+        wanted = k
+        if neighbours:  # the pool to re-score, then the k best of it
             from retriever.concept_fit import NEIGHBOURS
 
-            wanted, k = k, max(k, int(NEIGHBOURS["pool"]))
+            k = max(k, int(NEIGHBOURS["pool"]))
         query = np.asarray(vector, dtype=np.float32)[None, :]
         exclude = list(exclude)
         match = None
