@@ -28,6 +28,8 @@ and the budget a real gate would have on every other photo: the wall time left u
 2x, (index_all - (oracle(S) - oracle(nothing))) / (photos not in S), against the cost of one photo
 read by mistake (a false positive: (oracle(S) - oracle(nothing)) / |S|). The oracle runs also give
 the word recall of the rendered items from what they stored (it must equal the full run's).
+Then, in this process on one core, where a photo's time goes: the JPEG decode at 1/8, 1/4 and 1/2
+scale, one detection pass, and how many photos without text still get a detected box.
 
 Each run is repeated --rounds times, alternating, and the medians are used (the machine is noisy).
 
@@ -100,6 +102,36 @@ def keys_of(paths: list[str]) -> list[str]:
     return out
 
 
+def components(photos: list[dict[str, Any]], with_text: set[str]) -> dict[str, Any]:
+    """Where a photo's time goes, in this process on one core (CPU ms, medians over the photos):
+    the JPEG decode at the scales the indexer asks for (1/8 for the offline encoder alone, 1/2
+    for --ocr; 1/4 between), one detection pass at DET_SIDE on the --ocr decode, and how many of
+    the photos without text still get a detected box (whose recognition then finds nothing)."""
+    import numpy as np
+
+    from retriever.images import decode
+    from retriever.ocr.reader import _detect
+
+    reader = OcrReader(threads=1)
+    det = reader._load()[0]
+    decode_ms: dict[str, list[float]] = {"1/8": [], "1/4": [], "1/2": []}
+    det_ms, boxed = [], 0
+    for p in photos:
+        data = Path(p["path"]).read_bytes()
+        for scale, side in (("1/8", 224), ("1/4", 600), ("1/2", DECODE_MIN_SIDE)):
+            t = time.process_time()
+            d = decode(data, p["path"], draft_min_side=side)
+            decode_ms[scale].append(1000 * (time.process_time() - t))
+        bgr = np.ascontiguousarray(np.asarray(d.image.convert("RGB"))[:, :, ::-1])
+        t = time.process_time()
+        quads = _detect(det, bgr, reader.det_side)
+        det_ms.append(1000 * (time.process_time() - t))
+        boxed += bool(quads) and p["path"] not in with_text
+    return {"decode_ms": {k: round(statistics.median(v), 1) for k, v in decode_ms.items()},
+            "detect_ms": round(statistics.median(det_ms), 1), "det_side": reader.det_side,
+            "without_text": len(photos) - len(with_text), "without_text_boxed": boxed}
+
+
 def run_oracle(folder: Path, home: Path, cache: Path, keys_file: Path) -> dict[str, Any]:
     import shutil
 
@@ -170,6 +202,8 @@ def main(argv=None) -> dict[str, Any]:
             timed(f"oracle_{name}", lambda: run_oracle(folder, home, cache, keys_files[name]))
             if name != "nothing":
                 recalls[f"oracle_{name}"] = recall(photos, home)
+    O.log("where a photo's time goes (one core) ...")
+    parts = components(photos, set(sets["with_text"]))
     med = {k: statistics.median(v) for k, v in runs.items()}
     index_all = med["index_all"]
     n = len(photos)
@@ -191,7 +225,7 @@ def main(argv=None) -> dict[str, Any]:
         "photos": n, "rounds": args.rounds, "runs_s": runs, "medians_s": {k: round(v, 2) for k, v in med.items()},
         "ocr_slowdown": round(med["index_ocr_all"] / index_all, 2),
         "decode_for_ocr_s": round(med["oracle_nothing"] - index_all, 2), "gates": gates,
-        "word_recall": recalls,
+        "word_recall": recalls, "components": parts,
         "natural_text": sorted(Path(p).name for p in sets["with_text"] if p not in rendered),
         "cpu": O.cpu_name(), "cores": os.cpu_count(), "load_avg_end": O.loadavg(),
     }
@@ -209,6 +243,10 @@ def main(argv=None) -> dict[str, Any]:
               f"| {g['budget_ms_per_other_photo']} | {g['false_positive_ms']} | {recalls.get(f'oracle_{name}')} |")
     print()
     print(f"word recall of the rendered items, index --ocr of every photo: {recalls['index_ocr_all']}")
+    dm = parts["decode_ms"]
+    print(f"one core, medians a photo: decode {dm['1/8']} ms at 1/8 scale, {dm['1/4']} at 1/4, {dm['1/2']} at 1/2; "
+          f"detection at {parts['det_side']} px {parts['detect_ms']} ms; {parts['without_text_boxed']} of the "
+          f"{parts['without_text']} photos without text get a detected box (recognised as nothing)")
     print("photos with text of their own (not rendered):", ", ".join(result["natural_text"]) or "none")
     return result
 
