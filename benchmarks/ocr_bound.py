@@ -27,7 +27,8 @@ for two sets:
 and the budget a real gate would have on every other photo: the wall time left under the aim of
 2x, (index_all - (oracle(S) - oracle(nothing))) / (photos not in S), against the cost of one photo
 read by mistake (a false positive: (oracle(S) - oracle(nothing)) / |S|). The oracle runs also give
-the word recall of the rendered items from what they stored (it must equal the full run's).
+the word recall of the rendered items from what they stored (it must equal the full run's), and
+how many photos they stored text for (exactly the photos of S).
 Then, in this process on one core, where a photo's time goes: the JPEG decode at 1/8, 1/4 and 1/2
 scale, one detection pass, and how many photos without text still get a detected box.
 
@@ -191,6 +192,7 @@ def main(argv=None) -> dict[str, Any]:
         keys_files[name] = work / f"bound-keys-{name}.json"
         keys_files[name].write_text(json.dumps(keys_of(paths)))
     recalls = {"index_ocr_all": recall(photos, home_ocr)}
+    found: dict[str, int] = {}
     for r in range(args.rounds):
         O.log(f"round {r + 1}/{args.rounds}: index, index --ocr, and the oracle reading nothing, the rendered "
               "photos, every photo with text ...")
@@ -202,6 +204,7 @@ def main(argv=None) -> dict[str, Any]:
             timed(f"oracle_{name}", lambda: run_oracle(folder, home, cache, keys_files[name]))
             if name != "nothing":
                 recalls[f"oracle_{name}"] = recall(photos, home)
+            found[name] = len(O.stored_lines(home)[0])  # photos it stored text for: exactly its set
     O.log("where a photo's time goes (one core) ...")
     parts = components(photos, set(sets["with_text"]))
     med = {k: statistics.median(v) for k, v in runs.items()}
@@ -225,7 +228,7 @@ def main(argv=None) -> dict[str, Any]:
         "photos": n, "rounds": args.rounds, "runs_s": runs, "medians_s": {k: round(v, 2) for k, v in med.items()},
         "ocr_slowdown": round(med["index_ocr_all"] / index_all, 2),
         "decode_for_ocr_s": round(med["oracle_nothing"] - index_all, 2), "gates": gates,
-        "word_recall": recalls, "components": parts,
+        "word_recall": recalls, "oracle_stored_text": found, "components": parts,
         "natural_text": sorted(Path(p).name for p in sets["with_text"] if p not in rendered),
         "cpu": O.cpu_name(), "cores": os.cpu_count(), "load_avg_end": O.loadavg(),
     }
@@ -242,7 +245,9 @@ def main(argv=None) -> dict[str, Any]:
         print(f"| {name} | {g['photos']} | {g['reading_s']} | **{g['free_gate_slowdown']}** | {g['with_its_decode']} "
               f"| {g['budget_ms_per_other_photo']} | {g['false_positive_ms']} | {recalls.get(f'oracle_{name}')} |")
     print()
-    print(f"word recall of the rendered items, index --ocr of every photo: {recalls['index_ocr_all']}")
+    print(f"word recall of the rendered items, index --ocr of every photo: {recalls['index_ocr_all']}; photos "
+          "with stored text after each oracle run (its set exactly): "
+          + ", ".join(f"{name} {found[name]} of {len(sets[name])}" for name in sets))
     dm = parts["decode_ms"]
     print(f"one core, medians a photo: decode {dm['1/8']} ms at 1/8 scale, {dm['1/4']} at 1/4, {dm['1/2']} at 1/2; "
           f"detection at {parts['det_side']} px {parts['detect_ms']} ms; {parts['without_text_boxed']} of the "
