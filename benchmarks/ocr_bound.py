@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -134,8 +135,6 @@ def components(photos: list[dict[str, Any]], with_text: set[str]) -> dict[str, A
 
 
 def run_oracle(folder: Path, home: Path, cache: Path, keys_file: Path) -> dict[str, Any]:
-    import shutil
-
     shutil.rmtree(home, ignore_errors=True)
     cmd = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); import ocr_bound; "
            "ocr_bound.oracle_cli()", "index", str(folder), "--home", str(home), "--model", "offline", "--json",
